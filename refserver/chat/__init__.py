@@ -1,0 +1,34 @@
+"""Pure chat helpers for the HTTP layer: message validation, chat templates (sandboxed
+Jinja with Hugging Face semantics, plus llama.cpp's named built-ins), tool-call parsing
+(Hermes/Qwen `<tool_call>` format, streaming) and grammar construction for tools and
+`response_format` (llguidance `Constraint`s).  No numpy, no tornado."""
+
+from refserver.chat.grammars import response_format_constraint, tools_constraint, validate_constraint
+from refserver.chat.messages import normalize_messages
+from refserver.chat.named_templates import NAMED_TEMPLATES
+from refserver.chat.templates import ChatTemplate, detect_named_template, resolve_chat_template
+from refserver.chat.tool_calls import (
+    ContentDelta,
+    HermesToolCallParser,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallParser,
+    finish_reason_for,
+)
+
+__all__ = [
+    "NAMED_TEMPLATES",
+    "ChatTemplate",
+    "ContentDelta",
+    "HermesToolCallParser",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallParser",
+    "detect_named_template",
+    "finish_reason_for",
+    "normalize_messages",
+    "resolve_chat_template",
+    "response_format_constraint",
+    "tools_constraint",
+    "validate_constraint",
+]

@@ -1,0 +1,229 @@
+"""Structured-output constraints for the engine (compiled there with llguidance).
+
+- `response_format_constraint`: OpenAI `response_format` / llama.cpp's top-level
+  `json_schema` and `grammar` -> `Constraint`.  JSON schemas get llguidance options in
+  "x-guidance" (no free whitespace; ", " and ": " separators), so output cannot drown in
+  whitespace; options the client put in "x-guidance" win.  Schemas are checked here
+  (llguidance's own error text -> 400): constraints never fail open.  Keywords llguidance
+  does not implement (`not`, `if`, `uniqueItems`, ...) are therefore a 400 too.
+- `tools_constraint`: a llguidance lark grammar for Hermes tool calls
+  (`{"name": "f", "arguments": {...}}</tool_call>`), names restricted to the listed tools
+  and arguments to each tool's `parameters` schema (whose top-level object gets
+  `additionalProperties: false` unless it says otherwise, as llama.cpp's converter does).
+- `validate_constraint(c, lltokenizer)`: compile against the model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+from refserver.engine.types import Constraint
+from refserver.errors import InvalidRequest
+
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+TOOL_START, TOOL_END = "<tool_call>", "</tool_call>"
+
+_LARK_RULE = re.compile(r"^\s*[?!]?[A-Za-z_][A-Za-z0-9_.]*(\.\d+)?\s*:(?!:=)", re.MULTILINE)
+
+
+def _llg():
+    import llguidance
+    return llguidance
+
+
+def _with_options(schema: dict) -> dict:
+    schema = dict(schema)
+    user = schema.get("x-guidance")
+    schema["x-guidance"] = {**JSON_OPTIONS, **(user if isinstance(user, dict) else {})}
+    return schema
+
+
+def _check(grammar: str, what: str, tokenizer=None) -> None:
+    msg = _llg().LLMatcher.validate_grammar(grammar, tokenizer)
+    if msg and not msg.startswith("WARNING"):
+        raise InvalidRequest(f"invalid {what}: {msg}")
+
+
+def to_llguidance_grammar(c: Constraint) -> str:
+    """The llguidance grammar (what LLMatcher takes) for a Constraint."""
+    L = _llg()
+    try:
+        if c.kind == "json_schema":
+            return L.LLMatcher.grammar_from_json_schema(c.text)
+        if c.kind == "lark":
+            return L.LLMatcher.grammar_from_lark(c.text)
+        if c.kind == "regex":
+            return L.LLMatcher.grammar_from_regex(c.text)
+        if c.kind == "gbnf":
+            return L.grammar_from("gbnf", c.text)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid {c.kind} grammar: {e}") from e
+    raise InvalidRequest(f"unknown constraint kind {c.kind!r}")
+
+
+def validate_constraint(c: Constraint, lltokenizer=None) -> None:
+    """Raise InvalidRequest (with llguidance's message) when `c` does not compile."""
+    _check(to_llguidance_grammar(c), {"json_schema": "JSON schema"}.get(c.kind, f"{c.kind} grammar"),
+           lltokenizer)
+
+
+def _schema_constraint(schema: Any, where: str) -> Constraint:
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{where} must be a JSON schema object, got {type(schema).__name__}")
+    c = Constraint(kind="json_schema", text=json.dumps(_with_options(schema), ensure_ascii=False))
+    validate_constraint(c)
+    return c
+
+
+def grammar_constraint(grammar: str) -> Constraint:
+    """`grammar` text: llguidance lark when it starts with %llguidance or has lark rules
+    (`name: ...`), else llama.cpp GBNF."""
+    if not isinstance(grammar, str):
+        raise InvalidRequest("'grammar' must be a string")
+    stripped = grammar.lstrip()
+    if stripped.startswith("%llguidance") or ("::=" not in grammar and _LARK_RULE.search(grammar)):
+        c = Constraint(kind="lark", text=grammar)
+    else:
+        c = Constraint(kind="gbnf", text=grammar)
+    validate_constraint(c)
+    return c
+
+
+def response_format_constraint(response_format: dict | None, json_schema: Any = None,
+                               grammar: str | None = None) -> Constraint | None:
+    if json_schema is not None and grammar is not None:
+        raise InvalidRequest("either 'json_schema' or 'grammar' can be given, not both")
+    rf_constraint: Constraint | None = None
+    if response_format is not None:
+        if not isinstance(response_format, dict):
+            raise InvalidRequest("'response_format' must be an object like {\"type\": \"json_object\"}")
+        rtype = response_format.get("type")
+        if rtype in (None, "", "text"):
+            rf_constraint = None
+        elif rtype == "json_object":
+            schema = response_format.get("schema", {"type": "object"})
+            rf_constraint = _schema_constraint(schema, "response_format.schema")
+        elif rtype == "json_schema":
+            js = response_format.get("json_schema")
+            if js is None:
+                schema = response_format.get("schema", {"type": "object"})
+            elif not isinstance(js, dict):
+                raise InvalidRequest("response_format.json_schema must be an object "
+                                     '{"name": ..., "schema": {...}}')
+            else:
+                schema = js.get("schema", {"type": "object"})
+            rf_constraint = _schema_constraint(schema, "response_format.json_schema.schema")
+        else:
+            raise InvalidRequest(f"response_format type must be one of 'text', 'json_object', "
+                                 f"'json_schema', got {rtype!r}")
+    if rf_constraint is not None:
+        if grammar is not None or json_schema is not None:
+            raise InvalidRequest("'response_format' cannot be combined with 'grammar' or 'json_schema'")
+        return rf_constraint
+    if json_schema is not None:
+        return _schema_constraint(json_schema, "'json_schema'")
+    if grammar is not None:
+        if grammar == "":
+            return None
+        return grammar_constraint(grammar)
+    return None
+
+
+# -- tools ------------------------------------------------------------------------------
+
+def _tool_functions(tools: Any) -> list[dict]:
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array")
+    fns = []
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise InvalidRequest(f"tools[{i}] must be {{\"type\": \"function\", \"function\": "
+                                 "{\"name\": ..., \"parameters\": {...}}}")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"tools[{i}].function.name must be a non-empty string")
+        params = fn.get("parameters", {"type": "object"})
+        if params is None:
+            params = {"type": "object"}
+        if not isinstance(params, dict):
+            raise InvalidRequest(f"tools[{i}].function.parameters must be a JSON schema object")
+        fns.append({"name": name, "parameters": params})
+    return fns
+
+
+def _args_schema(params: dict) -> dict:
+    schema = copy.deepcopy(params)
+    if ("properties" in schema and "additionalProperties" not in schema
+            and schema.get("type", "object") == "object"):
+        schema["additionalProperties"] = False
+    return _with_options(schema)
+
+
+def _lit(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _marker(text: str, token_names: frozenset[str]) -> str:
+    """A tool-call marker in lark: llguidance matches a marker that is one added token of
+    the vocabulary only by its token reference (`<tool_call>`), never by its text."""
+    return text if text in token_names else _lit(text)
+
+
+def _tools_lark(fns: list[dict], open_first: bool, parallel: bool, token_names: frozenset[str]) -> str:
+    start, end = _marker(TOOL_START, token_names), _marker(TOOL_END, token_names)
+    rules = []
+    alts = []
+    for i, fn in enumerate(fns):
+        head = '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": '
+        rules.append(f"fn{i}: {_lit(head)} fn{i}_args \"}}\"")
+        rules.append(f"fn{i}_args: %json " + json.dumps(_args_schema(fn["parameters"]), ensure_ascii=False))
+        alts.append(f"fn{i}")
+    call = f'"\\n"? call_body "\\n"? {end}'
+    more = f'(("\\n" | "\\n\\n")? {start} {call})*' if parallel else ""
+    first = f"{start} {call}" if open_first else call
+    lines = [f"start: {first} {more}".rstrip(), "call_body: " + " | ".join(alts)] + rules
+    return "\n".join(lines) + "\n"
+
+
+def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool_calls: bool = False,
+                     token_names: frozenset[str] = frozenset()) -> Constraint | None:
+    """Grammar for Hermes tool calls.  "auto": lazy, from the "<tool_call>" trigger on (the
+    grammar describes the text after it); "required" / a named function: forced from the
+    first token; "none" (or no tools): None.  `token_names`: the vocabulary's added tokens
+    (`TextTokenizer.added_token_names`), so markers that are single tokens are referenced
+    as tokens."""
+    if tool_choice is None:
+        tool_choice = "auto"
+    if tool_choice == "none" or not tools:
+        if tool_choice not in ("none", "auto") and not tools:
+            raise InvalidRequest("'tool_choice' needs 'tools'")
+        return None
+    fns = _tool_functions(tools)
+    if isinstance(tool_choice, dict):
+        fn = tool_choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if tool_choice.get("type", "function") != "function" or not isinstance(name, str):
+            raise InvalidRequest("'tool_choice' object must be "
+                                 '{"type": "function", "function": {"name": ...}}')
+        chosen = [f for f in fns if f["name"] == name]
+        if not chosen:
+            raise InvalidRequest(f"tool_choice names function {name!r}, which is not in 'tools' "
+                                 f"({', '.join(f['name'] for f in fns)})")
+        text = _tools_lark(chosen, open_first=True, parallel=parallel_tool_calls, token_names=token_names)
+        lazy = None
+    elif tool_choice == "auto":
+        text = _tools_lark(fns, open_first=False, parallel=parallel_tool_calls, token_names=token_names)
+        lazy = TOOL_START
+    elif tool_choice == "required":
+        text = _tools_lark(fns, open_first=True, parallel=parallel_tool_calls, token_names=token_names)
+        lazy = None
+    else:
+        raise InvalidRequest(f"'tool_choice' must be 'none', 'auto', 'required' or "
+                             f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}')
+    c = Constraint(kind="lark", text=text, lazy_trigger=lazy)
+    _check(to_llguidance_grammar(c), "tool parameters schema")
+    return c

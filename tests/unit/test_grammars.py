@@ -1,0 +1,159 @@
+"""response_format / tools -> llguidance Constraints, checked with llguidance itself."""
+
+import json
+import os
+
+import pytest
+
+from refserver.chat import response_format_constraint, tools_constraint, validate_constraint
+from refserver.chat.grammars import to_llguidance_grammar
+from refserver.errors import InvalidRequest
+
+pytestmark = pytest.mark.feature("structured_output")
+llguidance = pytest.importorskip("llguidance")
+
+TOKENIZER = "/work/shared/models/stories260K/onnx-genai/tokenizer.json"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if not os.path.exists(TOKENIZER):
+        pytest.skip("stories260K tokenizer not present")
+    return llguidance.LLTokenizer(TOKENIZER)
+
+
+def accepts(tok, constraint, text, complete=True):
+    """Does the constraint's grammar accept `text` (as a whole when complete)?"""
+    m = llguidance.LLMatcher(tok, to_llguidance_grammar(constraint), log_level=0)
+    assert not m.is_error(), m.get_error()
+    ids = tok.tokenize_str(text)
+    if m.validate_tokens(ids) != len(ids):
+        return False
+    assert m.consume_tokens(ids)
+    return m.is_accepting() if complete else True
+
+
+# -- response_format ---------------------------------------------------------------------
+
+def test_json_object_any(tok):
+    c = response_format_constraint({"type": "json_object"})
+    assert c.kind == "json_schema" and json.loads(c.text)["type"] == "object"
+    assert json.loads(c.text)["x-guidance"] == {"whitespace_flexible": False, "item_separator": ", ",
+                                                "key_separator": ": "}
+    assert accepts(tok, c, '{"a": [1, 2]}')
+    assert not accepts(tok, c, '{"a":  1}')
+    assert not accepts(tok, c, "[1]")
+    validate_constraint(c, tok)
+
+
+def test_json_object_schema(tok):
+    c = response_format_constraint({"type": "json_object", "schema": {"const": "42"}})
+    assert accepts(tok, c, '"42"') and not accepts(tok, c, '"43"')
+
+
+def test_json_schema_type(tok):
+    c = response_format_constraint({"type": "json_schema", "json_schema": {
+        "name": "x", "strict": True, "schema": {"type": "array", "items": {"type": "integer"}}}})
+    assert accepts(tok, c, "[1, -3000]") and not accepts(tok, c, '["a"]')
+
+
+@pytest.mark.parametrize("rf", [None, {"type": "text"}, {}])
+def test_no_constraint(rf):
+    assert response_format_constraint(rf) is None
+
+
+@pytest.mark.parametrize("rf", [
+    {"type": "sound"}, {"type": 123}, {"type": "hiccup"},
+    {"type": "json_object", "schema": 123},
+    {"type": "json_object", "schema": {"type": 123}},
+    {"type": "json_object", "schema": {"type": "hiccup"}},
+    {"type": "json_schema", "json_schema": "nope"},
+    "json_object",
+])
+def test_invalid_response_format(rf):
+    with pytest.raises(InvalidRequest):
+        response_format_constraint(rf)
+
+
+def test_top_level_json_schema_and_grammar(tok):
+    c = response_format_constraint(None, json_schema={"const": "42"})
+    assert c.kind == "json_schema" and accepts(tok, c, '"42"')
+    g = response_format_constraint(None, grammar='root ::= "a"{5,5}')
+    assert g.kind == "gbnf" and accepts(tok, g, "aaaaa") and not accepts(tok, g, "aaaa")
+    with pytest.raises(InvalidRequest, match="not both"):
+        response_format_constraint(None, json_schema={"const": "42"}, grammar='root ::= "a"')
+    with pytest.raises(InvalidRequest):
+        response_format_constraint({"type": "json_object"}, grammar='root ::= "a"')
+    with pytest.raises(InvalidRequest):
+        response_format_constraint(None, json_schema=[1])
+    with pytest.raises(InvalidRequest):
+        response_format_constraint(None, grammar='root ::= "a')
+
+
+def test_grammar_kinds(tok):
+    assert response_format_constraint(None, grammar='start: "x"+').kind == "lark"
+    c = response_format_constraint(None, grammar='%llguidance {}\nstart: "y"')
+    assert c.kind == "lark" and accepts(tok, c, "y")
+    assert response_format_constraint(None, grammar='root ::= [a-z]+\n').kind == "gbnf"
+
+
+# -- tools -------------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["tz"]}}}
+CALL_W = '{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+CALL_T = '{"name": "get_time", "arguments": {"tz": "UTC"}}</tool_call>'
+
+
+def test_tools_auto_is_lazy(tok):
+    c = tools_constraint([WEATHER, TIME], "auto")
+    assert c.kind == "lark" and c.lazy_trigger == "<tool_call>"
+    validate_constraint(c, tok)
+    assert accepts(tok, c, CALL_W)
+    assert accepts(tok, c, CALL_T)
+    assert accepts(tok, c, "\n" + CALL_W.replace("}}</", "}}\n</"))
+    assert not accepts(tok, c, CALL_W.replace("get_weather", "get_wether"), complete=False)
+    assert not accepts(tok, c, CALL_W.replace("city", "town"), complete=False)
+    assert not accepts(tok, c, CALL_T.replace("UTC", "PST"), complete=False)
+    assert not accepts(tok, c, CALL_W.replace('": ', '":'), complete=False)
+    assert not accepts(tok, c, CALL_W + "<tool_call>" + CALL_T, complete=False)  # not parallel
+
+
+def test_tools_auto_parallel(tok):
+    c = tools_constraint([WEATHER, TIME], "auto", parallel_tool_calls=True)
+    assert accepts(tok, c, CALL_W + "\n<tool_call>" + CALL_T)
+    assert accepts(tok, c, CALL_W)
+    assert not accepts(tok, c, CALL_W + "\nHello", complete=False)
+
+
+def test_tools_required(tok):
+    c = tools_constraint([WEATHER, TIME], "required")
+    assert c.lazy_trigger is None
+    assert accepts(tok, c, "<tool_call>" + CALL_T)
+    assert not accepts(tok, c, "Hello", complete=False)
+
+
+def test_tools_named(tok):
+    c = tools_constraint([WEATHER, TIME], {"type": "function", "function": {"name": "get_time"}})
+    assert accepts(tok, c, "<tool_call>" + CALL_T)
+    assert not accepts(tok, c, "<tool_call>" + CALL_W, complete=False)
+    with pytest.raises(InvalidRequest, match="not in 'tools'"):
+        tools_constraint([WEATHER], {"type": "function", "function": {"name": "nope"}})
+
+
+def test_tools_none_and_errors():
+    assert tools_constraint([WEATHER], "none") is None
+    assert tools_constraint([], "auto") is None
+    with pytest.raises(InvalidRequest):
+        tools_constraint([WEATHER], "sometimes")
+    with pytest.raises(InvalidRequest):
+        tools_constraint([{"type": "function"}], "auto")
+    with pytest.raises(InvalidRequest):
+        tools_constraint([{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}])
+
+
+def test_tool_without_parameters_and_odd_name(tok):
+    c = tools_constraint([{"type": "function", "function": {"name": 'we"ird'}}], "required")
+    assert accepts(tok, c, '<tool_call>{"name": "we\\"ird", "arguments": {}}</tool_call>')
