@@ -1,0 +1,492 @@
+"""The engine: one thread, a FIFO of requests, and a step loop over the slots.
+
+Continuous batching: every step makes ONE `backend.forward` call holding a one-token
+decode step (or a speculative verify step) for each generating slot plus a prompt chunk
+(<= n_batch tokens) for each slot still pre-filling, so a long prompt never stalls the
+others.  Events go to each request's sink from this thread.  No tornado, no asyncio:
+the HTTP layer hops back to its own loop inside the sink.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from backends.base import Backend, KVState, Step
+from refserver import errors
+from refserver.engine.constraints import ConstraintCompiler
+from refserver.engine.prompt_cache import PromptCache
+from refserver.engine.sampling import Sampled, Sampler, finite, log_softmax, top_logprobs
+from refserver.engine.slots import RequestHandle, Slot, Task, common_prefix
+from refserver.engine.speculative import Drafter, DraftWant, verify
+from refserver.engine.textstream import TextStream
+from refserver.engine.types import (
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Progress,
+    SpeculativeParams,
+    TokenOut,
+    TokenProb,
+    TokenProbs,
+)
+from refserver.tokenizer import TextTokenizer
+
+log = logging.getLogger("refserver.engine")
+
+
+@dataclass
+class EngineConfig:
+    n_slots: int = 1
+    n_ctx: int = 0  # total context; each slot gets n_ctx // n_slots (0: the model's context_length)
+    n_batch: int = 2048  # max prompt tokens per step per slot (chunked prefill)
+    n_predict: int = -1  # server cap; effective = min(request, cap), -1 = unlimited
+    seed: int = -1
+    cache_ram_mib: int = 256  # cross-slot prompt cache byte bound (0 disables)
+    prompt_cache_size: int = 10
+    draft_max: int = 16
+    draft_min: int = 0
+    draft_p_min: float = 0.75
+    max_queue: int = 0
+
+
+@dataclass
+class CachedKV:
+    """A prompt-cache value: main KV plus, when a draft is loaded, the draft's."""
+
+    main: KVState
+    draft: KVState | None = None
+
+    @property
+    def length(self) -> int:
+        return self.main.length
+
+    @property
+    def nbytes(self) -> int:
+        return self.main.nbytes + (self.draft.nbytes if self.draft else 0)
+
+    def trimmed(self, n: int) -> CachedKV:
+        return CachedKV(self.main.trimmed(n), self.draft.trimmed(n) if self.draft else None)
+
+
+def effective_n_predict(request: int, cap: int) -> int:
+    if request < 0:
+        return cap
+    return request if cap < 0 else min(request, cap)
+
+
+class Engine:
+    def __init__(self, backend: Backend, tokenizer: TextTokenizer, config: EngineConfig,
+                 draft: Backend | None = None):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.config = config
+        self.draft_backend = draft
+        self.vocab_size = backend.info.vocab_size
+        n_ctx = config.n_ctx if config.n_ctx > 0 else backend.info.context_length
+        self._n_ctx_slot = max(1, n_ctx // max(1, config.n_slots))
+        self.slots_ = [Slot(i) for i in range(max(1, config.n_slots))]
+        self.eog = frozenset(tokenizer.eog_ids)
+        self.prompt_cache = (PromptCache(config.prompt_cache_size, config.cache_ram_mib << 20)
+                             if config.cache_ram_mib > 0 and config.prompt_cache_size > 0 else None)
+        self.constraints = ConstraintCompiler(tokenizer, self.vocab_size)
+        self.drafter: Drafter | None = None
+        self._lock = threading.Condition()
+        self._queue: deque[Task] = deque()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._tick = 0
+        self._stats = {"n_steps": 0, "n_decode_total": 0, "prompt_tokens_total": 0, "prompt_tokens_seconds": 0.0,
+                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0}
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def n_ctx_slot(self) -> int:
+        return self._n_ctx_slot
+
+    def start(self) -> None:
+        self.backend.allocate(len(self.slots_), self._n_ctx_slot)
+        if self.draft_backend is not None:
+            self.drafter = Drafter(self.draft_backend, len(self.slots_), self._n_ctx_slot, self.config.n_batch)
+        self._thread = threading.Thread(target=self._run, name="refserver-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        else:  # never started: fail what was queued
+            self._fail_all(errors.Unavailable("server is shutting down"))
+
+    def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> RequestHandle:
+        prompt = request.prompt
+        if not prompt:
+            raise errors.InvalidRequest("the prompt is empty")
+        if any(not 0 <= t < self.vocab_size for t in prompt):
+            raise errors.InvalidRequest("the prompt contains an invalid token id")
+        if len(prompt) >= self._n_ctx_slot:
+            raise errors.ContextExceeded(len(prompt), self._n_ctx_slot)
+        if request.id_slot >= len(self.slots_) or request.id_slot < -1:
+            raise errors.InvalidRequest(f"id_slot {request.id_slot} is out of range")
+        constraint = self.constraints.compile(request.constraint) if request.constraint else None
+        s = request.sampling
+        seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
+        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt)
+        spec = None
+        if self.draft_backend is not None and constraint is None:
+            spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
+                                                            self.config.draft_p_min)
+            if spec.n_max <= 0:
+                spec = None
+        task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
+                    effective_n_predict(request.n_predict, self.config.n_predict), seed, constraint, spec)
+        with self._lock:
+            if self._stopping:
+                raise errors.Unavailable("server is shutting down")
+            if self.config.max_queue and len(self._queue) >= self.config.max_queue:
+                raise errors.Unavailable("the request queue is full", retry_after=1)
+            self._queue.append(task)
+            self._lock.notify_all()
+        return task.handle
+
+    def slots(self) -> list[dict]:
+        out = []
+        for slot in self.slots_:
+            task = slot.task
+            d = {"id": slot.id, "id_task": task.handle.id if task else -1, "n_ctx": self._n_ctx_slot,
+                 "speculative": self.draft_backend is not None, "is_processing": task is not None,
+                 "prompt_tokens_cached": len(slot.cache)}
+            if task is not None:
+                s = task.request.sampling
+                d["params"] = {"n_predict": task.n_predict, "seed": task.seed, "temperature": s.temperature,
+                               "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
+                               "stop": list(task.request.stop), "ignore_eos": s.ignore_eos}
+                remain = task.n_predict - task.n_decoded if task.n_predict >= 0 else -1
+                d["next_token"] = {"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}
+            else:
+                d["next_token"] = {"has_next_token": False, "n_remain": -1, "n_decoded": 0}
+            out.append(d)
+        return out
+
+    def stats(self) -> dict:
+        busy = sum(1 for s in self.slots_ if s.busy)
+        with self._lock:
+            deferred = len(self._queue)
+        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=busy,
+                    requests_deferred=deferred, n_busy_slots=busy)
+
+    # ------------------------------------------------------------------ loop
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._stopping and not self._queue and not any(s.busy for s in self.slots_):
+                        self._lock.wait()
+                    if self._stopping:
+                        break
+                self._drop_cancelled()
+                self._assign()
+                if any(s.busy for s in self.slots_):
+                    self._step()
+                else:
+                    with self._lock:  # only tasks waiting on a busy id_slot: impossible, but never spin
+                        if self._queue and not self._stopping:
+                            self._lock.wait(0.01)
+        except Exception:  # pragma: no cover - a bug; fail everything rather than hang clients
+            log.exception("engine loop crashed")
+        finally:
+            self._fail_all(errors.Unavailable("server is shutting down"))
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            self._stopping = True
+            queued, self._queue = list(self._queue), deque()
+        for slot in self.slots_:
+            if slot.task is not None:
+                self._send(slot.task, Failed(error))
+                slot.task = None
+        for task in queued:
+            self._send(task, Failed(error))
+
+    def _send(self, task: Task, event: Event) -> None:
+        try:
+            task.sink(event)
+        except Exception:
+            log.exception("request %d: sink raised; cancelling", task.handle.id)
+            task.handle.cancel()
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            self._queue = deque(t for t in self._queue if not t.handle.cancelled)
+        for slot in self.slots_:
+            if slot.task is not None and slot.task.handle.cancelled:
+                self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        slot.task = None
+        self._tick += 1
+        slot.last_used = self._tick
+
+    # ------------------------------------------------------------------ admission
+    def _assign(self) -> None:
+        with self._lock:
+            queue = list(self._queue)
+        taken = []
+        for task in queue:
+            idle = [s for s in self.slots_ if not s.busy]
+            if not idle:
+                break
+            if task.request.id_slot >= 0:
+                slot = self.slots_[task.request.id_slot]
+                if slot.busy:
+                    continue
+            else:
+                slot = max(idle, key=lambda s: (common_prefix(s.cache, task.prompt), -s.last_used))
+            taken.append(task)
+            self._begin(task, slot)
+        if taken:
+            with self._lock:
+                self._queue = deque(t for t in self._queue if all(t is not x for x in taken))
+
+    def _begin(self, task: Task, slot: Slot) -> None:
+        prompt = task.prompt
+        own = min(common_prefix(slot.cache, prompt), len(prompt) - 1) if task.request.cache_prompt else 0
+        if task.request.cache_prompt and self.prompt_cache is not None:
+            n, value = self.prompt_cache.lookup(prompt)
+            if n > own:
+                self.backend.load_row(slot.id, value.main)
+                slot.cache = list(prompt[:n])
+                own = n
+                if self.drafter is not None and value.draft is not None:
+                    self.draft_backend.load_row(slot.id, value.draft)
+                    self.drafter.tokens[slot.id] = list(prompt[:value.draft.length])
+        slot.cache = slot.cache[:own]
+        if self.drafter is not None:
+            dt = self.drafter.tokens[slot.id]
+            self.drafter.tokens[slot.id] = dt[:min(common_prefix(dt, prompt), own)]
+        slot.task = task
+        task.n_cached = task.next_idx = own
+        task.t_start = time.perf_counter()
+        self._stats["prompt_tokens_cache_total"] += own
+        if task.request.return_progress:
+            self._send(task, Progress(len(prompt), own, own, 0.0))
+
+    # ------------------------------------------------------------------ one step
+    def _step(self) -> None:
+        active = [s for s in self.slots_ if s.task is not None]
+        drafts = self._propose(active)
+        steps: list[Step] = []
+        before: dict[int, list[int]] = {}
+        for slot in active:
+            task = slot.task
+            pos = len(slot.cache)
+            if task.generating:
+                d = drafts.get(slot.id, [])
+                steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
+            else:
+                chunk = task.prompt[task.next_idx: task.next_idx + self.config.n_batch]
+                steps.append(Step(slot.id, pos, list(chunk)))
+                before[slot.id] = list(slot.cache)
+        t0 = time.perf_counter()
+        try:
+            logits = self.backend.forward(steps)
+        except Exception as exc:  # a runtime failure ends the requests in this step only
+            log.exception("forward failed")
+            for slot in active:
+                self._send(slot.task, Failed(errors.ServerError(f"model step failed: {exc}")))
+                slot.cache = []
+                if self.drafter is not None:
+                    self.drafter.tokens[slot.id] = []
+                self._release(slot)
+            return
+        dt = time.perf_counter() - t0
+        self._stats["n_steps"] += 1
+        self._stats["n_decode_total"] += 1
+        if self.drafter is not None:
+            pre = [s for s in steps if s.row in before and self.slots_[s.row].task.spec is not None]
+            self.drafter.mirror(pre, before)
+        n_prompt = sum(len(s.tokens) for s in steps if s.row in before)
+        n_gen = len(steps) - len(before)
+        if n_prompt:
+            self._stats["prompt_tokens_seconds"] += dt * n_prompt / (n_prompt + n_gen)
+        if n_gen:
+            self._stats["tokens_predicted_seconds"] += dt * n_gen / (n_prompt + n_gen)
+        for slot, step, lg in zip(active, steps, logits):
+            task = slot.task
+            if task is None:
+                continue
+            if step.row in before:
+                self._after_prefill(slot, task, step, lg)
+            elif step.all_logits:
+                self._after_verify(slot, task, step, lg)
+            else:
+                slot.cache.append(task.pending)
+                self._generate(slot, task, lg[-1])
+
+    def _propose(self, active: list[Slot]) -> dict[int, list[int]]:
+        if self.drafter is None:
+            return {}
+        wants = []
+        for slot in active:
+            task = slot.task
+            if not task.generating or task.spec is None:
+                continue
+            room = self._n_ctx_slot - len(slot.cache) - 1
+            limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
+            limit = min(limit, room)
+            if limit > 0:
+                wants.append(DraftWant(slot.id, slot.cache + [task.pending], limit, task.spec.p_min))
+        if not wants:
+            return {}
+        try:
+            out = self.drafter.propose(wants)
+        except Exception:
+            log.exception("draft model failed; continuing without drafts")
+            for w in wants:
+                self.drafter.tokens[w.row] = []
+            return {}
+        for w in wants:
+            spec = self.slots_[w.row].task.spec
+            if len(out[w.row]) < max(spec.n_min, 1):
+                out[w.row] = []
+        return out
+
+    def _after_prefill(self, slot: Slot, task: Task, step: Step, lg: np.ndarray) -> None:
+        slot.cache.extend(step.tokens)
+        task.next_idx += len(step.tokens)
+        self._stats["prompt_tokens_total"] += len(step.tokens)
+        now = time.perf_counter()
+        total = len(task.prompt)
+        if task.request.return_progress:
+            self._send(task, Progress(total, task.n_cached, task.next_idx, (now - task.t_start) * 1000.0))
+        if task.next_idx < total:
+            return
+        task.t_prompt_done = now
+        self._save_checkpoints(slot, task)
+        if task.n_predict == 0:
+            self._finish(slot, task, "limit")
+            return
+        self._generate(slot, task, lg[-1])
+
+    def _after_verify(self, slot: Slot, task: Task, step: Step, lg: np.ndarray) -> None:
+        drafts = step.tokens[1:]
+        results = verify(task.sampler, lg, drafts)
+        n_acc = sum(1 for r in results if r.from_draft)
+        task.draft_n += len(drafts)
+        task.draft_accepted += n_acc
+        slot.cache.extend(step.tokens[: 1 + n_acc])  # pending + accepted drafts have valid KV
+        for r in results[:-1]:
+            if not self._emit(slot, task, r.token, lg[r.index], None):
+                return
+        last = results[-1]
+        self._generate(slot, task, lg[last.index], forced=last.token)
+
+    # ------------------------------------------------------------------ tokens
+    def _generate(self, slot: Slot, task: Task, raw: np.ndarray, forced: int | None = None) -> None:
+        """Sample (or take `forced`) the next token from `raw`, emit it, make it pending."""
+        if forced is None:
+            allowed = task.constraint.allowed() if task.constraint is not None else None
+            sampled = task.sampler.sample(raw, allowed)
+            token = sampled.token
+        else:
+            token, sampled = forced, None
+        if self._emit(slot, task, token, raw, sampled):
+            task.pending = token
+
+    def _emit(self, slot: Slot, task: Task, token: int, raw: np.ndarray, sampled: Sampled | None) -> bool:
+        """Send one generated token; returns False when the request finished on it."""
+        task.n_decoded += 1
+        task.sampler.accept(token)
+        self._stats["tokens_predicted_total"] += 1
+        req = task.request
+        probs = self._probs(task, token, raw, sampled) if req.sampling.n_probs > 0 else None
+        is_eog = token in self.eog and not req.sampling.ignore_eos
+        if is_eog:
+            text, word = "", None
+        else:
+            text, word = task.stream.push(self.tokenizer.token_bytes(token))
+        if task.constraint is not None:
+            task.constraint.accept(token, self.tokenizer.token_bytes(token))
+        timings = task.timings() if req.timings_per_token else None
+        self._send(task, TokenOut(token, text, probs, timings))
+        if task.handle.cancelled:
+            self._release(slot)
+            return False
+        if is_eog:
+            self._finish(slot, task, "eos")
+        elif word is not None:
+            self._finish(slot, task, "word", word)
+        elif task.constraint is not None and task.constraint.done():
+            self._finish(slot, task, "eos")
+        elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:
+            self._finish(slot, task, "limit")
+        elif len(slot.cache) >= self._n_ctx_slot:
+            self._finish(slot, task, "limit", truncated=True)
+        else:
+            return True
+        return False
+
+    def _probs(self, task: Task, token: int, raw: np.ndarray, sampled: Sampled | None) -> TokenProbs:
+        n = task.request.sampling.n_probs
+        tp = self._token_prob
+        if task.request.sampling.post_sampling_probs:
+            if sampled is None:
+                ids, p = task.sampler.distribution(raw, None, task.sampler.history[:-1])
+            else:
+                ids, p = sampled.cand_ids, sampled.cand_probs
+            order = np.argsort(-p, kind="stable")
+            top = [tp(int(ids[i]), float(p[i])) for i in order[:n]]
+            hit = np.flatnonzero(ids == token)
+            return TokenProbs(tp(token, float(p[hit[0]]) if len(hit) else 0.0), top)
+        raw = raw[: self.vocab_size]
+        ids, lps = top_logprobs(raw, n)
+        lp_all = log_softmax(raw)
+        top = [tp(int(i), finite(v)) for i, v in zip(ids, lps)]
+        return TokenProbs(tp(token, finite(lp_all[token])), top)
+
+    def _token_prob(self, tid: int, value: float) -> TokenProb:
+        return TokenProb(tid, self.tokenizer.piece(tid), list(self.tokenizer.token_bytes(tid)), value)
+
+    # ------------------------------------------------------------------ finishing
+    def _finish(self, slot: Slot, task: Task, stop_type: str, word: str = "", truncated: bool = False) -> None:
+        text = task.stream.flush() if stop_type != "word" else ""
+        now = time.perf_counter()
+        if task.request.cache_prompt:
+            self._cache_insert(slot, len(slot.cache), "assistant")
+        self._send(task, Finished(stop_type=stop_type, stopping_word=word, truncated=truncated, text=text,
+                                  tokens_predicted=task.n_decoded, tokens_evaluated=len(task.prompt),
+                                  tokens_cached=len(slot.cache), id_slot=slot.id,
+                                  timings=task.timings(now, self.drafter is not None), seed=task.seed))
+        self._release(slot)
+
+    def _save_checkpoints(self, slot: Slot, task: Task) -> None:
+        if not task.request.cache_prompt:
+            return
+        for n, kind in task.request.checkpoints:
+            if 0 < n <= len(slot.cache):
+                self._cache_insert(slot, n, kind)
+
+    def _cache_insert(self, slot: Slot, n: int, kind: str) -> None:
+        if self.prompt_cache is None or n <= 0:
+            return
+        try:
+            main = self.backend.save_row(slot.id, n)
+            draft = None
+            if self.drafter is not None and self.drafter.tokens[slot.id][:n] == slot.cache[:n] \
+                    and len(self.drafter.tokens[slot.id]) >= n:
+                draft = self.draft_backend.save_row(slot.id, n)
+            self.prompt_cache.insert(slot.cache[:n], CachedKV(main, draft), kind)
+        except Exception:
+            log.exception("prompt cache insert failed")

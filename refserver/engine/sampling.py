@@ -1,0 +1,210 @@
+"""Token sampling with llama.cpp's sampler chain, in numpy.
+
+One `Sampler` is composed per request.  Order (llama.cpp `common_sampler`): logit_bias
+(ignore_eos bans every end-of-generation id), penalties (always first; a "penalties"
+entry in the `samplers` list is accepted and not applied twice), then the list (top_k, typ_p, top_p, min_p, xtc,
+temperature with dynatemp), then a draw from the request's own seeded Generator.  So a
+seeded request is reproducible whatever else the server runs.  Temperature <= 0 is
+greedy: argmax after bias, penalties and any grammar mask.  "dry" is accepted but not
+implemented (no effect).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from refserver.engine.types import SamplingParams
+
+NEG_INF = float("-inf")
+LOWEST = float(np.finfo(np.float32).min)  # reported instead of -inf
+
+
+@dataclass
+class Sampled:
+    token: int
+    # candidates after the chain and their probabilities (for post_sampling_probs)
+    cand_ids: np.ndarray
+    cand_probs: np.ndarray
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x)
+    if not np.isfinite(m):
+        return np.full_like(x, 1.0 / len(x), dtype=np.float64)
+    e = np.exp(x - m)
+    return e / e.sum()
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = np.max(x)
+    return x - m - math.log(np.exp(x - m).sum())
+
+
+class Sampler:
+    """A request's sampler: its parameters, token history (for penalties) and RNG."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, eog_ids: Sequence[int], seed: int,
+                 history: Sequence[int] = ()):
+        self.params = params
+        self.vocab_size = vocab_size
+        self.seed = seed
+        self.rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
+        self.history: list[int] = list(history)
+        bias = np.zeros(vocab_size, dtype=np.float64)
+        for tok, b in params.logit_bias:
+            if 0 <= tok < vocab_size:
+                bias[tok] = NEG_INF if b == NEG_INF else bias[tok] + b
+        if params.ignore_eos:
+            for t in eog_ids:
+                if 0 <= t < vocab_size:
+                    bias[t] = NEG_INF
+        self.bias = bias if (params.logit_bias or params.ignore_eos) else None
+        self.greedy = params.temperature <= 0
+
+    def accept(self, token: int) -> None:
+        self.history.append(token)
+
+    # ------------------------------------------------------------------ chain
+    def _penalties(self, logits: np.ndarray, history: Sequence[int]) -> None:
+        p = self.params
+        if p.repeat_last_n == 0 or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                                    and p.presence_penalty == 0.0):
+            return
+        window = history if p.repeat_last_n < 0 else history[-p.repeat_last_n:]
+        for tok, count in Counter(window).items():
+            if not 0 <= tok < len(logits):
+                continue
+            v = logits[tok]
+            v = v * p.repeat_penalty if v <= 0 else v / p.repeat_penalty
+            logits[tok] = v - count * p.frequency_penalty - p.presence_penalty
+
+    def adjusted(self, raw: np.ndarray, allowed: np.ndarray | None = None,
+                 history: Sequence[int] | None = None) -> np.ndarray:
+        """Raw logits after logit bias, penalties (unless listed later) and the grammar mask."""
+        x = raw.astype(np.float64)[: self.vocab_size].copy()
+        if self.bias is not None:
+            x += self.bias
+        self._penalties(x, self.history if history is None else history)
+        if allowed is not None:
+            x[~allowed[: len(x)]] = NEG_INF
+        return x
+
+    def chain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates (ids, logits) after the samplers list, temperature included."""
+        p = self.params
+        ids = np.flatnonzero(np.isfinite(x))
+        if len(ids) == 0:  # everything banned: fall back to the unbanned argmax source
+            ids = np.array([int(np.argmax(x))])
+        lg = x[ids]
+        order = np.argsort(-lg, kind="stable")
+        ids, lg = ids[order], lg[order]  # sorted descending from here on
+        min_keep = max(p.min_keep, 1)
+        for name in p.samplers:
+            if len(ids) <= 1:
+                break
+            if name == "top_k":
+                if p.top_k > 0:
+                    k = max(p.top_k, min_keep)
+                    ids, lg = ids[:k], lg[:k]
+            elif name in ("typ_p", "typical_p"):
+                if p.typical_p < 1.0:
+                    probs = softmax(lg)
+                    ent = -float(np.sum(probs[probs > 0] * np.log(probs[probs > 0])))
+                    with np.errstate(divide="ignore"):
+                        shifted = np.abs(-np.log(probs) - ent)
+                    idx = np.argsort(shifted, kind="stable")
+                    cum = np.cumsum(probs[idx])
+                    last = len(idx)
+                    for i in range(len(idx)):
+                        if cum[i] > p.typical_p and i >= min_keep - 1:
+                            last = i + 1
+                            break
+                    keep = np.sort(idx[:last])
+                    ids, lg = ids[keep], lg[keep]
+            elif name == "top_p":
+                if p.top_p < 1.0:
+                    cum = np.cumsum(softmax(lg))
+                    hit = np.flatnonzero(cum >= p.top_p)
+                    last = len(ids) if len(hit) == 0 else int(hit[0]) + 1
+                    last = max(last, min(min_keep, len(ids)))
+                    ids, lg = ids[:last], lg[:last]
+            elif name == "min_p":
+                if p.min_p > 0.0:
+                    keep = lg >= lg[0] + math.log(p.min_p)
+                    n = max(int(keep.sum()), min(min_keep, len(ids)))
+                    ids, lg = ids[:n], lg[:n]
+            elif name == "xtc":
+                if (p.xtc_probability > 0 and p.xtc_threshold <= 0.5
+                        and self.rng.random() <= p.xtc_probability):
+                    probs = softmax(lg)
+                    above = np.flatnonzero(probs >= p.xtc_threshold)
+                    pos_last = int(above[-1]) if len(above) and above[0] == 0 else 0
+                    if pos_last > 0 and len(ids) - pos_last >= min_keep:
+                        ids, lg = ids[pos_last:], lg[pos_last:]
+            elif name == "temperature":
+                lg = self._temperature(lg)
+            # "dry" and unknown names: no effect
+        return ids, lg
+
+    def _temperature(self, lg: np.ndarray) -> np.ndarray:
+        p = self.params
+        if p.dynatemp_range > 0:
+            lo = max(0.0, p.temperature - p.dynatemp_range)
+            hi = p.temperature + p.dynatemp_range
+            if len(lg) <= 1:
+                return lg
+            probs = softmax(lg)
+            nz = probs[probs > 0]
+            ent = -float(np.sum(nz * np.log(nz)))
+            norm = ent / math.log(len(lg))
+            t = lo + (hi - lo) * norm ** p.dynatemp_exponent
+            return lg / max(t, 1e-6)
+        return lg / p.temperature
+
+    # ------------------------------------------------------------------ public
+    def distribution(self, raw: np.ndarray, allowed: np.ndarray | None = None,
+                     history: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, probs) the next token is drawn from; one id with prob 1 when greedy."""
+        x = self.adjusted(raw, allowed, history)
+        if self.greedy:
+            return np.array([int(np.argmax(x))]), np.array([1.0])
+        ids, lg = self.chain(x)
+        return ids, softmax(lg)
+
+    def dense(self, raw: np.ndarray, allowed: np.ndarray | None = None,
+              history: Sequence[int] | None = None) -> np.ndarray:
+        """The distribution as a full-vocabulary vector (speculative verification)."""
+        ids, probs = self.distribution(raw, allowed, history)
+        out = np.zeros(self.vocab_size, dtype=np.float64)
+        out[ids] = probs
+        return out
+
+    def draw(self, probs: np.ndarray) -> int:
+        """Index drawn from `probs` with the request's RNG."""
+        cum = np.cumsum(probs)
+        r = self.rng.random() * cum[-1]
+        return min(int(np.searchsorted(cum, r, side="right")), len(probs) - 1)
+
+    def sample(self, raw: np.ndarray, allowed: np.ndarray | None = None) -> Sampled:
+        ids, probs = self.distribution(raw, allowed)
+        i = 0 if len(ids) == 1 else self.draw(probs)
+        return Sampled(int(ids[i]), ids, probs)
+
+
+def top_logprobs(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, logprobs) of the n most likely tokens of the full distribution, sorted."""
+    lp = log_softmax(raw)
+    n = min(n, len(lp))
+    idx = np.argpartition(-lp, n - 1)[:n] if n < len(lp) else np.arange(len(lp))
+    idx = idx[np.argsort(-lp[idx], kind="stable")]
+    return idx, lp[idx]
+
+
+def finite(v: float) -> float:
+    return LOWEST if not math.isfinite(v) else float(v)

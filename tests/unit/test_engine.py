@@ -1,0 +1,265 @@
+"""Engine behaviour with the fake backend: batching, slots, caches, stopping, seeds."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+from engine_helpers import Collector, RecordingBackend, make_engine, prompt, run, text_of, tokens_of
+
+from refserver import errors
+from refserver.engine.types import Failed, Finished, GenerationRequest, Progress, SamplingParams, TokenOut
+
+pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared]
+
+# " a time there was a girl" in the stories260K vocabulary
+STORY = [261, 378, 383, 286, 261, 298, 315, 421]
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def steered(**kw) -> RecordingBackend:
+    return RecordingBackend(512, 2048, likely=[[1] + STORY], **kw)
+
+
+def test_one_model_call_per_step_with_four_decoding_slots():
+    be = RecordingBackend(512, 2048)
+    eng = make_engine(be, n_slots=4, start=False)
+    cols = [Collector() for _ in range(4)]
+    for i, c in enumerate(cols):  # queued before start: all four begin in the same step
+        eng.submit(GenerationRequest(prompt(f"Tom had {i} cats"), SamplingParams(seed=i, ignore_eos=True),
+                                     n_predict=30), c)
+    assert eng.stats()["requests_deferred"] == 4
+    eng.start()
+    for c in cols:
+        assert isinstance(c.wait()[-1], Finished)
+    st = eng.stats()
+    assert st["n_model_calls"] == st["n_steps"] == len(be.calls) == 30  # 1 prefill step + 29 decode steps
+    assert all(len(call) == 4 for call in be.calls)  # every call carries all four slots
+    assert all(n == 1 for call in be.calls[1:] for (_, _, n, _) in call)
+    eng.shutdown()
+
+
+def test_long_prompt_is_chunked_beside_decoding_slots():
+    be = RecordingBackend(512, 2048)
+    eng = make_engine(be, n_slots=2, n_batch=8)
+    gate = threading.Event()
+    c1 = Collector()
+
+    def sink(e):
+        c1(e)
+        if isinstance(e, TokenOut):
+            gate.set()
+    eng.submit(GenerationRequest(prompt("Hi"), SamplingParams(ignore_eos=True), n_predict=200), sink)
+    gate.wait(5)
+    long = prompt("Once upon a time there was a girl who liked to play in the sun with her dog " * 3)
+    ev = run(eng, GenerationRequest(long, GREEDY, n_predict=3, return_progress=True))
+    c1.wait()
+    mixed = [call for call in be.calls if len(call) == 2 and {c[2] for c in call} - {1}]
+    assert mixed and all(max(c[2] for c in call) <= 8 for call in mixed)  # chunks of <= 8 next to a decode
+    prog = [e for e in ev if isinstance(e, Progress)]
+    assert prog[0].processed == prog[0].cache and prog[-1].processed == prog[-1].total == len(long)
+    assert all(a.processed < b.processed for a, b in itertools.pairwise(prog))
+    assert len({(p.total, p.cache) for p in prog}) == 1
+    eng.shutdown()
+
+
+def test_eight_requests_on_four_slots_all_finish():
+    eng = make_engine(n_slots=4, start=False)
+    cols = [Collector() for _ in range(8)]
+    for i, c in enumerate(cols):
+        eng.submit(GenerationRequest(prompt(f"Sam saw {i} birds"), SamplingParams(seed=i), n_predict=10), c)
+    assert eng.stats()["requests_deferred"] == 8
+    eng.start()
+    fins = [c.wait()[-1] for c in cols]
+    assert all(isinstance(f, Finished) for f in fins)
+    assert {f.id_slot for f in fins} == {0, 1, 2, 3}
+    assert eng.stats()["requests_deferred"] == 0 and eng.stats()["n_busy_slots"] == 0
+    eng.shutdown()
+
+
+def test_cancel_frees_the_slot():
+    eng = make_engine(n_slots=1)
+    c = Collector()
+    holder = {}
+    cancelled = threading.Event()
+
+    def sink(e):
+        c(e)
+        if isinstance(e, TokenOut) and c.q.qsize() >= 3:
+            holder["h"].cancel()
+            cancelled.set()
+    with eng._lock:  # hold the engine until the handle is known
+        holder["h"] = eng.submit(GenerationRequest(prompt(), SamplingParams(ignore_eos=True)), sink)
+    assert cancelled.wait(5)
+    deadline = time.time() + 1
+    while eng.slots()[0]["is_processing"] and time.time() < deadline:
+        time.sleep(0.01)
+    assert not eng.slots()[0]["is_processing"]  # idle within a second
+    time.sleep(0.05)
+    n = c.q.qsize()
+    assert n == 3 and all(isinstance(c.q.get(), TokenOut) for _ in range(n))  # nothing after the cancel
+    ev = run(eng, GenerationRequest(prompt("Bob"), SamplingParams(seed=3), n_predict=4))
+    assert isinstance(ev[-1], Finished) and ev[-1].tokens_predicted == 4
+    eng.shutdown()
+
+
+def test_repeated_prompt_reuses_the_slot_cache():
+    eng = make_engine(n_slots=1, cache_ram_mib=0)
+    req = GenerationRequest(prompt(), SamplingParams(seed=42, ignore_eos=True), n_predict=12)
+    a, b = run(eng, req), run(eng, req)
+    assert a[-1].timings["cache_n"] == 0 and a[-1].timings["prompt_n"] == len(req.prompt)
+    assert b[-1].timings["cache_n"] == len(req.prompt) - 1 and b[-1].timings["prompt_n"] == 1
+    assert tokens_of(a) == tokens_of(b) and text_of(a) == text_of(b)
+    assert b[-1].tokens_cached == len(req.prompt) + 12 - 1
+    c = run(eng, GenerationRequest(prompt(), SamplingParams(seed=42, ignore_eos=True), n_predict=12, cache_prompt=False))
+    assert c[-1].timings["cache_n"] == 0 and tokens_of(c) == tokens_of(a)
+    eng.shutdown()
+
+
+def test_cross_slot_prompt_cache_serves_another_slot():
+    eng = make_engine(n_slots=2)
+    req = GenerationRequest(prompt(), SamplingParams(seed=5), n_predict=8, id_slot=0)
+    a = run(eng, req)
+    b = run(eng, GenerationRequest(prompt(), SamplingParams(seed=5), n_predict=8, id_slot=1))
+    assert b[-1].id_slot == 1 and b[-1].timings["cache_n"] == len(req.prompt) - 1
+    assert tokens_of(a) == tokens_of(b)
+    assert eng.stats()["prompt_tokens_cache_total"] == len(req.prompt) - 1
+    eng.shutdown()
+
+
+def test_slot_choice_prefers_the_longest_cached_prefix():
+    eng = make_engine(n_slots=3, cache_ram_mib=0)
+    run(eng, GenerationRequest(prompt("Lily liked the sun"), GREEDY, n_predict=2, id_slot=2))
+    ev = run(eng, GenerationRequest(prompt("Lily liked the sun and the sea"), GREEDY, n_predict=2))
+    assert ev[-1].id_slot == 2 and ev[-1].timings["cache_n"] > 0
+    eng.shutdown()
+
+
+@pytest.mark.parametrize("n_slots,n_batch", [(1, 8), (2, 64), (2, 8), (1, 64)])
+def test_seeded_sampling_is_independent_of_slots_and_batch(n_slots, n_batch):
+    eng = make_engine(n_slots=n_slots, n_batch=n_batch)
+    other = Collector()
+    if n_slots > 1:
+        eng.submit(GenerationRequest(prompt("Noise"), SamplingParams(seed=9), n_predict=30), other)
+    ev = run(eng, GenerationRequest(prompt() * 3, SamplingParams(seed=1234, temperature=1.0), n_predict=24))
+    if n_slots > 1:
+        other.wait()
+    eng.shutdown()
+    toks = tokens_of(ev)
+    assert ev[-1].seed == 1234
+    expected = getattr(test_seeded_sampling_is_independent_of_slots_and_batch, "expected", None)
+    if expected is None:
+        test_seeded_sampling_is_independent_of_slots_and_batch.expected = toks
+    else:
+        assert toks == expected
+
+
+def test_different_seeds_differ_and_server_seed_applies():
+    eng = make_engine(n_slots=1, seed=77)
+    p = prompt()
+    a = run(eng, GenerationRequest(p, SamplingParams(seed=1, temperature=1.0), n_predict=16))
+    b = run(eng, GenerationRequest(p, SamplingParams(seed=2, temperature=1.0), n_predict=16))
+    c = run(eng, GenerationRequest(p, SamplingParams(temperature=1.0), n_predict=16))
+    d = run(eng, GenerationRequest(p, SamplingParams(seed=77, temperature=1.0), n_predict=16))
+    assert tokens_of(a) != tokens_of(b)
+    assert c[-1].seed == 77 and tokens_of(c) == tokens_of(d)
+    eng.shutdown()
+
+
+def test_context_exceeded_and_context_full():
+    eng = make_engine(n_slots=2, n_ctx=64)
+    assert eng.n_ctx_slot == 32
+    with pytest.raises(errors.ContextExceeded):
+        eng.submit(GenerationRequest(list(range(3, 35))), lambda e: None)
+    with pytest.raises(errors.InvalidRequest):
+        eng.submit(GenerationRequest([]), lambda e: None)
+    with pytest.raises(errors.InvalidRequest):
+        eng.submit(GenerationRequest([5, 6], id_slot=2), lambda e: None)
+    ev = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True)))
+    fin = ev[-1]
+    assert fin.stop_type == "limit" and fin.truncated and fin.tokens_cached == 32
+    assert fin.tokens_predicted == 32 - 20 + 1
+    eng.shutdown()
+
+
+def test_stop_string_spanning_tokens():
+    eng = make_engine(steered(), n_slots=1)
+    ev = run(eng, GenerationRequest([1, 261], GREEDY, stop=("e th", "zzz")))
+    fin = ev[-1]
+    assert fin.stop_type == "word" and fin.stopping_word == "e th"
+    assert text_of(ev) == " tim"  # " time" + " there": the stop string starts inside " time"
+    # the held-back " th" never left the engine: no event text contains the stop string
+    assert all("th" not in e.text for e in ev if isinstance(e, TokenOut))
+    eng.shutdown()
+
+
+def test_n_predict_and_server_cap():
+    eng = make_engine(steered(), n_slots=1, n_predict=5)
+    a = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=3))
+    b = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=50))
+    c = run(eng, GenerationRequest([1, 261], GREEDY))
+    assert (a[-1].stop_type, a[-1].tokens_predicted) == ("limit", 3)
+    assert b[-1].tokens_predicted == c[-1].tokens_predicted == 5 and b[-1].stop_type == "limit"
+    assert text_of(a) == " time there was"
+    eng.shutdown()
+
+
+def test_eos_and_ignore_eos():
+    be = RecordingBackend(512, 2048, likely=[[1, 261, 2]])
+    eng = make_engine(be, n_slots=1)
+    a = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=10))
+    assert a[-1].stop_type == "eos" and a[-1].tokens_predicted == 1 and tokens_of(a) == [2]
+    assert text_of(a) == ""
+    b = run(eng, GenerationRequest([1, 261], SamplingParams(temperature=0.0, ignore_eos=True), n_predict=10))
+    assert b[-1].stop_type == "limit" and b[-1].tokens_predicted == 10 and 2 not in tokens_of(b)
+    eng.shutdown()
+
+
+def test_token_probabilities():
+    eng = make_engine(n_slots=1)
+    ev = run(eng, GenerationRequest(prompt(), SamplingParams(seed=3, n_probs=5), n_predict=4))
+    outs = [e for e in ev if isinstance(e, TokenOut)]
+    for e in outs:
+        lps = [t.logprob for t in e.probs.top]
+        assert len(lps) == 5 and lps == sorted(lps, reverse=True) and lps[0] <= 0
+        assert e.probs.chosen.id == e.token
+    ev = run(eng, GenerationRequest(prompt(), SamplingParams(seed=3, n_probs=3, post_sampling_probs=True,
+                                                             top_k=2), n_predict=4))
+    for e in [e for e in ev if isinstance(e, TokenOut)]:
+        ps = [t.logprob for t in e.probs.top]
+        assert 1 <= len(ps) <= 2 and 0 < e.probs.chosen.logprob <= 1 and abs(sum(ps) - 1) < 1e-6
+    eng.shutdown()
+
+
+def test_queue_limit_and_shutdown():
+    eng = make_engine(n_slots=1, max_queue=1, start=False)
+    c = Collector()
+    eng.submit(GenerationRequest(prompt(), SamplingParams(ignore_eos=True)), c)
+    with pytest.raises(errors.Unavailable):
+        eng.submit(GenerationRequest(prompt()), lambda e: None)
+    eng.start()
+    eng.shutdown()
+    ev = c.wait()
+    assert isinstance(ev[-1], Failed) and isinstance(ev[-1].error, errors.Unavailable)
+
+
+def test_checkpoints_are_stored_in_the_prompt_cache():
+    eng = make_engine(n_slots=2)
+    p = prompt("Lily liked the sun and the sea and the sky")
+    run(eng, GenerationRequest(p, GREEDY, n_predict=2, id_slot=0, checkpoints=((4, "system"),)))
+    assert len(eng.prompt_cache) == 2  # the system prefix and the assistant tail
+    ev = run(eng, GenerationRequest(p[:4] + [5, 6, 7], GREEDY, n_predict=2, id_slot=1))
+    assert ev[-1].timings["cache_n"] == 4
+    eng.shutdown()
+
+
+def test_shutdown_before_start_fails_queued_requests():
+    eng = make_engine(n_slots=1, start=False)
+    c = Collector()
+    eng.submit(GenerationRequest(prompt()), c)
+    eng.shutdown()
+    assert isinstance(c.wait()[-1], Failed)
+    with pytest.raises(errors.Unavailable):
+        eng.submit(GenerationRequest(prompt()), c)
