@@ -1,0 +1,356 @@
+"""BaseHandler: the one error path, JSON and SSE writing, API keys, CORS, request logs,
+and the bridge from the engine thread to the handler's coroutine.
+
+Engine events reach a handler through one `asyncio.Queue` per HTTP request: the sink
+given to `engine.submit` runs on the engine thread and only does
+`loop.call_soon_threadsafe(queue.put_nowait, (index, event))`.  A generation is
+cancelled when the client goes (`on_connection_close`, or a flush failing with
+`StreamClosedError`) and whenever the handler ends before it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from refserver.engine.types import Failed, Finished, GenerationRequest, TokenOut
+from refserver.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RefserverError,
+    ServerError,
+    Unavailable,
+)
+
+from .state import AppState
+
+log = logging.getLogger("refserver.http")
+
+LOWEST_FLOAT = -3.4028234663852886e38  # what a log-probability of -inf is reported as
+_SHUTDOWN = -1  # queue index that tells a handler the server is stopping
+_WAKE = -2  # queue index that wakes a handler whose client has gone
+
+
+class ClientGone(Exception):
+    """The client closed the connection; the handler ends quietly."""
+
+
+class MethodNotAllowed(RefserverError):
+    status, type = 405, "invalid_request_error"
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def finite(x: float) -> float:
+    """A log-probability safe for JSON: -inf (and NaN) become the lowest float."""
+    return x if math.isfinite(x) else LOWEST_FLOAT
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def as_refserver_error(exc: BaseException | None, status: int) -> RefserverError:
+    if isinstance(exc, RefserverError):
+        return exc
+    if isinstance(exc, tornado.web.HTTPError) or exc is None:
+        code = exc.status_code if exc is not None else status
+        reason = (exc.log_message if exc is not None and exc.log_message else None)
+        if code == 404:
+            return NotFound(reason or "File Not Found")
+        if code == 405:
+            return MethodNotAllowed(reason or "Method not allowed")
+        if 400 <= code < 500:
+            err = InvalidRequest(reason or "Bad request")
+            err.status = code
+            return err
+        return ServerError(reason or "Internal server error")
+    return ServerError(f"internal server error ({type(exc).__name__}: {exc})")
+
+
+@tornado.web.stream_request_body
+class BaseHandler(tornado.web.RequestHandler):
+    route = "other"  # label for logs and metrics
+    public = False  # reachable without an API key
+    needs_model = True  # answers 503 while the model loads
+    sse_done = False  # end streams with `data: [DONE]` (the /v1 endpoints)
+
+    def initialize(self, state: AppState) -> None:
+        self.state = state
+        self._t0 = time.monotonic()
+        self._body = bytearray()
+        self._body_too_large = False
+        self._sse_started = False
+        self._client_gone = False
+        self._queue: asyncio.Queue | None = None
+        self._handles: list = []
+        self._open: set[int] = set()
+        self._pending_first: set[int] = set()
+        self._last_write = time.monotonic()
+        self.n_prompt_tokens = 0
+        self.n_predicted_tokens = 0
+        self._set_cors()
+
+    # ------------------------------------------------------------------ headers
+    def set_default_headers(self) -> None:
+        if not hasattr(self, "request_id"):
+            incoming = self.request.headers.get("X-Request-Id", "")
+            ok = 0 < len(incoming) <= 64 and all(c.isalnum() or c in "-_." for c in incoming)
+            self.request_id = incoming if ok else secrets.token_hex(8)
+        self.set_header("X-Request-Id", self.request_id)
+        self.set_header("Server", "refserver")
+        if hasattr(self, "state"):
+            self._set_cors()
+
+    def _set_cors(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if not origin:
+            return
+        allowed = self.state.config.cors_origins
+        if "*" in allowed or origin in allowed:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    def options(self, *args, **kwargs) -> None:
+        """CORS preflight, as llama.cpp answers it."""
+        self.set_header("Access-Control-Allow-Credentials", "true")
+        self.set_header("Access-Control-Allow-Methods", "GET, POST")
+        self.set_header("Access-Control-Allow-Headers", "*")
+        self.set_status(200)
+        self.finish()
+
+    # ------------------------------------------------------------------ checks
+    def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        limit = int(self.state.config.max_body_mb * 1024 * 1024)
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._body_too_large = True  # the body is read and dropped; the method answers 413
+        if not self.public and self.state.config.api_keys:
+            self._check_api_key()
+        if self.needs_model and not self.state.ready:
+            raise Unavailable("Loading model" if self.state.status == "loading" else "Server is shutting down")
+
+    def _check_api_key(self) -> None:
+        auth = self.request.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else self.request.headers.get("X-Api-Key", "")
+        given = key.encode()
+        if not any(hmac.compare_digest(given, k.encode()) for k in self.state.config.api_keys):
+            raise AuthenticationError("Invalid API Key")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_too_large:
+            return
+        self._body += chunk
+        if len(self._body) > self.state.config.max_body_mb * 1024 * 1024:
+            self._body_too_large = True
+            self._body = bytearray()
+
+    def json_body(self) -> Any:
+        if self._body_too_large:
+            raise PayloadTooLarge(f"request body is larger than {self.state.config.max_body_mb:g} MB "
+                                  "(--max-body-mb)")
+        if not self._body.strip():
+            raise InvalidRequest("the request body is empty; send a JSON object")
+        try:
+            return json.loads(self._body.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            raise InvalidRequest("the request body is not valid UTF-8") from None
+        except RecursionError:
+            raise InvalidRequest("the request body is nested too deeply") from None
+        except ValueError as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+    # ------------------------------------------------------------------ writing
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        """Finish with a JSON body; `obj` may be a list (Tornado's write() refuses lists)."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(dumps(obj))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        err = as_refserver_error(exc, status_code)
+        self.set_status(err.status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if isinstance(err, Unavailable) and "retry_after" in err.extra:
+            self.set_header("Retry-After", str(err.extra["retry_after"]))
+        self.finish(dumps(err.to_dict()))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ClientGone) or (self._sse_started and self._client_gone):
+            self._finish_quietly()
+            return
+        if self._sse_started:
+            # Headers are out: the error becomes the stream's last event.
+            err = as_refserver_error(exc, status_code)
+            try:
+                self.write(f"data: {dumps(err.to_dict())}\n\n")
+                if self.sse_done:
+                    self.write("data: [DONE]\n\n")
+            except Exception:  # noqa: BLE001
+                log.debug("request %s: could not write the error event", self.request_id)
+            self._finish_quietly()
+            return
+        super().send_error(status_code, **kwargs)
+
+    def _finish_quietly(self) -> None:
+        if not self._finished:
+            try:
+                self.finish()
+            except Exception:  # noqa: BLE001 - the connection is gone
+                log.debug("request %s: finish on a closed connection", self.request_id)
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, ClientGone):
+            return
+        if isinstance(value, (RefserverError, tornado.web.HTTPError)):
+            status = getattr(value, "status", getattr(value, "status_code", 0))
+            log.debug("request %s: %s %s", self.request_id, status, value)
+            return
+        log.error("request %s failed on %s %s", self.request_id, self.request.method, self.request.path,
+                  exc_info=(typ, value, tb))
+
+    def on_finish(self) -> None:
+        self.cancel_generation()
+        self.state.active.discard(self)
+        ms = (time.monotonic() - self._t0) * 1000
+        status = self.get_status()
+        log.info("request id=%s method=%s route=%s status=%d prompt_tokens=%d predicted_tokens=%d ms=%.1f",
+                 self.request_id, self.request.method, self.request.path, status,
+                 self.n_prompt_tokens, self.n_predicted_tokens, ms)
+        if self.state.metrics is not None:
+            self.state.metrics.observe_request(self.route, status, ms / 1000)
+
+    # ------------------------------------------------------------------ SSE
+    def start_sse(self) -> None:
+        if not self._sse_started:
+            self._sse_started = True
+            self.set_status(200)
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+
+    async def _flush(self) -> None:
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self._gone()
+            raise ClientGone() from None
+        self._last_write = time.monotonic()
+
+    async def sse_send(self, obj: Any) -> None:
+        self.start_sse()
+        self.write(f"data: {dumps(obj)}\n\n")
+        await self._flush()
+
+    async def sse_comment(self, text: str = "keepalive") -> None:
+        self.start_sse()
+        self.write(f": {text}\n\n")
+        await self._flush()
+
+    async def sse_done_line(self) -> None:
+        self.write("data: [DONE]\n\n")
+        await self._flush()
+
+    # ------------------------------------------------------------------ engine bridge
+    def submit(self, requests: list[GenerationRequest]) -> None:
+        """Submit every request to the engine; their events come back through `events()`."""
+        engine = self.state.engine
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def make_sink(index: int):
+            def sink(event) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+                except RuntimeError:  # the loop is closed: the server is exiting
+                    pass
+            return sink
+
+        handles = []
+        try:
+            for i, req in enumerate(requests):
+                handles.append(engine.submit(req, make_sink(i)))
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        self._queue, self._handles = queue, handles
+        self._open = set(range(len(requests)))
+        self._pending_first = set(self._open)
+        self.n_prompt_tokens = sum(len(r.prompt) for r in requests)
+        self.state.active.add(self)
+
+    def cancel_generation(self) -> None:
+        for h in self._handles:
+            h.cancel()
+        self._handles = []
+
+    def _gone(self) -> None:
+        self._client_gone = True
+        self.cancel_generation()
+        if self._queue is not None:
+            self._queue.put_nowait((_WAKE, None))
+
+    def on_connection_close(self) -> None:
+        self._gone()
+
+    def abort_for_shutdown(self) -> None:
+        """Called by the server when --shutdown-grace has run out."""
+        if self._queue is not None:
+            self._queue.put_nowait((_SHUTDOWN, None))
+
+    async def events(self, keepalive: bool = False) -> AsyncIterator[tuple[int, Any]]:
+        """(index, event) pairs until every submitted request has finished.
+
+        A `Failed` event raises its error.  With `keepalive` (streams), an SSE comment goes
+        out whenever nothing was written for --sse-keepalive seconds while some request
+        still waits for its first token (queued or pre-filling).
+        """
+        interval = self.state.config.sse_keepalive
+        while self._open:
+            if self._client_gone:
+                raise ClientGone()
+            timeout = None
+            if keepalive and self._pending_first:
+                timeout = max(0.0, self._last_write + interval - time.monotonic())
+            try:
+                index, event = await asyncio.wait_for(self._queue.get(), timeout)
+            except asyncio.TimeoutError:
+                await self.sse_comment("keepalive")
+                continue
+            if index == _WAKE:
+                continue
+            if index == _SHUTDOWN:
+                self.cancel_generation()
+                raise Unavailable("Server is shutting down")
+            if isinstance(event, Failed):
+                self._open.discard(index)
+                self.cancel_generation()
+                err = event.error
+                if not isinstance(err, RefserverError):
+                    err = ServerError(f"generation failed: {err}")
+                raise err
+            if isinstance(event, (TokenOut, Finished)):
+                self._pending_first.discard(index)
+            if isinstance(event, Finished):
+                self._open.discard(index)
+            yield index, event
+        self._handles = []

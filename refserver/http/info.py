@@ -1,0 +1,119 @@
+"""Server information: /health, /props, /models, /slots, /metrics, and the 404 fallback."""
+
+from __future__ import annotations
+
+from refserver.engine.types import SamplingParams
+from refserver.errors import NotFound, NotSupported, Unavailable
+from refserver.metrics import CONTENT_TYPE
+from refserver.schemas.completion import CompletionRequest
+
+from .base import BaseHandler
+from .state import BUILD_INFO
+
+
+class HealthHandler(BaseHandler):
+    route = "/health"
+    public = True
+    needs_model = False
+
+    def get(self) -> None:
+        if self.state.status == "loading":
+            raise Unavailable("Loading model")
+        if self.state.status != "ready":
+            raise Unavailable("Server is shutting down")
+        self.write_json({"status": "ok"})
+
+
+def default_generation_params(state) -> dict:
+    defaults = state.defaults
+    sampling = SamplingParams(temperature=defaults.temperature, seed=defaults.seed)
+    return CompletionRequest().generation_settings(
+        sampling, defaults.n_predict, defaults.seed, False, (), state.tokenizer, defaults)
+
+
+class PropsHandler(BaseHandler):
+    route = "/props"
+
+    def get(self) -> None:
+        state = self.state
+        template = state.template
+        out = {
+            "default_generation_settings": {"id": 0, "id_task": -1, "n_ctx": state.engine.n_ctx_slot,
+                                            "speculative": bool(state.config.model_draft),
+                                            "is_processing": False,
+                                            "params": default_generation_params(state)},
+            "total_slots": state.config.parallel,
+            "model_alias": state.model.alias,
+            "model_path": state.model.path,
+            "modalities": {"vision": False, "audio": False},
+            "chat_template": template.source if template is not None else "",
+            "chat_template_caps": template.caps if template is not None else {},
+            "bos_token": state.tokenizer.bos_token or "",
+            "eos_token": state.tokenizer.eos_token or "",
+            "build_info": BUILD_INFO,
+            "is_sleeping": False,
+            "webui": False,
+        }
+        out.update(state.engine.stats())
+        self.write_json(out)
+
+    def post(self) -> None:
+        if not self.state.config.props:
+            raise NotSupported("This server does not support changing global properties. Start it with `--props`")
+        self.json_body()
+        self.write_json({"success": True})
+
+
+class ModelsHandler(BaseHandler):
+    route = "/models"
+    public = True
+
+    def get(self) -> None:
+        m = self.state.model
+        meta = {"vocab_type": 1, "n_vocab": m.n_vocab, "n_ctx_train": m.n_ctx_train, "n_embd": m.n_embd,
+                "n_params": m.n_params, "size": m.size}
+        self.write_json({
+            "object": "list",
+            "data": [{"id": m.alias, "aliases": [m.alias], "tags": [], "object": "model", "created": m.created,
+                      "owned_by": "llamacpp", "meta": meta}],
+            "models": [{"name": m.alias, "model": m.alias, "modified_at": "", "size": str(m.size), "digest": "",
+                        "type": "model", "description": "", "tags": [""], "capabilities": ["completion"],
+                        "parameters": "", "details": {"parent_model": "", "format": "onnx", "family": "",
+                                                      "families": [""], "parameter_size": str(m.n_params),
+                                                      "quantization_level": ""}}],
+        })
+
+
+class SlotsHandler(BaseHandler):
+    route = "/slots"
+
+    def get(self) -> None:
+        if not self.state.config.slots:
+            raise NotSupported("This server does not support slots endpoint. Start it with `--slots`")
+        slots = self.state.engine.slots()
+        wants_idle = self.get_query_argument("fail_on_no_slot", None) is not None
+        if wants_idle and all(s.get("is_processing") for s in slots):
+            raise Unavailable("no slot available")
+        self.write_json(slots)
+
+
+class MetricsHandler(BaseHandler):
+    route = "/metrics"
+
+    def get(self) -> None:
+        if self.state.metrics is None:
+            raise NotSupported("This server does not support metrics endpoint. Start it with `--metrics`")
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.state.metrics.render())
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown paths (and `/`: there is no web UI): a 404 envelope for every method."""
+
+    route = "unknown"
+    public = True
+    needs_model = False
+
+    def prepare(self) -> None:
+        if self.request.method != "OPTIONS":
+            raise NotFound(f"File Not Found: {self.request.path}")

@@ -1,0 +1,49 @@
+"""What every handler receives through `initialize()`: the config and the loaded pieces.
+
+The server fills it in while it loads (handlers answer 503 "Loading model" until
+`status` becomes "ready") and marks it "stopping" on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from refserver import __version__
+from refserver.cli import ServerConfig
+from refserver.schemas.common import ServerDefaults
+
+BUILD_INFO = f"b{__version__}-refserver"
+SYSTEM_FINGERPRINT = f"b{__version__}"
+
+
+@dataclass
+class ModelSummary:
+    """What /props and /models report about the model (filled in after loading)."""
+
+    alias: str = ""
+    path: str = ""
+    n_vocab: int = 0
+    n_ctx_train: int = 0
+    n_embd: int = 0
+    n_params: int = 0
+    size: int = 0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class AppState:
+    config: ServerConfig
+    status: str = "loading"  # "loading" | "ready" | "stopping"
+    model: ModelSummary = field(default_factory=ModelSummary)
+    tokenizer: Any = None  # refserver.tokenizer.TextTokenizer
+    template: Any = None  # refserver.chat.templates.ChatTemplate
+    engine: Any = None  # refserver.engine.Engine
+    metrics: Any = None  # refserver.metrics.Metrics, with --metrics
+    defaults: ServerDefaults = field(default_factory=ServerDefaults)
+    active: set = field(default_factory=set)  # handlers with generations in flight
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"

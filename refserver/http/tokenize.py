@@ -1,0 +1,42 @@
+"""`/tokenize` and `/detokenize`."""
+
+from __future__ import annotations
+
+from refserver.errors import InvalidRequest
+from refserver.schemas.common import encode_text, parse_request
+from refserver.schemas.tokenize import DetokenizeRequest, TokenizeRequest
+
+from .base import BaseHandler
+
+
+def _piece(token_bytes: bytes) -> str | list[int]:
+    """The token's text, or its byte list when it is not valid UTF-8 on its own."""
+    try:
+        return token_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(token_bytes)
+
+
+class TokenizeHandler(BaseHandler):
+    route = "/tokenize"
+
+    async def post(self) -> None:
+        req = parse_request(TokenizeRequest, self.json_body(), self.state.config.strict)
+        tok = self.state.tokenizer
+        ids = encode_text(tok, req.content, req.add_special, req.parse_special, where="'content'")
+        if req.with_pieces:
+            self.write_json({"tokens": [{"id": i, "piece": _piece(tok.token_bytes(i))} for i in ids]})
+        else:
+            self.write_json({"tokens": ids})
+
+
+class DetokenizeHandler(BaseHandler):
+    route = "/detokenize"
+
+    async def post(self) -> None:
+        req = parse_request(DetokenizeRequest, self.json_body(), self.state.config.strict)
+        tok = self.state.tokenizer
+        bad = [t for t in req.tokens if not 0 <= t < tok.vocab_size]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})")
+        self.write_json({"content": tok.decode(req.tokens)})

@@ -1,0 +1,72 @@
+"""OpenAI `/v1/chat/completions` request (CONTRACT §3); llama.cpp's native fields pass through.
+
+The messages themselves are validated by `refserver.chat.messages.normalize_messages`
+(400s that name the message); this model checks the other fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from refserver.errors import InvalidRequest
+
+from .common import NativeParams, RequestModel, ServerDefaults
+
+
+class StreamOptions(RequestModel):
+    include_usage: bool | None = None
+
+
+class ChatRequest(NativeParams):
+    messages: Any = None
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=-1)] | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: Any = None
+    add_generation_prompt: bool | None = None
+    chat_template_kwargs: dict | None = None
+    reasoning_format: str | None = None
+    user: str | None = None
+
+    def n_choices(self, defaults: ServerDefaults) -> int:
+        n = self.n or 1
+        if n > defaults.n_slots:
+            raise InvalidRequest(f"n ({n}) must not exceed the number of slots ({defaults.n_slots})")
+        return n
+
+    def n_probs_requested(self) -> tuple[int, int]:
+        """(n_probs for the engine, top_logprobs to report); (0, 0) without logprobs."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("'top_logprobs' requires 'logprobs': true")
+        if not self.logprobs:
+            return (self.n_probs or 0, 0) if self.n_probs else (0, 0)
+        top = 20 if self.top_logprobs is None else self.top_logprobs
+        return max(top, 1), top
+
+    def chat_n_predict(self, defaults: ServerDefaults) -> int:
+        value = self.max_completion_tokens
+        if value is None:
+            value = self.max_tokens if self.max_tokens is not None else self.n_predict
+        return self.effective_n_predict(defaults, -1 if value is None else value)
+
+    def check_tools(self, jinja: bool) -> None:
+        uses_tools = bool(self.tools) or self.tool_choice not in (None, "auto")
+        if uses_tools and not jinja:
+            raise InvalidRequest("tools and tool_choice need the Jinja template engine; start the server "
+                                 "with --jinja")
+        if self.tools and self.grammar:
+            raise InvalidRequest("'tools' and 'grammar' cannot be used together")
+        if self.grammar and self.json_schema is not None:
+            raise InvalidRequest("'json_schema' and 'grammar' cannot be used together")
+        if isinstance(self.tool_choice, str) and self.tool_choice not in ("auto", "none", "required"):
+            raise InvalidRequest("'tool_choice' must be \"auto\", \"none\", \"required\" or "
+                                 '{"type": "function", "function": {"name": ...}}')

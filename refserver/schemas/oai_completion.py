@@ -1,0 +1,54 @@
+"""OpenAI `/v1/completions` request (CONTRACT §3); llama.cpp's native fields pass through."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from refserver.engine.types import GenerationRequest
+from refserver.errors import InvalidRequest
+
+from .common import NativeParams, RequestModel, ServerDefaults, TokenizerLike, tokenize_prompts
+
+
+class StreamOptions(RequestModel):
+    include_usage: bool | None = None
+
+
+class OAICompletionRequest(NativeParams):
+    prompt: Any = None
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+    user: str | None = None
+
+    def n_choices(self, defaults: ServerDefaults) -> int:
+        n = self.n or 1
+        if n > defaults.n_slots:
+            raise InvalidRequest(f"n ({n}) must not exceed the number of slots ({defaults.n_slots})")
+        return n
+
+    def to_generation_requests(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
+                               constraint=None) -> list[GenerationRequest]:
+        if self.prompt is None:
+            raise InvalidRequest("'prompt' is required")
+        if self.echo:
+            raise InvalidRequest("'echo' is not supported")
+        if self.best_of is not None and self.best_of != 1:
+            raise InvalidRequest("'best_of' is not supported")
+        if self.suffix:
+            raise InvalidRequest("'suffix' is not supported")
+        self.check_common()
+        prompts, _ = tokenize_prompts(self.prompt, tokenizer)
+        n = self.n_choices(defaults)
+        n_probs = self.logprobs if self.logprobs is not None else self.n_probs
+        n_predict = self.effective_n_predict(defaults)
+        return [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
+                                        constraint=constraint, n_probs=n_probs)
+                for p in prompts for _ in range(n)]
