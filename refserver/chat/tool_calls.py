@@ -324,9 +324,11 @@ class HermesToolCallParser:
             self._index += 1
             self._after_call = True
             return
-        raw = self.start + text + (self.end if terminated else "")
         self._after_call = False
-        out.append(ContentDelta(raw))
+        if terminated:  # a malformed but complete call stays visible as text
+            out.append(ContentDelta(self.start + text + self.end))
+        # An unterminated call cut off before its JSON was complete (max_tokens) is dropped:
+        # markup never leaks into content, and finish_reason says "length".
 
     @staticmethod
     def _merge(out: list[Delta]) -> list[Delta]:

@@ -428,6 +428,9 @@ class Engine:
             self._finish(slot, task, "eos")
         elif word is not None:
             self._finish(slot, task, "word", word)
+        elif task.constraint is not None and task.constraint.error is not None:
+            self._send(task, Failed(errors.ServerError(f"constrained decoding failed: {task.constraint.error}")))
+            self._release(slot)
         elif task.constraint is not None and task.constraint.done():
             self._finish(slot, task, "eos")
         elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:

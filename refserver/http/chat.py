@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from refserver.chat.grammars import response_format_constraint, tools_constraint
+from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
 from refserver.chat.tool_calls import ContentDelta, HermesToolCallParser, finish_reason_for
-from refserver.engine.types import Finished, Progress, TokenOut
+from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut
 from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
 from refserver.schemas.common import encode_text, parse_request
@@ -26,6 +27,16 @@ def render_prompt(state, req: ChatRequest) -> str:
     return state.template.render(req.messages, tools=tools, add_generation_prompt=add_gen,
                                  template_kwargs=req.chat_template_kwargs)
 
+
+
+def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
+    """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
+    when it is one token; otherwise the parser still keeps markup out of content)."""
+    marker = tokenizer.encode(TOOL_START)
+    if len(marker) != 1:
+        return request
+    sampling = replace(request.sampling, logit_bias=request.sampling.logit_bias + ((marker[0], float("-inf")),))
+    return replace(request, sampling=sampling)
 
 class ApplyTemplateHandler(BaseHandler):
     route = "/apply-template"
@@ -57,6 +68,8 @@ class ChatHandler(BaseHandler):
         n_predict = req.chat_n_predict(state.defaults)
         reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
                                        constraint=constraint, n_probs=n_probs) for _ in range(n)]
+        if req.tools and req.tool_choice == "none":
+            reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
         self.req = req
         self.reqs = reqs
         self.chat_id = completion_id("chatcmpl-")
@@ -72,7 +85,8 @@ class ChatHandler(BaseHandler):
         rf = response_format_constraint(req.response_format, json_schema=req.json_schema,
                                         grammar=req.grammar or None)
         if self.use_tools:
-            tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls))
+            tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
+                                  token_names=self.state.tokenizer.added_token_names)
             if rf is not None and tc is not None:
                 raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
             return tc

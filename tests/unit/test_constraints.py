@@ -86,3 +86,37 @@ def test_engine_finishes_with_eos_on_a_constrained_request():
         ev = run(eng, GenerationRequest([1, 403], sp, n_predict=30, constraint=Constraint("gbnf", 'root ::= "a"{5,5}')))
         assert text_of(ev) == "aaaaa" and ev[-1].stop_type == "eos"
     eng.shutdown()
+
+
+def test_a_rejected_token_is_an_error_not_a_silent_drop():
+    """Constraints never fail open (CONTRACT §9.11): a token the grammar rejects sets an
+    error that the engine turns into a failed request."""
+    from refserver.engine.constraints import ConstraintState
+
+    state = ConstraintState.__new__(ConstraintState)
+    state.error = None
+    state.trigger = None
+
+    class Matcher:
+        def consume_token(self, token):
+            return False
+
+        def get_error(self):
+            return "token not allowed"
+
+    state.matcher = Matcher()
+    state.accept(7, b"x")
+    assert state.error is not None and "token not allowed" in state.error
+    assert not state.active
+
+
+@pytest.mark.parametrize("gbnf,expected", [
+    (r'root ::= "caf\u00e9"', 'root ::= "café"'),
+    (r'root ::= [\u0394] "!"', 'root ::= [Δ] "!"'),
+    (r'root ::= "\u0041"', r'root ::= "\x41"'),
+    (r'root ::= "\U0001F600"', 'root ::= "😀"'),
+    (r'root ::= "\\u0041"', r'root ::= "\\u0041"'),  # an escaped backslash, not an escape
+])
+def test_gbnf_unicode_escapes_are_rewritten_for_llguidance(gbnf, expected):
+    from refserver.engine.constraints import _unicode_escapes_to_chars
+    assert _unicode_escapes_to_chars(gbnf) == expected
