@@ -69,7 +69,7 @@ class KVState:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.keys) + sum(a.nbytes for a in self.values)
 
-    def trimmed(self, length: int) -> "KVState":
+    def trimmed(self, length: int) -> KVState:
         """The first `length` positions, sharing memory with this state."""
         length = min(length, self.length)
         return KVState([k[:, :length] for k in self.keys], [v[:, :length] for v in self.values], length)

@@ -1,0 +1,151 @@
+"""The official openai client, sync and async, streaming and not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import openai
+import pytest
+from utils import WEATHER_TOOL, match_regex
+
+pytestmark = pytest.mark.feature("openai_client")
+
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+STORY = "Once upon a time, there was a little cat named Tom."
+
+
+@pytest.fixture
+def client(chat_server):
+    return openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="dummy", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def aclient(chat_server):
+    return openai.AsyncOpenAI(base_url=f"{chat_server.url}/v1", api_key="dummy", max_retries=0, timeout=120)
+
+
+def test_completions(client):
+    res = client.completions.create(model="any", prompt=STORY, max_tokens=8, extra_body={"ignore_eos": True})
+    assert res.system_fingerprint.startswith("b")
+    assert res.choices[0].finish_reason == "length"
+    assert res.choices[0].text
+    assert res.usage.completion_tokens == 8
+
+
+def test_completions_stream(client):
+    text, finish = "", None
+    for chunk in client.completions.create(model="any", prompt=STORY, max_tokens=8, stream=True,
+                                           extra_body={"ignore_eos": True}):
+        assert chunk.system_fingerprint.startswith("b")
+        for ch in chunk.choices:
+            text += ch.text or ""
+            finish = ch.finish_reason or finish
+    assert text
+    assert finish == "length"
+
+
+def test_chat(client):
+    res = client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=8, seed=42, temperature=0.8,
+                                         extra_body={"ignore_eos": True})
+    assert res.choices[0].finish_reason == "length"
+    assert res.choices[0].message.role == "assistant"
+    assert res.choices[0].message.content
+    assert res.usage.completion_tokens == 8
+
+
+@pytest.mark.golden
+def test_chat_golden(client):
+    res = client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=32, temperature=0)
+    assert match_regex("Paris", res.choices[0].message.content)
+
+
+def test_chat_stream_with_usage(client):
+    content, usage, finish = "", None, None
+    for chunk in client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=8, stream=True,
+                                                stream_options={"include_usage": True},
+                                                extra_body={"ignore_eos": True}):
+        if chunk.usage:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+    assert content
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 8
+
+
+def test_chat_logprobs(client):
+    res = client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=6, temperature=0,
+                                         logprobs=True, top_logprobs=3)
+    entries = res.choices[0].logprobs.content
+    assert "".join(e.token for e in entries) == res.choices[0].message.content
+    assert all(len(e.top_logprobs) <= 3 for e in entries)
+
+
+def test_models_list(client):
+    models = client.models.list()
+    assert len(models.data) >= 1
+    assert models.data[0].id
+
+
+def test_bad_request_raises(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=4,
+                                       response_format={"type": "hiccup"})
+    assert exc.value.status_code == 400
+
+
+def test_context_exceeded_raises(client, chat_server):
+    slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="any", max_tokens=4,
+                                       messages=[{"role": "user", "content": "Tell me a story. " * slot_ctx}])
+    assert exc.value.body["type"] == "exceed_context_size_error" or "context" in str(exc.value)
+
+
+def test_tool_choice_required(client):
+    res = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                         tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=64)
+    call = res.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert res.choices[0].finish_reason == "tool_calls"
+
+
+def test_async_chat(aclient):
+    async def main():
+        async with aclient:
+            results = await asyncio.gather(*[
+                aclient.chat.completions.create(model="any", messages=MESSAGES, max_tokens=4, seed=i)
+                for i in range(3)])
+            return results
+    results = asyncio.run(main())
+    assert len(results) == 3
+    assert all(r.choices[0].message.content for r in results)
+
+
+def test_async_chat_stream(aclient):
+    async def main():
+        async with aclient:
+            stream = await aclient.chat.completions.create(model="any", messages=MESSAGES, max_tokens=6,
+                                                           stream=True, extra_body={"ignore_eos": True})
+            parts, finish = [], None
+            async for chunk in stream:
+                for ch in chunk.choices:
+                    parts.append(ch.delta.content or "")
+                    finish = ch.finish_reason or finish
+            return "".join(parts), finish
+    content, finish = asyncio.run(main())
+    assert content
+    assert finish == "length"
+
+
+def test_async_completions(aclient):
+    async def main():
+        async with aclient:
+            return await aclient.completions.create(model="any", prompt=STORY, max_tokens=4)
+    res = asyncio.run(main())
+    assert res.choices[0].text is not None
+    assert res.usage.prompt_tokens > 0

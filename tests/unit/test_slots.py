@@ -1,0 +1,135 @@
+"""Parallel slots, queueing, slot selection and the prompt cache across slots."""
+
+from __future__ import annotations
+
+import pytest
+from utils import ServerPreset, error_of, parallel_function_calls, wait_until
+
+slots = pytest.mark.feature("slots")
+prompt_cache = pytest.mark.feature("prompt_cache")
+engine = pytest.mark.feature("engine")
+
+PROMPTS = ["Once upon a time, there was a little cat named Tom.", "What is the capital of France?",
+           "Once upon a time, there was a big dog named Max.", "What is 3 + 4?",
+           "Once upon a time, there was a small bird named Lily.", "What is the capital of Spain?",
+           "Once upon a time, there was a happy fish named Sam.", "What is 5 + 2?"]
+
+
+def slots_server(n_slots: int, n_predict: int = 64):
+    def make():
+        server = ServerPreset.chat()
+        server.n_slots, server.n_ctx, server.n_predict = n_slots, 256 * n_slots, n_predict
+        return server
+    return make
+
+
+@slots
+@pytest.mark.needs_flags
+@pytest.mark.parametrize("n_slots,n_requests", [(1, 3), (2, 2), (2, 4), (4, 2), (4, 6), (4, 8)])
+def test_parallel_slots(server_pool, n_slots, n_requests):
+    server = server_pool(f"slots-{n_slots}", slots_server(n_slots))
+    calls = [(server.post, ("/completion", {"prompt": PROMPTS[i % len(PROMPTS)], "n_predict": 12,
+                                            "ignore_eos": True})) for i in range(n_requests)]
+    results = parallel_function_calls(calls)
+    for res in results:
+        assert res.status_code == 200, res.body
+        assert res.body["content"].strip()
+        assert res.body["tokens_predicted"] == 12
+        assert 0 <= res.body["id_slot"] < n_slots
+    if n_requests >= n_slots:
+        assert {r.body["id_slot"] for r in results} == set(range(n_slots)) or n_slots == 1
+    assert server.wait_slots_idle(1.0)
+
+
+@slots
+def test_slot_is_processing_while_streaming(chat_server):
+    stream = chat_server.make_stream_request("POST", "/completion", {
+        "prompt": PROMPTS[0], "n_predict": 64, "ignore_eos": True, "stream": True})
+    it = iter(stream)
+    first = next(it)
+    busy = [s for s in chat_server.slots() if s["is_processing"]]
+    assert [s["id"] for s in busy] == [first["id_slot"]]
+    for _ in it:
+        pass
+    assert chat_server.wait_slots_idle(1.0)
+
+
+@slots
+@pytest.mark.needs_flags
+def test_fail_on_no_slot(server_pool):
+    server = server_pool("slots-1-long", slots_server(1, n_predict=400))
+    assert server.get("/slots?fail_on_no_slot=1").status_code == 200
+    stream = server.make_stream_request("POST", "/completion", {
+        "prompt": PROMPTS[0], "n_predict": 400, "ignore_eos": True, "stream": True})
+    next(iter(stream))
+    try:
+        res = server.get("/slots?fail_on_no_slot=1")
+        assert res.status_code == 503
+        assert error_of(res)["type"] == "unavailable_error"
+    finally:
+        stream.close()
+    assert server.wait_slots_idle(1.0)
+
+
+@slots
+@pytest.mark.needs_flags
+def test_requests_wait_for_a_slot(server_pool):
+    """With one slot, a second request waits and then completes normally."""
+    server = server_pool("slots-1-long", slots_server(1, n_predict=400))
+    results = parallel_function_calls([
+        (server.post, ("/completion", {"prompt": p, "n_predict": 8, "ignore_eos": True})) for p in PROMPTS[:3]])
+    assert all(r.status_code == 200 and r.body["tokens_predicted"] == 8 for r in results)
+
+
+@prompt_cache
+def test_cache_reused_across_slots(chat_server):
+    """A prefix served on slot 0 is reused by a request on slot 1."""
+    prefix = ("Once upon a time, in a quiet village by the sea, there lived an old fisherman and his "
+              "clever grey cat, who every morning walked with him to the harbour to watch the boats.")
+    chat_server.ok("/completion", {"prompt": prefix + " The cat", "n_predict": 2, "id_slot": 0})
+    body = chat_server.ok("/completion", {"prompt": prefix + " One day", "n_predict": 2, "id_slot": 1})
+    assert body["id_slot"] == 1
+    assert body["timings"]["cache_n"] > 0
+
+
+@prompt_cache
+def test_new_request_goes_to_slot_with_longest_prefix(chat_server):
+    prefix = "Once upon a time, there was a green frog named Fred who lived by a pond. "
+    first = chat_server.ok("/completion", {"prompt": prefix + "Fred", "n_predict": 2})
+    again = chat_server.ok("/completion", {"prompt": prefix + "Fred was", "n_predict": 2})
+    assert again["timings"]["cache_n"] > 0
+    assert again["id_slot"] == first["id_slot"]
+
+
+@engine
+@pytest.mark.needs_flags
+def test_one_model_call_per_step_with_four_streams(server_pool):
+    server = server_pool("slots-4-metrics", lambda: _with_metrics(slots_server(4)()))
+    before = server.metrics()
+    n_predict = 32
+
+    def run(prompt):
+        events = server.make_stream_request("POST", "/completion", {
+            "prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "stream": True}).read_all()
+        return events[-1]["tokens_predicted"]
+
+    predicted = parallel_function_calls([(run, (p,)) for p in PROMPTS[:4]])
+    assert predicted == [n_predict] * 4
+    after = server.metrics()
+    name = "refserver:n_model_calls_total"
+    assert name in after, f"{name} missing from /metrics"
+    calls = after[name] - before.get(name, 0)
+    assert n_predict <= calls < 2 * n_predict, (
+        f"{calls} model calls for 4 streams of {n_predict} tokens: not one batched call per step")
+
+
+def _with_metrics(server):
+    server.server_metrics = True
+    return server
+
+
+@slots
+def test_slots_idle_after_burst(chat_server):
+    parallel_function_calls([(chat_server.post, ("/completion", {"prompt": p, "n_predict": 4}))
+                             for p in PROMPTS[:4]])
+    assert wait_until(lambda: not any(s["is_processing"] for s in chat_server.slots()), 1.0)

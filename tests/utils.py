@@ -1,0 +1,741 @@
+"""The test harness: start a server as a real subprocess and talk to it over HTTP.
+
+`ServerProcess` holds one attribute per server flag; `start()` turns the attributes that
+are set into argv through `FLAGS` (one row per flag, no if-chain), launches the server on
+a free port, and waits for `/health`.  The same harness drives another server:
+
+- `--server-bin PATH` / `REFSERVER_SERVER_BIN`: launch another binary that takes
+  llama-server's flags (e.g. llama.cpp's `llama-server`); refserver-only flags then skip
+  the test that needs them.
+- `--server-url URL` / `REFSERVER_SERVER_URL`: start nothing; every `ServerProcess`
+  points at URL.  Tests that need particular flags are marked `needs_flags` and skipped.
+
+`REFSERVER_TEST_MODEL` / `REFSERVER_TEST_DRAFT` replace the embedded models in presets
+(e.g. a GGUF for llama-server); golden tests are skipped then.
+
+Request helpers never raise on HTTP errors (`make_request` returns a `ServerResponse`);
+streams raise `ServerError` for a non-200 status, before the first event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("REFSERVER_SHARED", REPO_ROOT.parent / "shared"))
+STORIES260K_DIR = SHARED_DIR / "models" / "stories260K"
+
+DEFAULT_TIMEOUT = 120.0  # seconds for one request; streams: per read and in total
+
+
+# --------------------------------------------------------------------------- target
+@dataclass
+class Target:
+    """What the suite is pointed at; set once by conftest from the command line."""
+
+    server_url: str | None = None
+    server_bin: str | None = None
+    model: str | None = None  # replaces the embedded chat model in presets
+    model_draft: str | None = None
+
+    @property
+    def is_refserver(self) -> bool:
+        """True when the suite starts refserver itself with its own embedded models:
+        only then do golden values (exact texts, exact token counts) apply."""
+        return not (self.server_url or self.server_bin or self.model)
+
+    @property
+    def starts_servers(self) -> bool:
+        return self.server_url is None
+
+
+TARGET = Target(
+    server_url=os.environ.get("REFSERVER_SERVER_URL") or None,
+    server_bin=os.environ.get("REFSERVER_SERVER_BIN") or None,
+    model=os.environ.get("REFSERVER_TEST_MODEL") or None,
+    model_draft=os.environ.get("REFSERVER_TEST_DRAFT") or None,
+)
+
+# Bodies of /props and /v1/models of the first server that came up (conformance report).
+IDENTITY: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- flags
+@dataclass(frozen=True)
+class Flag:
+    """One server flag.
+
+    kind: "value" → `flag VALUE` when the attribute is not None (a list repeats it);
+          "switch" → `flag` when the attribute is true;
+          "toggle" → `flag[0]` when true, `flag[1]` when false, nothing when None.
+    refserver_only: a flag llama-server does not have; another binary cannot honour it.
+    """
+
+    attr: str
+    flag: str | tuple[str, str]
+    kind: str = "value"
+    refserver_only: bool = False
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("host", "--host"),
+    Flag("port", "--port"),
+    Flag("model", "--model"),
+    Flag("model_draft", "--model-draft"),
+    Flag("draft_max", "--draft-max"),
+    Flag("draft_min", "--draft-min"),
+    Flag("n_ctx", "--ctx-size"),
+    Flag("n_slots", "--parallel"),
+    Flag("n_batch", "--batch-size"),
+    Flag("n_predict", "--n-predict"),
+    Flag("temperature", "--temp"),
+    Flag("seed", "--seed"),
+    Flag("threads", "--threads"),
+    Flag("server_slots", ("--slots", "--no-slots"), "toggle"),
+    Flag("jinja", ("--jinja", "--no-jinja"), "toggle"),
+    Flag("chat_template", "--chat-template"),
+    Flag("chat_template_file", "--chat-template-file"),
+    Flag("alias", "--alias"),
+    Flag("api_key", "--api-key"),
+    Flag("server_metrics", "--metrics", "switch"),
+    Flag("verbose", "--verbose", "switch"),
+    Flag("cache_ram", "--cache-ram"),
+    Flag("cors_origins", "--cors-origins"),
+    Flag("backend", "--backend", refserver_only=True),
+    Flag("strict", "--strict", "switch", refserver_only=True),
+    Flag("keepalive", "--sse-keepalive", refserver_only=True),
+    Flag("prompt_cache_size", "--prompt-cache-size", refserver_only=True),
+    Flag("max_body_mb", "--max-body-mb", refserver_only=True),
+    Flag("max_queue", "--max-queue", refserver_only=True),
+    Flag("shutdown_grace", "--shutdown-grace", refserver_only=True),
+)
+
+
+def flag_args(flag: Flag, value: Any) -> list[str]:
+    """argv fragment for one flag and its attribute value."""
+    if flag.kind == "toggle":
+        if value is None:
+            return []
+        return [flag.flag[0] if value else flag.flag[1]]
+    if flag.kind == "switch":
+        return [flag.flag] if value else []
+    if value is None:
+        return []
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out: list[str] = []
+    for v in values:
+        out += [flag.flag, str(v)]
+    return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- responses
+@dataclass
+class ServerResponse:
+    status_code: int
+    headers: Any
+    body: Any  # parsed JSON, else text (None for an empty body)
+
+
+class ServerError(Exception):
+    """A stream request answered with a non-200 status."""
+
+    def __init__(self, status_code: int, body: Any):
+        super().__init__(f"HTTP {status_code}: {body}")
+        self.status_code = status_code
+        self.body = body
+
+
+@dataclass(frozen=True)
+class SSEComment:
+    """An SSE comment line (`: ...`), e.g. a keepalive; `text` is what follows the colon."""
+
+    text: str
+    t: float
+
+
+def _parse_body(resp: requests.Response) -> Any:
+    if not resp.content:
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
+
+
+class EventStream:
+    """An SSE response.  Iterating yields each `data:` event parsed as JSON (and
+    `SSEComment`s too when `comments=True`); it stops at `data: [DONE]` or at the end of
+    the stream.  Afterwards `done` tells whether `[DONE]` came, `comments` holds every
+    comment line, `items` every (kind, value, time) in order.  Reads time out after
+    `timeout` seconds of silence or in total."""
+
+    def __init__(self, resp: requests.Response, timeout: float, comments: bool):
+        self.resp = resp
+        self.status_code = resp.status_code
+        self.headers = resp.headers
+        self.timeout = timeout
+        self.yield_comments = comments
+        self.comments: list[SSEComment] = []
+        self.events: list[Any] = []
+        self.items: list[tuple[str, Any, float]] = []
+        self.done = False
+        self.started = time.monotonic()
+        self._iter = self._read()
+
+    def __iter__(self):
+        return self._iter
+
+    def __next__(self):
+        return next(self._iter)
+
+    def close(self) -> None:
+        self.resp.close()
+
+    def read_all(self) -> list[Any]:
+        for _ in self:
+            pass
+        return self.events
+
+    def _lines(self) -> Iterator[bytes]:
+        buf = b""
+        deadline = self.started + self.timeout
+        for chunk in self.resp.iter_content(chunk_size=None):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stream still open after {self.timeout} s")
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.rstrip(b"\r")
+        if buf:
+            yield buf
+
+    def _read(self) -> Iterator[Any]:
+        data: list[str] = []
+        try:
+            for raw in self._lines():
+                line = raw.decode("utf-8")
+                now = time.monotonic()
+                if line == "":
+                    if data:
+                        payload = "\n".join(data)
+                        data = []
+                        if payload.strip() == "[DONE]":
+                            self.done = True
+                            self.items.append(("done", None, now))
+                            return
+                        event = json.loads(payload)
+                        self.events.append(event)
+                        self.items.append(("data", event, now))
+                        yield event
+                    continue
+                if line.startswith(":"):
+                    comment = SSEComment(line[1:].strip(), now)
+                    self.comments.append(comment)
+                    self.items.append(("comment", comment, now))
+                    if self.yield_comments:
+                        yield comment
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip(" "))
+                # other fields (event:, id:, retry:) are not used by these servers
+            if data:  # a last event without its blank line
+                payload = "\n".join(data)
+                if payload.strip() == "[DONE]":
+                    self.done = True
+                else:
+                    event = json.loads(payload)
+                    self.events.append(event)
+                    yield event
+        finally:
+            self.resp.close()
+
+
+# --------------------------------------------------------------------------- server
+_RUNNING: set[ServerProcess] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def running_servers() -> set[ServerProcess]:
+    with _RUNNING_LOCK:
+        return set(_RUNNING)
+
+
+class ServerProcess:
+    """A server under test.  Set attributes (None = flag not given), then `start()`."""
+
+    # defaults, as class attributes a test may override on an instance
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free port is picked at start()
+    model: str | None = None  # None: refserver's embedded model
+    model_draft: str | None = None
+    draft_max: int | None = None
+    draft_min: int | None = None
+    n_ctx: int | None = None
+    n_slots: int | None = None
+    n_batch: int | None = None
+    n_predict: int | None = None
+    temperature: float | None = 0.8
+    seed: int | None = 42
+    threads: int | None = None
+    server_slots: bool | None = True
+    jinja: bool | None = None
+    chat_template: str | None = None
+    chat_template_file: str | None = None
+    alias: str | None = None
+    api_key: str | list[str] | None = None
+    server_metrics: bool = False
+    verbose: bool = False
+    cache_ram: int | None = None
+    cors_origins: str | None = None
+    backend: str | None = None
+    strict: bool = False
+    keepalive: float | None = None
+    prompt_cache_size: int | None = None
+    max_body_mb: float | None = None
+    max_queue: int | None = None
+    shutdown_grace: float | None = None
+    # True: owned by a module/session fixture, not stopped at the end of each test
+    persistent: bool = False
+
+    def __init__(self, **attrs):
+        for name, value in attrs.items():
+            if not any(f.attr == name for f in FLAGS):
+                raise AttributeError(f"ServerProcess has no flag attribute {name!r}")
+            setattr(self, name, value)
+        self.process: subprocess.Popen | None = None
+        self.base_url: str | None = None
+        self._stderr_file = None
+        self._stdout_file = None
+        self.external = False
+
+    # ------------------------------------------------------------------ argv
+    def binary(self) -> list[str]:
+        if TARGET.server_bin:
+            return [TARGET.server_bin]
+        return [sys.executable, "-m", "refserver"]
+
+    def refserver_only_flags_set(self) -> list[str]:
+        return [f.attr for f in FLAGS if f.refserver_only and flag_args(f, getattr(self, f.attr))]
+
+    def args(self) -> list[str]:
+        argv = self.binary()
+        for f in FLAGS:
+            argv += flag_args(f, getattr(self, f.attr))
+        return argv
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def url(self) -> str:
+        if self.base_url is None:
+            raise RuntimeError("server not started")
+        return self.base_url
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        if TARGET.server_url:
+            self._attach(TARGET.server_url, timeout)
+            return self
+        if TARGET.server_bin and self.refserver_only_flags_set():
+            import pytest
+
+            pytest.skip(f"{TARGET.server_bin} cannot take refserver-only flags: "
+                        f"{', '.join(self.refserver_only_flags_set())}")
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        self.port = free_port(self.host)
+        self.base_url = f"http://{self.host}:{self.port}"
+        argv = self.args()
+        self._stdout_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the process
+        self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the process
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.process = subprocess.Popen(argv, stdout=self._stdout_file, stderr=self._stderr_file,
+                                        env=env, cwd=str(REPO_ROOT))
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                err = self.stderr_tail()
+                self._cleanup()
+                raise RuntimeError(f"server exited with code {code} during start-up\n"
+                                   f"argv: {' '.join(argv)}\nstderr:\n{err}")
+            try:
+                r = requests.get(f"{self.base_url}/health", headers=self._auth_headers(), timeout=2)
+                if r.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                err = self.stderr_tail()
+                self.stop()
+                raise TimeoutError(f"server not healthy after {timeout} s\nargv: {' '.join(argv)}\n"
+                                   f"stderr:\n{err}")
+            time.sleep(0.05)
+        self._record_identity()
+        return self
+
+    def _attach(self, url: str, timeout: float) -> None:
+        self.external = True
+        self.base_url = url.rstrip("/")
+        parsed = urlparse(self.base_url)
+        self.host, self.port = parsed.hostname, parsed.port
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                r = requests.get(f"{self.base_url}/health", headers=self._auth_headers(), timeout=2)
+                if r.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.base_url}/health not 200 after {timeout} s")
+            time.sleep(0.1)
+        self._record_identity()
+
+    def _record_identity(self) -> None:
+        if IDENTITY:
+            return
+        for key, path in (("props", "/props"), ("models", "/v1/models")):
+            try:
+                IDENTITY[key] = self.make_request("GET", path, timeout=10).body
+            except requests.RequestException as exc:
+                IDENTITY[key] = f"unavailable: {exc}"
+        IDENTITY["target"] = self.base_url if self.external else " ".join(self.args())
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """terminate → wait 5 s → kill; only our own child process."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self._cleanup()
+
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def _cleanup(self) -> None:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self)
+        self.process = None
+
+    def stderr_tail(self, n: int = 4000) -> str:
+        f = self._stderr_file
+        if f is None:
+            return ""
+        f.seek(0)
+        return f.read().decode("utf-8", "replace")[-n:]
+
+    # ------------------------------------------------------------------ requests
+    def _auth_headers(self) -> dict[str, str]:
+        key = self.api_key
+        if isinstance(key, (list, tuple)):
+            key = key[0] if key else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _headers(self, headers: dict | None) -> dict:
+        out = self._auth_headers()
+        out.update(headers or {})
+        return out
+
+    def make_request(self, method: str, path: str, data: Any = None, headers: dict | None = None,
+                     timeout: float = DEFAULT_TIMEOUT, raw: bytes | str | None = None) -> ServerResponse:
+        """One request; `data` is sent as JSON, `raw` as the body verbatim.  HTTP errors are
+        returned, never raised."""
+        kwargs: dict[str, Any] = {"headers": self._headers(headers), "timeout": timeout}
+        if raw is not None:
+            kwargs["data"] = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+            kwargs["headers"].setdefault("Content-Type", "application/json")
+        elif data is not None:
+            kwargs["json"] = data
+        resp = requests.request(method, f"{self.url}{path}", **kwargs)
+        body = None if method.upper() in ("OPTIONS", "HEAD") else _parse_body(resp)
+        return ServerResponse(resp.status_code, resp.headers, body)
+
+    def make_stream_request(self, method: str, path: str, data: Any = None, headers: dict | None = None,
+                            timeout: float = DEFAULT_TIMEOUT, comments: bool = False) -> EventStream:
+        """A streamed request: raises `ServerError` at once on a non-200 status; iterate the
+        result for the `data:` events (comments collected on `.comments`)."""
+        resp = requests.request(method, f"{self.url}{path}", json=data, headers=self._headers(headers),
+                                timeout=(10, timeout), stream=True)
+        if resp.status_code != 200:
+            body = _parse_body(resp)
+            resp.close()
+            raise ServerError(resp.status_code, body)
+        return EventStream(resp, timeout, comments)
+
+    def make_any_request(self, method: str, path: str, data: dict, headers: dict | None = None,
+                         timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """A chat request, streamed or not as `data["stream"]` says; a stream is assembled
+        into the non-stream shape while checking the streaming rules (CONTRACT §5)."""
+        if not data.get("stream"):
+            res = self.make_request(method, path, data, headers, timeout)
+            if res.status_code != 200:
+                raise ServerError(res.status_code, res.body)
+            return res.body
+        return assemble_chat_stream(self.make_stream_request(method, path, data, headers, timeout))
+
+    # ------------------------------------------------------------------ conveniences
+    def get(self, path: str, **kw) -> ServerResponse:
+        return self.make_request("GET", path, **kw)
+
+    def post(self, path: str, data: Any = None, **kw) -> ServerResponse:
+        return self.make_request("POST", path, data, **kw)
+
+    def ok(self, path: str, data: Any = None) -> Any:
+        """POST (or GET when data is None) expecting 200; returns the body."""
+        res = self.post(path, data) if data is not None else self.get(path)
+        assert res.status_code == 200, f"{path}: HTTP {res.status_code}: {res.body}"
+        return res.body
+
+    def tokenize(self, content: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.ok("/tokenize", {"content": content, "add_special": add_special,
+                                     "parse_special": parse_special})["tokens"]
+
+    def props(self) -> dict:
+        return self.ok("/props")
+
+    def slots(self) -> list[dict]:
+        return self.ok("/slots")
+
+    def metrics(self) -> dict[str, float]:
+        return parse_prometheus(self.ok("/metrics"))
+
+    def wait_slots_idle(self, timeout: float = 1.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not any(s.get("is_processing") for s in self.slots()):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def __repr__(self) -> str:
+        return f"<ServerProcess {self.base_url or 'not started'}>"
+
+
+# --------------------------------------------------------------------------- presets
+class ServerPreset:
+    """Named server configurations, like llama.cpp's `ServerPreset.tinyllama2()`."""
+
+    @staticmethod
+    def chat() -> ServerProcess:
+        """The embedded chat model: alias refserver-chat, ctx 1024, 2 slots, batch 32."""
+        return ServerProcess(
+            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, n_batch=32,
+            n_predict=64, seed=42, temperature=0.8, jinja=True)
+
+    @staticmethod
+    def chat_with_draft() -> ServerProcess:
+        server = ServerPreset.chat()
+        server.model_draft = TARGET.model_draft or (TARGET.model if TARGET.model else
+                                                    str(REPO_ROOT / "refserver" / "models" / "draft"))
+        server.draft_max = 8
+        server.draft_min = 0
+        return server
+
+    @staticmethod
+    def one_slot() -> ServerProcess:
+        server = ServerPreset.chat()
+        server.n_slots = 1
+        server.n_ctx = 512
+        return server
+
+    @staticmethod
+    def long_context() -> ServerProcess:
+        server = ServerPreset.chat()
+        server.n_ctx = 2048  # the embedded model's n_ctx_train
+        server.n_slots = 1
+        return server
+
+    @staticmethod
+    def stories260k(layout: str = "genai") -> ServerProcess:
+        """llama.cpp's own test model (tinyllama2 preset) in one of its ONNX layouts."""
+        return ServerProcess(
+            model=str(STORIES260K_DIR / f"onnx-{layout}"), alias="tinyllama-2", n_ctx=512, n_batch=32,
+            n_slots=2, n_predict=64, seed=42, temperature=0.8, jinja=False)
+
+
+# --------------------------------------------------------------------------- helpers
+def match_regex(regex: str, text: str) -> bool:
+    return re.search(regex, text, flags=re.IGNORECASE | re.MULTILINE | re.DOTALL) is not None
+
+
+def parallel_function_calls(calls: list[tuple[Callable, tuple]], max_workers: int | None = None) -> list:
+    """Run `(func, args)` pairs in threads; results in order; the first exception (in
+    call order) is re-raised."""
+    if not calls:
+        return []
+    with ThreadPoolExecutor(max_workers=max_workers or len(calls)) as pool:
+        futures = [pool.submit(func, *args) for func, args in calls]
+        return [f.result() for f in futures]
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """`name{labels} value` lines → {name{labels}: value}; also {name: value} summed over
+    labels (histogram buckets are kept under their own names)."""
+    out: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        out[key] = v
+        base = key.split("{", 1)[0]
+        if "{" in key:
+            sums[base] = sums.get(base, 0.0) + v
+    for base, v in sums.items():
+        out.setdefault(base, v)
+    return out
+
+
+def error_of(res: ServerResponse | ServerError) -> dict:
+    """The `error` object of an error envelope; asserts the envelope's shape."""
+    body = res.body
+    status = res.status_code
+    assert isinstance(body, dict) and isinstance(body.get("error"), dict), \
+        f"HTTP {status}: no error envelope: {body!r}"
+    err = body["error"]
+    assert isinstance(err.get("message"), str) and err["message"], f"error without message: {err}"
+    assert isinstance(err.get("type"), str), f"error without type: {err}"
+    assert err.get("code") == status, f"error code {err.get('code')} != HTTP status {status}"
+    return err
+
+
+def assemble_chat_stream(stream: EventStream) -> dict:
+    """Assemble a chat stream into the non-stream shape, asserting the streaming rules:
+    the first delta of a choice has role "assistant"; later ones have no role; content
+    deltas are non-empty; a tool call's first delta has id, type "function" and a name;
+    one id for the whole stream; chunks with empty `choices` carry `usage`; `[DONE]` ends."""
+    choices: dict[int, dict] = {}
+    ids: set[str] = set()
+    out: dict[str, Any] = {}
+    for chunk in stream:
+        assert "error" not in chunk, f"error event in stream: {chunk}"
+        assert chunk.get("object") == "chat.completion.chunk", chunk
+        ids.add(chunk["id"])
+        out.setdefault("model", chunk.get("model"))
+        out.setdefault("created", chunk.get("created"))
+        out.setdefault("system_fingerprint", chunk.get("system_fingerprint"))
+        if "timings" in chunk:
+            out["timings"] = chunk["timings"]
+        if not chunk["choices"]:
+            assert chunk.get("usage"), f"chunk without choices and usage: {chunk}"
+            out["usage"] = chunk["usage"]
+            continue
+        if chunk.get("usage"):
+            out["usage"] = chunk["usage"]
+        for ch in chunk["choices"]:
+            idx = ch.get("index", 0)
+            first = idx not in choices
+            state = choices.setdefault(idx, {"index": idx, "message": {"role": None, "content": None},
+                                             "finish_reason": None, "_calls": {}})
+            delta = ch.get("delta") or {}
+            if first:
+                assert delta.get("role") == "assistant", f"first delta without role assistant: {delta}"
+                state["message"]["role"] = "assistant"
+            else:
+                assert "role" not in delta, f"role repeated in a later delta: {delta}"
+            content = delta.get("content")
+            if content is not None and not first:
+                assert content != "", "empty content delta"
+            if content:
+                state["message"]["content"] = (state["message"]["content"] or "") + content
+            for tc in delta.get("tool_calls") or []:
+                calls = state["_calls"]
+                i = tc.get("index", len(calls))
+                if i not in calls:
+                    assert tc.get("id"), f"first delta of a tool call without id: {tc}"
+                    assert tc.get("type") == "function", f"first tool-call delta without type: {tc}"
+                    assert tc.get("function", {}).get("name"), f"first tool-call delta without name: {tc}"
+                    calls[i] = {"id": tc["id"], "type": "function",
+                                "function": {"name": tc["function"]["name"], "arguments": ""}}
+                calls[i]["function"]["arguments"] += tc.get("function", {}).get("arguments") or ""
+            if ch.get("logprobs") and ch["logprobs"].get("content"):
+                state.setdefault("logprobs", {"content": []})["content"] += ch["logprobs"]["content"]
+            if ch.get("finish_reason"):
+                assert state["finish_reason"] is None, "finish_reason sent twice"
+                state["finish_reason"] = ch["finish_reason"]
+    assert stream.done, "stream ended without data: [DONE]"
+    assert len(ids) == 1, f"several ids in one stream: {ids}"
+    out["id"] = ids.pop()
+    out["object"] = "chat.completion"
+    out["choices"] = []
+    for idx in sorted(choices):
+        state = choices[idx]
+        calls = state.pop("_calls")
+        if calls:
+            state["message"]["tool_calls"] = [calls[i] for i in sorted(calls)]
+        out["choices"].append(state)
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city"}},
+            "required": ["city"],
+        },
+    },
+}
+
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Get the local time in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
