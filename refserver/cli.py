@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB",
                    help="largest request body accepted (default 16)")
     g.add_argument("--max-queue", type=int, default=None, metavar="N",
-                   help="most requests waiting for a slot; more get 503")
+                   help="most requests waiting for a slot; more get 503 (default and 0: no limit)")
     g.add_argument("--shutdown-grace", type=float, default=3.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, time left to in-flight requests (default 3)")
     g = p.add_argument_group("model")
@@ -142,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         (a.sse_keepalive <= 0, "--sse-keepalive must be positive"),
         (a.max_body_mb <= 0, "--max-body-mb must be positive"),
         (a.shutdown_grace < 0, "--shutdown-grace must be 0 or more"),
+        # a negative value would make the engine's queue always "full" (every request 503)
+        (a.max_queue is not None and a.max_queue < 0, "--max-queue must be 0 (no limit) or more"),
         (a.threads < 0, "--threads must be 0 (all cores) or more"),
         (a.draft_max < 0 or a.draft_min < 0, "--draft-max/--draft-min must be 0 or more"),
         (a.chat_template_file is not None and not Path(a.chat_template_file).is_file(),

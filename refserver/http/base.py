@@ -52,7 +52,18 @@ class MethodNotAllowed(RefserverError):
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON that is always valid UTF-8.
+
+    Client strings may hold lone surrogates (`"\\ud800"` is legal JSON) and are echoed back
+    (stop strings, rendered templates); such text cannot be encoded as UTF-8, so it is
+    written with ASCII escapes instead of failing the response with a 500.
+    """
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def finite(x: float) -> float:
@@ -232,8 +243,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.state.active.discard(self)
         ms = (time.monotonic() - self._t0) * 1000
         status = self.get_status()
+        path = self.request.path
+        path = path if len(path) <= 200 else path[:200] + "..."  # a 60 kB URL makes no 60 kB log line
         log.info("request id=%s method=%s route=%s status=%d prompt_tokens=%d predicted_tokens=%d ms=%.1f",
-                 self.request_id, self.request.method, self.request.path, status,
+                 self.request_id, self.request.method, path, status,
                  self.n_prompt_tokens, self.n_predicted_tokens, ms)
         if self.state.metrics is not None:
             self.state.metrics.observe_request(self.route, status, ms / 1000)

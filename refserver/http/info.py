@@ -116,4 +116,6 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         if self.request.method != "OPTIONS":
-            raise NotFound(f"File Not Found: {self.request.path}")
+            path = self.request.path
+            # the path is echoed, but not in full: a 60 kB URL makes no 60 kB error
+            raise NotFound(f"File Not Found: {path if len(path) <= 200 else path[:200] + '...'}")
