@@ -28,6 +28,8 @@ _GAUGES = [
     ("requests_processing", "refserver:requests_processing", "Number of requests processing."),
     ("requests_deferred", "refserver:requests_deferred", "Number of requests deferred."),
     ("n_busy_slots", "refserver:n_busy_slots", "Number of busy slots."),
+    ("prompt_cache_entries", "refserver:prompt_cache_entries", "Entries in the cross-slot prompt cache."),
+    ("prompt_cache_bytes", "refserver:prompt_cache_bytes", "Bytes of KV held by the cross-slot prompt cache."),
 ]
 
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -217,8 +218,10 @@ def main() -> None:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
                     "config": asdict(cfg)}, ckpt_path)
 
+    stop = []  # SIGTERM: checkpoint and exit, so a run can be resumed with other --threads
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     t0, last_ckpt, loss_avg = time.time() - state["elapsed"], time.time(), None
-    while state["elapsed"] < budget:
+    while state["elapsed"] < budget and not stop:
         x, state["doc"] = next(data)
         lr = lr_at(state["elapsed"] / budget, args.lr)
         for g in opt.param_groups:
@@ -242,6 +245,9 @@ def main() -> None:
             save()
             last_ckpt = time.time()
     save()
+    if stop:
+        print("stopped by SIGTERM; resume with --resume", flush=True)
+        return
     (args.out / "train_state.json").write_text(json.dumps(
         dict(state, seed=args.seed, lr=args.lr, batch=args.batch, seq=args.seq,
              minutes=args.minutes, params=n_params, preset=args.preset), indent=2))

@@ -184,8 +184,11 @@ class Engine:
         busy = sum(1 for s in self.slots_ if s.busy)
         with self._lock:
             deferred = len(self._queue)
+        cache = self.prompt_cache
         return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=busy,
-                    requests_deferred=deferred, n_busy_slots=busy)
+                    requests_deferred=deferred, n_busy_slots=busy,
+                    prompt_cache_entries=len(cache) if cache is not None else 0,
+                    prompt_cache_bytes=cache.nbytes if cache is not None else 0)
 
     # ------------------------------------------------------------------ loop
     def _run(self) -> None:
