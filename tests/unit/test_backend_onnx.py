@@ -217,3 +217,30 @@ def test_decode_spans_skip_rows_too_full_for_a_dummy(backend):
     assert backend._spans([0, 1, 2]) == [(0, 3)]
     assert backend._spans([1, 2]) == [(1, 3)]
     assert backend._spans([2, 4]) == [(2, 3), (4, 5)]
+
+
+@pytest.mark.feature("engine")
+def test_both_layouts_of_the_shipped_draft_agree():
+    """The embedded draft (builder GQA layout) and its plain-layout export under
+    tests/fixtures are the same weights: batched greedy decoding gives the same ids."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    gqa = backends.load(root / "refserver" / "models" / "draft", threads=1)
+    plain = backends.load(root / "tests" / "fixtures" / "draft-plain", threads=1)
+    assert (gqa.info.layout, gqa.info.uses_position_ids) == ("gqa", False)
+    assert (plain.info.layout, plain.info.uses_position_ids) == ("plain", True)
+    prompts = [[0, 44, 224, 835, 76], [0, 320, 224, 384, 707, 224, 286, 17, 40]]
+    outputs = []
+    for b in (gqa, plain):
+        b.allocate(2, 64)
+        pos = [len(p) for p in prompts]
+        last = [int(b.forward([Step(row, 0, p)])[0][-1].argmax()) for row, p in enumerate(prompts)]
+        ids = [[t] for t in last]
+        for _ in range(20):
+            logits = b.forward([Step(row, pos[row], [ids[row][-1]]) for row in range(2)])
+            for row in range(2):
+                pos[row] += 1
+                ids[row].append(int(logits[row][-1].argmax()))
+        outputs.append(ids)
+    assert outputs[0] == outputs[1]
