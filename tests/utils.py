@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pytest
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,12 @@ class Target:
     def starts_servers(self) -> bool:
         return self.server_url is None
 
+    @property
+    def runs_refserver(self) -> bool:
+        """True when the server under test is certainly refserver (started by the suite,
+        any model): only then are refserver's extensions beyond the contract checked."""
+        return not (self.server_url or self.server_bin)
+
 
 TARGET = Target(
     server_url=os.environ.get("REFSERVER_SERVER_URL") or None,
@@ -86,12 +93,15 @@ class Flag:
           "switch" → `flag` when the attribute is true;
           "toggle" → `flag[0]` when true, `flag[1]` when false, nothing when None.
     refserver_only: a flag llama-server does not have; another binary cannot honour it.
+    renamed: llama-server's newer name for the flag (e.g. `--draft-max` became
+        `--spec-draft-n-max`); another binary gets it when its `--help` lists it.
     """
 
     attr: str
     flag: str | tuple[str, str]
     kind: str = "value"
     refserver_only: bool = False
+    renamed: str | None = None
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -99,8 +109,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", "--port"),
     Flag("model", "--model"),
     Flag("model_draft", "--model-draft"),
-    Flag("draft_max", "--draft-max"),
-    Flag("draft_min", "--draft-min"),
+    Flag("draft_max", "--draft-max", renamed="--spec-draft-n-max"),
+    Flag("draft_min", "--draft-min", renamed="--spec-draft-n-min"),
     Flag("n_ctx", "--ctx-size"),
     Flag("n_slots", "--parallel"),
     Flag("n_batch", "--batch-size"),
@@ -128,8 +138,9 @@ FLAGS: tuple[Flag, ...] = (
 )
 
 
-def flag_args(flag: Flag, value: Any) -> list[str]:
-    """argv fragment for one flag and its attribute value."""
+def flag_args(flag: Flag, value: Any, help_text: str | None = None) -> list[str]:
+    """argv fragment for one flag and its attribute value; `help_text` is another
+    binary's `--help` (it decides between a flag's old and new name)."""
     if flag.kind == "toggle":
         if value is None:
             return []
@@ -138,11 +149,28 @@ def flag_args(flag: Flag, value: Any) -> list[str]:
         return [flag.flag] if value else []
     if value is None:
         return []
+    name = flag.flag
+    if help_text and flag.renamed and re.search(rf"(^|[\s,]){re.escape(flag.renamed)}\b", help_text):
+        name = flag.renamed
     values = value if isinstance(value, (list, tuple)) else [value]
     out: list[str] = []
     for v in values:
-        out += [flag.flag, str(v)]
+        out += [name, str(v)]
     return out
+
+
+_HELP_TEXT: dict[str, str] = {}
+
+
+def binary_help(binary: str) -> str:
+    """`binary --help` (stdout + stderr), cached; "" when it cannot be run."""
+    if binary not in _HELP_TEXT:
+        try:
+            done = subprocess.run([binary, "--help"], capture_output=True, timeout=60, check=False)
+            _HELP_TEXT[binary] = (done.stdout + done.stderr).decode("utf-8", "replace")
+        except (OSError, subprocess.TimeoutExpired):
+            _HELP_TEXT[binary] = ""
+    return _HELP_TEXT[binary]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -341,8 +369,12 @@ class ServerProcess:
 
     def args(self) -> list[str]:
         argv = self.binary()
+        help_text = binary_help(TARGET.server_bin) if TARGET.server_bin else None
         for f in FLAGS:
-            argv += flag_args(f, getattr(self, f.attr))
+            argv += flag_args(f, getattr(self, f.attr), help_text)
+        if self.model_draft and help_text and re.search(r"(^|\s)--spec-type\b", help_text):
+            # newer llama-server loads -md but drafts only with a speculative type (default none)
+            argv += ["--spec-type", "draft-simple"]
         return argv
 
     # ------------------------------------------------------------------ life cycle
@@ -382,12 +414,8 @@ class ServerProcess:
                 self._cleanup()
                 raise RuntimeError(f"server exited with code {code} during start-up\n"
                                    f"argv: {' '.join(argv)}\nstderr:\n{err}")
-            try:
-                r = requests.get(f"{self.base_url}/health", headers=self._auth_headers(), timeout=2)
-                if r.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
+            if self._healthy():
+                break
             if time.monotonic() > deadline:
                 err = self.stderr_tail()
                 self.stop()
@@ -402,18 +430,17 @@ class ServerProcess:
         self.base_url = url.rstrip("/")
         parsed = urlparse(self.base_url)
         self.host, self.port = parsed.hostname, parsed.port
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                r = requests.get(f"{self.base_url}/health", headers=self._auth_headers(), timeout=2)
-                if r.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.base_url}/health not 200 after {timeout} s")
-            time.sleep(0.1)
+        if not wait_until(self._healthy, timeout, interval=0.1):
+            raise TimeoutError(f"{self.base_url}/health not 200 after {timeout} s")
         self._record_identity()
+
+    def _healthy(self) -> bool:
+        """One GET /health: whether it answered 200."""
+        try:
+            r = requests.get(f"{self.base_url}/health", headers=self._auth_headers(), timeout=2)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200
 
     def _record_identity(self) -> None:
         if IDENTITY:
@@ -545,6 +572,16 @@ class ServerProcess:
 
 
 # --------------------------------------------------------------------------- presets
+def small_model() -> str | None:
+    """The model for suites that want a fast server: the one under test when given, else
+    stories260K when ../shared has it, else None (the embedded chat model)."""
+    if TARGET.model:
+        return TARGET.model
+    if STORIES260K_DIR.is_dir():
+        return str(STORIES260K_DIR / "onnx-genai")
+    return None
+
+
 class ServerPreset:
     """Named server configurations, like llama.cpp's `ServerPreset.tinyllama2()`."""
 
@@ -623,6 +660,23 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
+def metric(metrics: dict[str, float], name: str, default: float | None = None) -> float | None:
+    """A Prometheus metric by its name without namespace (`prompt_tokens_total` matches
+    `llamacpp:prompt_tokens_total` and `refserver:prompt_tokens_total`)."""
+    for key, value in metrics.items():
+        if key == name or key.endswith(":" + name):
+            return value
+    return default
+
+
+def client_error_status_ok(status: int) -> bool:
+    """The status of an answer to a malformed request (bad JSON, wrong types, hostile
+    bytes).  refserver answers every client mistake with a 4xx; CONTRACT §6 lets other
+    servers answer bad JSON and type errors with 500 (llama.cpp does), provided the
+    error envelope comes back and the server stays up: checked by the caller."""
+    return status < 500 or (status == 500 and not TARGET.runs_refserver)
+
+
 def error_of(res: ServerResponse | ServerError) -> dict:
     """The `error` object of an error envelope; asserts the envelope's shape."""
     body = res.body
@@ -633,6 +687,22 @@ def error_of(res: ServerResponse | ServerError) -> dict:
     assert isinstance(err.get("message"), str) and err["message"], f"error without message: {err}"
     assert isinstance(err.get("type"), str), f"error without type: {err}"
     assert err.get("code") == status, f"error code {err.get('code')} != HTTP status {status}"
+    return err
+
+
+def response_error(res: requests.Response, where: str = "") -> dict:
+    """The `error` object of a plain `requests` answer; fails unless the body is JSON with
+    the whole envelope: code == HTTP status, a non-empty message and a non-empty type."""
+    prefix = f"{where} -> " if where else ""
+    try:
+        doc = res.json()
+    except ValueError:
+        pytest.fail(f"{prefix}HTTP {res.status_code}: not JSON: {res.text[:200]!r}")
+    err = doc.get("error") if isinstance(doc, dict) else None
+    assert isinstance(err, dict), f"{prefix}HTTP {res.status_code}: no error envelope: {doc!r}"
+    assert err.get("code") == res.status_code, f"{prefix}{doc!r}"
+    assert isinstance(err.get("message"), str) and err["message"], f"{prefix}{doc!r}"
+    assert isinstance(err.get("type"), str) and err["type"], f"{prefix}{doc!r}"
     return err
 
 

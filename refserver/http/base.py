@@ -33,6 +33,7 @@ from refserver.errors import (
     ServerError,
     Unavailable,
 )
+from refserver.schemas.common import RequestModel, parse_request
 
 from .state import AppState
 
@@ -154,7 +155,12 @@ class BaseHandler(tornado.web.RequestHandler):
             self._body_too_large = True  # the body is read and dropped; the method answers 413
         if not self.public and self.state.config.api_keys:
             self._check_api_key()
-        if self.needs_model and not self.state.ready:
+        if self.needs_model:
+            self.check_ready()
+
+    def check_ready(self) -> None:
+        """503 while the model loads or the server stops."""
+        if not self.state.ready:
             raise Unavailable("Loading model" if self.state.status == "loading" else "Server is shutting down")
 
     def _check_api_key(self) -> None:
@@ -171,6 +177,10 @@ class BaseHandler(tornado.web.RequestHandler):
         if len(self._body) > self.state.config.max_body_mb * 1024 * 1024:
             self._body_too_large = True
             self._body = bytearray()
+
+    def parse_body(self, cls: type[RequestModel]) -> RequestModel:
+        """The JSON body validated as `cls` (unknown fields are an error with --strict)."""
+        return parse_request(cls, self.json_body(), self.state.config.strict)
 
     def json_body(self) -> Any:
         if self._body_too_large:
@@ -310,6 +320,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self._pending_first = set(self._open)
         self.n_prompt_tokens = sum(len(r.prompt) for r in requests)
         self.state.active.add(self)
+
+    async def collect(self, choices: list) -> None:
+        """Non-streamed responses: every event into its choice (a `ChoiceState`) until all
+        have finished."""
+        async for i, event in self.events(keepalive=False):
+            if isinstance(event, TokenOut):
+                choices[i].add(event)
+            elif isinstance(event, Finished):
+                choices[i].finish(event)
+        self.n_predicted_tokens = sum(c.finished.tokens_predicted for c in choices)
 
     def cancel_generation(self) -> None:
         for h in self._handles:

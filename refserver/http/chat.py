@@ -10,11 +10,11 @@ from refserver.chat.tool_calls import ContentDelta, HermesToolCallParser, finish
 from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut
 from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
-from refserver.schemas.common import encode_text, parse_request
+from refserver.schemas.common import encode_text
 
 from .base import BaseHandler, log
 from .completion import native_final
-from .formats import ChoiceState, completion_id, oai_logprob, usage
+from .formats import ChoiceState, choice_states, completion_id, oai_logprob, usage
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -22,11 +22,9 @@ def render_prompt(state, req: ChatRequest) -> str:
     """The chat template applied to the request's messages (and tools)."""
     if req.messages is None:
         raise InvalidRequest("'messages' is required")
-    tools = req.tools if req.tools and req.tool_choice != "none" else None
     add_gen = True if req.add_generation_prompt is None else req.add_generation_prompt
-    return state.template.render(req.messages, tools=tools, add_generation_prompt=add_gen,
+    return state.template.render(req.messages, tools=req.callable_tools(), add_generation_prompt=add_gen,
                                  template_kwargs=req.chat_template_kwargs)
-
 
 
 def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
@@ -38,11 +36,12 @@ def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationReques
     sampling = replace(request.sampling, logit_bias=request.sampling.logit_bias + ((marker[0], float("-inf")),))
     return replace(request, sampling=sampling)
 
+
 class ApplyTemplateHandler(BaseHandler):
     route = "/apply-template"
 
     async def post(self) -> None:
-        req = parse_request(ChatRequest, self.json_body(), self.state.config.strict)
+        req = self.parse_body(ChatRequest)
         req.check_tools(self.state.config.jinja)
         self.write_json({"prompt": render_prompt(self.state, req)})
 
@@ -53,14 +52,14 @@ class ChatHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = parse_request(ChatRequest, self.json_body(), state.config.strict)
+        req = self.parse_body(ChatRequest)
         req.check_tools(state.config.jinja)
         req.check_common()
         text = render_prompt(state, req)
         if state.config.verbose:
             log.debug("request %s prompt: %r", self.request_id, text)
         prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
-        self.use_tools = bool(req.tools) and req.tool_choice != "none"
+        self.use_tools = req.callable_tools() is not None
         constraint = self._constraint(req)
         n_probs, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)
@@ -74,7 +73,7 @@ class ChatHandler(BaseHandler):
         self.reqs = reqs
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
-        choices = [ChoiceState(i, r.prompt, group=0) for i, r in enumerate(reqs)]
+        choices = choice_states(reqs, n)
         self.submit(reqs)
         if req.stream:
             await self._stream(req, choices)
@@ -102,12 +101,7 @@ class ChatHandler(BaseHandler):
 
     # ------------------------------------------------------------------ non-streamed
     async def _collect(self, req: ChatRequest, choices: list[ChoiceState]) -> None:
-        async for i, event in self.events(keepalive=False):
-            if isinstance(event, TokenOut):
-                choices[i].add(event)
-            elif isinstance(event, Finished):
-                choices[i].finish(event)
-        self.n_predicted_tokens = sum(c.finished.tokens_predicted for c in choices)
+        await self.collect(choices)
         out_choices = []
         for c in choices:
             message: dict = {"role": "assistant", "content": c.content}

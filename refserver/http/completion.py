@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from refserver.chat.grammars import response_format_constraint
 from refserver.engine.types import Finished, Progress, TokenOut
-from refserver.schemas.common import parse_request
 from refserver.schemas.completion import CompletionRequest
 
-from .base import BaseHandler
-from .formats import ChoiceState, native_probs, select_fields
+from .base import BaseHandler, log
+from .formats import ChoiceState, choice_states, native_probs, select_fields
 
 
 def native_constraint(req):
@@ -55,10 +54,10 @@ class CompletionHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = parse_request(CompletionRequest, self.json_body(), state.config.strict)
+        req = self.parse_body(CompletionRequest)
         reqs, many = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
         n = req.n_choices(state.defaults)
-        choices = [ChoiceState(i, r.prompt, group=i // n) for i, r in enumerate(reqs)]
+        choices = choice_states(reqs, n)
         if state.config.verbose:
             self.log_prompts(reqs)
         self.submit(reqs)
@@ -68,14 +67,10 @@ class CompletionHandler(BaseHandler):
             await self._collect(req, reqs, choices, many)
 
     def log_prompts(self, reqs) -> None:
-        from .base import log
         for r in reqs:
             log.debug("request %s prompt: %r", self.request_id, self.state.tokenizer.decode(r.prompt))
 
     # ------------------------------------------------------------------ shapes
-    def final_object(self, req: CompletionRequest, gen, choice: ChoiceState, stream: bool) -> dict:
-        return native_final(self.state, req, gen, choice, stream)
-
     def partial_object(self, choice: ChoiceState, gen, event: TokenOut) -> dict:
         out = {"index": choice.index, "content": event.text, "tokens": [event.token], "stop": False,
                "id_slot": choice.id_slot, "tokens_predicted": len(choice.tokens),
@@ -101,13 +96,8 @@ class CompletionHandler(BaseHandler):
 
     # ------------------------------------------------------------------ modes
     async def _collect(self, req, reqs, choices, many: bool) -> None:
-        async for i, event in self.events(keepalive=False):
-            if isinstance(event, TokenOut):
-                choices[i].add(event)
-            elif isinstance(event, Finished):
-                choices[i].finish(event)
-        self.n_predicted_tokens = sum(c.finished.tokens_predicted for c in choices)
-        results = [self.final_object(req, reqs[c.index], c, stream=False) for c in choices]
+        await self.collect(choices)
+        results = [native_final(self.state, req, reqs[c.index], c, stream=False) for c in choices]
         if req.response_fields:
             results = [select_fields(r, req.response_fields) for r in results]
         self.write_json(results if many else results[0])
@@ -130,5 +120,5 @@ class CompletionHandler(BaseHandler):
             elif isinstance(event, Finished):
                 c.finish(event)
                 self.n_predicted_tokens += event.tokens_predicted
-                await self.sse_send(self.final_object(req, reqs[i], c, stream=True))
+                await self.sse_send(native_final(self.state, req, reqs[i], c, stream=True))
         self.finish()

@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from refserver.engine.types import Finished, TokenOut, TokenProb, TokenProbs
+from refserver.engine.types import Finished, GenerationRequest, TokenOut, TokenProb, TokenProbs
 
 from .base import finite
 
@@ -90,6 +90,12 @@ class ChoiceState:
     @property
     def content(self) -> str:
         return "".join(self.text)
+
+
+def choice_states(reqs: list[GenerationRequest], n: int) -> list[ChoiceState]:
+    """One ChoiceState per engine request; each run of n requests (the choices of one
+    prompt) is a group."""
+    return [ChoiceState(i, r.prompt, group=i // n) for i, r in enumerate(reqs)]
 
 
 def usage(choices: list[ChoiceState]) -> dict:

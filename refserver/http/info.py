@@ -17,10 +17,7 @@ class HealthHandler(BaseHandler):
     needs_model = False
 
     def get(self) -> None:
-        if self.state.status == "loading":
-            raise Unavailable("Loading model")
-        if self.state.status != "ready":
-            raise Unavailable("Server is shutting down")
+        self.check_ready()
         self.write_json({"status": "ok"})
 
 

@@ -6,12 +6,11 @@ import time
 
 from refserver.chat.tool_calls import finish_reason_for
 from refserver.engine.types import Finished, TokenOut
-from refserver.schemas.common import parse_request
 from refserver.schemas.oai_completion import OAICompletionRequest
 
 from .base import BaseHandler
 from .completion import native_constraint
-from .formats import ChoiceState, completion_id, oai_completion_logprobs, usage
+from .formats import ChoiceState, choice_states, completion_id, oai_completion_logprobs, usage
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -21,11 +20,11 @@ class OAICompletionHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = parse_request(OAICompletionRequest, self.json_body(), state.config.strict)
+        req = self.parse_body(OAICompletionRequest)
         reqs = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
         n = req.n_choices(state.defaults)
-        choices = [ChoiceState(i, r.prompt, group=i // n) for i, r in enumerate(reqs)]
-        self.top_n = req.logprobs if req.logprobs is not None else (req.n_probs or 0)
+        choices = choice_states(reqs, n)
+        self.top_n = req.top_n_probs()
         self.cmpl_id = completion_id("cmpl-")
         self.created = int(time.time())
         self.submit(reqs)
@@ -39,12 +38,7 @@ class OAICompletionHandler(BaseHandler):
                 "system_fingerprint": SYSTEM_FINGERPRINT, "object": "text_completion", "id": self.cmpl_id}
 
     async def _collect(self, choices: list[ChoiceState]) -> None:
-        async for i, event in self.events(keepalive=False):
-            if isinstance(event, TokenOut):
-                choices[i].add(event)
-            elif isinstance(event, Finished):
-                choices[i].finish(event)
-        self.n_predicted_tokens = sum(c.finished.tokens_predicted for c in choices)
+        await self.collect(choices)
         out = self.envelope([{
             "text": c.content, "index": c.index,
             "logprobs": oai_completion_logprobs(c.probs, self.top_n) if self.top_n and c.probs else None,

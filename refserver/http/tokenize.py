@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from refserver.errors import InvalidRequest
-from refserver.schemas.common import encode_text, parse_request
+from refserver.schemas.common import encode_text
 from refserver.schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 from .base import BaseHandler
@@ -21,7 +21,7 @@ class TokenizeHandler(BaseHandler):
     route = "/tokenize"
 
     async def post(self) -> None:
-        req = parse_request(TokenizeRequest, self.json_body(), self.state.config.strict)
+        req = self.parse_body(TokenizeRequest)
         tok = self.state.tokenizer
         ids = encode_text(tok, req.content, req.add_special, req.parse_special, where="'content'")
         if req.with_pieces:
@@ -34,7 +34,7 @@ class DetokenizeHandler(BaseHandler):
     route = "/detokenize"
 
     async def post(self) -> None:
-        req = parse_request(DetokenizeRequest, self.json_body(), self.state.config.strict)
+        req = self.parse_body(DetokenizeRequest)
         tok = self.state.tokenizer
         bad = [t for t in req.tokens if not 0 <= t < tok.vocab_size]
         if bad:

@@ -12,11 +12,7 @@ from pydantic import Field
 
 from refserver.errors import InvalidRequest
 
-from .common import NativeParams, RequestModel, ServerDefaults
-
-
-class StreamOptions(RequestModel):
-    include_usage: bool | None = None
+from .common import NativeParams, ServerDefaults, StreamOptions, n_within_slots
 
 
 class ChatRequest(NativeParams):
@@ -38,17 +34,19 @@ class ChatRequest(NativeParams):
     user: str | None = None
 
     def n_choices(self, defaults: ServerDefaults) -> int:
-        n = self.n or 1
-        if n > defaults.n_slots:
-            raise InvalidRequest(f"n ({n}) must not exceed the number of slots ({defaults.n_slots})")
-        return n
+        return n_within_slots(self.n or 1, defaults)
+
+    def callable_tools(self) -> list[dict] | None:
+        """The tools the model is shown and may call: none with tool_choice "none"."""
+        return self.tools if self.tools and self.tool_choice != "none" else None
 
     def n_probs_requested(self) -> tuple[int, int]:
-        """(n_probs for the engine, top_logprobs to report); (0, 0) without logprobs."""
+        """(n_probs for the engine, top_logprobs to report); without logprobs, llama.cpp's
+        `n_probs` (0 when absent) and nothing to report."""
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("'top_logprobs' requires 'logprobs': true")
         if not self.logprobs:
-            return (self.n_probs or 0, 0) if self.n_probs else (0, 0)
+            return self.n_probs or 0, 0
         top = 20 if self.top_logprobs is None else self.top_logprobs
         return max(top, 1), top
 

@@ -80,6 +80,19 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
 
 
+class StreamOptions(RequestModel):
+    """OpenAI's `stream_options` (`/v1/completions` and `/v1/chat/completions`)."""
+
+    include_usage: bool | None = None
+
+
+def n_within_slots(n: int, defaults: ServerDefaults, name: str = "n") -> int:
+    """A request's number of choices, which may not exceed the server's slots."""
+    if n > defaults.n_slots:
+        raise InvalidRequest(f"{name} ({n}) must not exceed the number of slots ({defaults.n_slots})")
+    return n
+
+
 def parse_request(cls: type[RequestModel], body: Any, strict: bool = False) -> RequestModel:
     """Validate a decoded JSON body; any problem is an InvalidRequest naming the field."""
     if not isinstance(body, dict):
@@ -110,6 +123,11 @@ def _json_type(value: Any) -> str:
         return "null"
     return {list: "an array", str: "a string", bool: "a boolean", int: "a number",
             float: "a number"}.get(type(value), type(value).__name__)
+
+
+def or_default(value: Any, default: Any) -> Any:
+    """`default` for a field left out or sent as null (llama.cpp's `json_value`)."""
+    return default if value is None else value
 
 
 # Shorthand types.  Strict mode: bools are not ints, strings are not numbers.
@@ -189,27 +207,26 @@ class NativeParams(RequestModel):
     def sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                         n_probs: int | None = None) -> SamplingParams:
         d = SamplingParams()
-        pick = lambda value, default: default if value is None else value
-        temperature = pick(self.temperature, defaults.temperature)
+        temperature = or_default(self.temperature, defaults.temperature)
         return SamplingParams(
             temperature=float(temperature),
-            dynatemp_range=float(pick(self.dynatemp_range, d.dynatemp_range)),
-            dynatemp_exponent=float(pick(self.dynatemp_exponent, d.dynatemp_exponent)),
-            top_k=pick(self.top_k, d.top_k),
-            top_p=float(pick(self.top_p, d.top_p)),
-            min_p=float(pick(self.min_p, d.min_p)),
-            typical_p=float(pick(self.typical_p, d.typical_p)),
-            xtc_probability=float(pick(self.xtc_probability, d.xtc_probability)),
-            xtc_threshold=float(pick(self.xtc_threshold, d.xtc_threshold)),
-            repeat_penalty=float(pick(self.repeat_penalty, d.repeat_penalty)),
-            repeat_last_n=pick(self.repeat_last_n, d.repeat_last_n),
-            presence_penalty=float(pick(self.presence_penalty, d.presence_penalty)),
-            frequency_penalty=float(pick(self.frequency_penalty, d.frequency_penalty)),
+            dynatemp_range=float(or_default(self.dynatemp_range, d.dynatemp_range)),
+            dynatemp_exponent=float(or_default(self.dynatemp_exponent, d.dynatemp_exponent)),
+            top_k=or_default(self.top_k, d.top_k),
+            top_p=float(or_default(self.top_p, d.top_p)),
+            min_p=float(or_default(self.min_p, d.min_p)),
+            typical_p=float(or_default(self.typical_p, d.typical_p)),
+            xtc_probability=float(or_default(self.xtc_probability, d.xtc_probability)),
+            xtc_threshold=float(or_default(self.xtc_threshold, d.xtc_threshold)),
+            repeat_penalty=float(or_default(self.repeat_penalty, d.repeat_penalty)),
+            repeat_last_n=or_default(self.repeat_last_n, d.repeat_last_n),
+            presence_penalty=float(or_default(self.presence_penalty, d.presence_penalty)),
+            frequency_penalty=float(or_default(self.frequency_penalty, d.frequency_penalty)),
             logit_bias=tuple(parse_logit_bias(self.logit_bias, tokenizer)),
-            seed=pick(self.seed, -1),
-            n_probs=pick(n_probs if n_probs is not None else self.n_probs, 0),
+            seed=or_default(self.seed, -1),
+            n_probs=or_default(n_probs if n_probs is not None else self.n_probs, 0),
             post_sampling_probs=bool(self.post_sampling_probs),
-            min_keep=pick(self.min_keep, d.min_keep),
+            min_keep=or_default(self.min_keep, d.min_keep),
             samplers=parse_samplers(self.samplers),
             ignore_eos=bool(self.ignore_eos),
         )
@@ -218,9 +235,9 @@ class NativeParams(RequestModel):
         if self.speculative_n_max is None and self.speculative_n_min is None and self.speculative_p_min is None:
             return None
         return SpeculativeParams(
-            n_max=self.speculative_n_max if self.speculative_n_max is not None else defaults.draft_max,
-            n_min=self.speculative_n_min if self.speculative_n_min is not None else defaults.draft_min,
-            p_min=self.speculative_p_min if self.speculative_p_min is not None else defaults.draft_p_min)
+            n_max=or_default(self.speculative_n_max, defaults.draft_max),
+            n_min=or_default(self.speculative_n_min, defaults.draft_min),
+            p_min=or_default(self.speculative_p_min, defaults.draft_p_min))
 
     def check_common(self) -> None:
         if self.lora:
@@ -235,8 +252,8 @@ class NativeParams(RequestModel):
             sampling=self.sampling_params(tokenizer, defaults, n_probs=n_probs),
             n_predict=n_predict,
             stop=self.stop_strings() if stop is None else stop,
-            id_slot=-1 if self.id_slot is None else self.id_slot,
-            cache_prompt=True if self.cache_prompt is None else self.cache_prompt,
+            id_slot=or_default(self.id_slot, -1),
+            cache_prompt=or_default(self.cache_prompt, True),
             constraint=constraint,
             speculative=self.speculative_params(defaults),
             t_max_predict_ms=self.t_max_predict_ms or 0,
@@ -250,7 +267,6 @@ class NativeParams(RequestModel):
                             defaults: ServerDefaults) -> dict:
         """The `generation_settings` echo of llama.cpp's final response."""
         d = SamplingParams()
-        pick = lambda value, default: default if value is None else value
         bias = [{"bias": _finite_or_none(b), "token": t} for t, b in sampling.logit_bias]
         if sampling.ignore_eos:
             bias += [{"bias": None, "token": t} for t in sorted(tokenizer.eog_ids)]
@@ -264,7 +280,7 @@ class NativeParams(RequestModel):
             "top_k": sampling.top_k,
             "top_p": sampling.top_p,
             "min_p": sampling.min_p,
-            "top_n_sigma": pick(self.top_n_sigma, -1.0),
+            "top_n_sigma": or_default(self.top_n_sigma, -1.0),
             "xtc_probability": sampling.xtc_probability,
             "xtc_threshold": sampling.xtc_threshold,
             "typical_p": sampling.typical_p,
@@ -272,19 +288,19 @@ class NativeParams(RequestModel):
             "repeat_penalty": sampling.repeat_penalty,
             "presence_penalty": sampling.presence_penalty,
             "frequency_penalty": sampling.frequency_penalty,
-            "dry_multiplier": pick(self.dry_multiplier, 0.0),
-            "dry_base": pick(self.dry_base, 1.75),
-            "dry_allowed_length": pick(self.dry_allowed_length, 2),
-            "dry_penalty_last_n": pick(self.dry_penalty_last_n, -1),
-            "dry_sequence_breakers": pick(self.dry_sequence_breakers, ["\n", ":", "\"", "*"]),
-            "mirostat": pick(self.mirostat, 0),
-            "mirostat_tau": pick(self.mirostat_tau, 5.0),
-            "mirostat_eta": pick(self.mirostat_eta, 0.1),
+            "dry_multiplier": or_default(self.dry_multiplier, 0.0),
+            "dry_base": or_default(self.dry_base, 1.75),
+            "dry_allowed_length": or_default(self.dry_allowed_length, 2),
+            "dry_penalty_last_n": or_default(self.dry_penalty_last_n, -1),
+            "dry_sequence_breakers": or_default(self.dry_sequence_breakers, ["\n", ":", "\"", "*"]),
+            "mirostat": or_default(self.mirostat, 0),
+            "mirostat_tau": or_default(self.mirostat_tau, 5.0),
+            "mirostat_eta": or_default(self.mirostat_eta, 0.1),
             "stop": list(stop),
             "max_tokens": n_predict,
             "n_predict": n_predict,
-            "n_keep": pick(self.n_keep, 0),
-            "n_discard": pick(self.n_discard, 0),
+            "n_keep": or_default(self.n_keep, 0),
+            "n_discard": or_default(self.n_discard, 0),
             "ignore_eos": sampling.ignore_eos,
             "stream": stream,
             "logit_bias": bias,

@@ -9,7 +9,7 @@ from pydantic import Field
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest
 
-from .common import NativeParams, ServerDefaults, TokenizerLike, tokenize_prompts
+from .common import NativeParams, ServerDefaults, TokenizerLike, n_within_slots, tokenize_prompts
 
 
 class CompletionRequest(NativeParams):
@@ -23,10 +23,7 @@ class CompletionRequest(NativeParams):
     multimodal_data: list | None = None
 
     def n_choices(self, defaults: ServerDefaults) -> int:
-        n = self.n_cmpl or self.n or 1
-        if n > defaults.n_slots:
-            raise InvalidRequest(f"n_cmpl ({n}) must not exceed the number of slots ({defaults.n_slots})")
-        return n
+        return n_within_slots(self.n_cmpl or self.n or 1, defaults, "n_cmpl")
 
     def to_generation_requests(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                                constraint=None) -> tuple[list[GenerationRequest], bool]:

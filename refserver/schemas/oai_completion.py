@@ -9,11 +9,14 @@ from pydantic import Field
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest
 
-from .common import NativeParams, RequestModel, ServerDefaults, TokenizerLike, tokenize_prompts
-
-
-class StreamOptions(RequestModel):
-    include_usage: bool | None = None
+from .common import (
+    NativeParams,
+    ServerDefaults,
+    StreamOptions,
+    TokenizerLike,
+    n_within_slots,
+    tokenize_prompts,
+)
 
 
 class OAICompletionRequest(NativeParams):
@@ -29,10 +32,11 @@ class OAICompletionRequest(NativeParams):
     user: str | None = None
 
     def n_choices(self, defaults: ServerDefaults) -> int:
-        n = self.n or 1
-        if n > defaults.n_slots:
-            raise InvalidRequest(f"n ({n}) must not exceed the number of slots ({defaults.n_slots})")
-        return n
+        return n_within_slots(self.n or 1, defaults)
+
+    def top_n_probs(self) -> int:
+        """Top tokens to report per position: `logprobs`, else llama.cpp's `n_probs`; 0 for none."""
+        return self.logprobs if self.logprobs is not None else (self.n_probs or 0)
 
     def to_generation_requests(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                                constraint=None) -> list[GenerationRequest]:
@@ -47,8 +51,7 @@ class OAICompletionRequest(NativeParams):
         self.check_common()
         prompts, _ = tokenize_prompts(self.prompt, tokenizer)
         n = self.n_choices(defaults)
-        n_probs = self.logprobs if self.logprobs is not None else self.n_probs
         n_predict = self.effective_n_predict(defaults)
         return [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
-                                        constraint=constraint, n_probs=n_probs)
+                                        constraint=constraint, n_probs=self.top_n_probs())
                 for p in prompts for _ in range(n)]

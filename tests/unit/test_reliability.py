@@ -30,7 +30,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from utils import STORIES260K_DIR, TARGET, ServerError, ServerPreset, ServerProcess, error_of
+from utils import (
+    TARGET,
+    ServerError,
+    ServerPreset,
+    ServerProcess,
+    client_error_status_ok,
+    error_of,
+    response_error,
+    small_model,
+)
 
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
@@ -50,13 +59,7 @@ class ExtraArgsServer(ServerProcess):
 
 def small_server(cls=ServerProcess, **attrs) -> ServerProcess:
     """stories260K (fast) when ../shared has it, else the embedded chat model."""
-    if TARGET.model:
-        model = TARGET.model
-    elif STORIES260K_DIR.is_dir():
-        model = str(STORIES260K_DIR / "onnx-genai")
-    else:
-        model = None
-    base = {"model": model, "n_ctx": 1024, "n_slots": 4, "n_batch": 64, "n_predict": 4, "seed": 42,
+    base = {"model": small_model(), "n_ctx": 1024, "n_slots": 4, "n_batch": 64, "n_predict": 4, "seed": 42,
             "temperature": 0.8}
     base.update(attrs)
     return cls(**base)
@@ -70,20 +73,6 @@ def raw_request(server, method, path, headers=None, data=None, body=None, timeou
     elif data is not None:
         kw["json"] = data
     return requests.request(method, f"{server.url}{path}", **kw)
-
-
-def envelope(res) -> dict:
-    """The error object of a `requests` response; asserts the envelope shape."""
-    try:
-        body = res.json()
-    except ValueError:
-        pytest.fail(f"HTTP {res.status_code}: not JSON: {res.text[:200]!r}")
-    assert isinstance(body, dict) and isinstance(body.get("error"), dict), body
-    err = body["error"]
-    assert err.get("code") == res.status_code, err
-    assert isinstance(err.get("message"), str) and err["message"], err
-    assert isinstance(err.get("type"), str) and err["type"], err
-    return err
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -109,7 +98,9 @@ def server_log(server: ServerProcess) -> str:
 def keyed(server_pool):
     def make():
         key_file = Path(tempfile.mkdtemp()) / "keys.txt"
-        key_file.write_text("# a comment line\n\n  key-from-file  \n")
+        # comment lines are llama.cpp's key-file format; trimming blanks is refserver's own
+        pad = "  " if TARGET.runs_refserver else ""
+        key_file.write_text(f"# a comment line\n\n{pad}key-from-file{pad}\n")
         server = small_server(ExtraArgsServer)
         server.api_key = ["key-one", "key-two,key-three"]
         server.extra = ("--api-key-file", str(key_file))
@@ -142,9 +133,10 @@ PROTECTED_EXTRA = [
 def test_aliases_and_streams_need_a_key(keyed, method, path, data):
     res = raw_request(keyed, method, path, data=data)
     assert res.status_code == 401, res.text
-    err = envelope(res)
+    err = response_error(res)
     assert err["type"] == "authentication_error"
-    assert res.headers.get("X-Request-Id")
+    if TARGET.runs_refserver:  # refserver's own request ids
+        assert res.headers.get("X-Request-Id")
 
 
 @security
@@ -161,8 +153,12 @@ def test_bad_keys_in_both_headers_are_401(keyed, headers):
     # requests refuses non-latin-1 header values as str; send bytes
     hdrs = {k: v.encode("latin-1") for k, v in headers.items()}
     res = raw_request(keyed, "POST", "/completion", headers=hdrs, body=body)
+    if res.status_code in (400, 431) and not TARGET.runs_refserver and len(headers["Authorization"]) > 8192:
+        # an HTTP layer may refuse a 10 kB header line before any key check
+        assert keyed.get("/health").status_code == 200
+        return
     assert res.status_code == 401, res.text
-    assert envelope(res)["type"] == "authentication_error"
+    assert response_error(res)["type"] == "authentication_error"
     assert keyed.get("/health").status_code == 200
 
 
@@ -180,7 +176,7 @@ def test_keys_are_compared_in_constant_time():
 def test_unknown_key_file_is_a_start_error(tmp_path):
     server = small_server(ExtraArgsServer)
     server.extra = ("--api-key-file", str(tmp_path / "missing.txt"))
-    with pytest.raises(RuntimeError, match="exited with code 2"):
+    with pytest.raises(RuntimeError, match="exited with code [1-9]"):  # refserver: 2, llama-server: 1
         server.start(timeout=30)
 
 
@@ -193,7 +189,8 @@ def test_cors_origins_list(server_pool):
     for origin in ("http://a.example", "http://b.example"):
         res = raw_request(server, "OPTIONS", "/v1/chat/completions", headers={**pre, "Origin": origin})
         assert res.headers.get("Access-Control-Allow-Origin") == origin
-        assert res.headers.get("Access-Control-Allow-Methods") == "GET, POST"
+        methods = {m.strip() for m in (res.headers.get("Access-Control-Allow-Methods") or "").split(",")}
+        assert {"GET", "POST"} <= methods
         res = raw_request(server, "POST", "/tokenize", headers={"Origin": origin}, data={"content": "x"})
         assert res.headers.get("Access-Control-Allow-Origin") == origin
     for origin in ("http://c.example", "http://a.example.evil", "null"):
@@ -233,7 +230,7 @@ def test_chunked_oversized_body_is_413(limited):
     res = requests.post(f"{limited.url}/tokenize", data=chunks(), timeout=60,
                         headers={"Content-Type": "application/json"})
     assert res.status_code == 413
-    assert envelope(res)["type"] == "invalid_request_error"
+    assert response_error(res)["type"] == "invalid_request_error"
     assert "max-body-mb" in res.json()["error"]["message"]
     assert limited.ok("/tokenize", {"content": "small"})["tokens"]
 
@@ -404,7 +401,7 @@ def test_hostile_bodies_on_every_route(hostile, name):
     body = HOSTILE_BODIES[name]
     for path in POST_ROUTES:
         res = hostile.make_request("POST", path, raw=body, timeout=60)
-        assert res.status_code < 500, (path, res.status_code, res.body)
+        assert client_error_status_ok(res.status_code), (path, res.status_code, res.body)
         if res.status_code != 200:
             error_of(res)
     assert hostile.get("/health").status_code == 200
@@ -447,7 +444,7 @@ def test_wrong_types_in_every_field(hostile, path):
                 continue  # a huge cap is legal; covered by test_n_predict_bounds
             raw = json.dumps(body, ensure_ascii=True)
             res = hostile.make_request("POST", path, raw=raw, timeout=60)
-            if res.status_code >= 500:
+            if not client_error_status_ok(res.status_code):
                 failures.append(f"{field}={str(value)[:40]!r}: {res.status_code} {str(res.body)[:200]}")
             elif res.status_code != 200:
                 try:
@@ -463,17 +460,21 @@ def test_wrong_methods_and_paths(hostile):
     for path in POST_ROUTES:
         for method in ("GET", "PUT", "DELETE", "PATCH"):
             res = raw_request(hostile, method, path)
-            assert res.status_code == 405, (method, path, res.status_code)
-            assert envelope(res)["type"] == "invalid_request_error"
+            if TARGET.runs_refserver:  # refserver: 405; llama-server routes by method and path: 404
+                assert res.status_code == 405, (method, path, res.status_code)
+                assert response_error(res)["type"] == "invalid_request_error"
+            else:
+                assert res.status_code in (404, 405), (method, path, res.status_code)
+                response_error(res)
     for path in ("/health", "/v1/models", "/props", "/slots", "/metrics"):
         res = raw_request(hostile, "DELETE", path)
         assert res.status_code in (404, 405), (path, res.status_code)
-        envelope(res)
+        response_error(res)
     for path in ("/nope", "/v1", "/v2/chat/completions", "/completion/", "/%00", "/..%2f..%2fetc/passwd",
                  "/" + "x" * 20000, "/v1/chat/completions/extra", "//completion"):
         res = raw_request(hostile, "POST", path, data={"prompt": "x"})
         assert res.status_code == 404, (path[:50], res.status_code)
-        err = envelope(res)
+        err = response_error(res)
         assert err["type"] == "not_found_error"
         assert len(err["message"]) < 1000  # the path is not echoed in full
     assert hostile.get("/health").status_code == 200
@@ -521,6 +522,7 @@ def test_raw_http_garbage_does_not_hurt(hostile):
 
 
 @limits
+@pytest.mark.extension
 def test_request_id_header(hostile):
     res = raw_request(hostile, "GET", "/health", headers={"X-Request-Id": "client-id_1.2"})
     assert res.headers["X-Request-Id"] == "client-id_1.2"
@@ -653,7 +655,7 @@ def test_sigterm_ends_streams_with_an_error_event_and_exits_0():
     try:
         res = session.get(f"{server.url}/health", timeout=5)
         assert res.status_code == 503
-        assert envelope(res)["type"] == "unavailable_error"
+        assert response_error(res)["type"] == "unavailable_error"
     except requests.ConnectionError:
         pass  # the connection was already closed: not observable
     with pytest.raises(requests.ConnectionError):
@@ -726,6 +728,7 @@ def _traffic(server) -> dict[str, str]:
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.extension
 def test_one_structured_log_line_per_request_without_prompt_text(hostile):
     ids = _traffic(hostile)
     time.sleep(0.2)
@@ -743,6 +746,7 @@ def test_one_structured_log_line_per_request_without_prompt_text(hostile):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.extension
 def test_verbose_logs_prompt_text():
     server = small_server(verbose=True)
     server.start()
