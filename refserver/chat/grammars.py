@@ -47,19 +47,35 @@ def _check(grammar: str, what: str, tokenizer=None) -> None:
         raise InvalidRequest(f"invalid {what}: {msg}")
 
 
+_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
+
+
+def _unicode_escapes_to_chars(gbnf: str) -> str:
+    """GBNF `\\uXXXX` / `\\UXXXXXXXX` escapes as characters (or `\\xNN` below 0x80):
+    llguidance's GBNF converter turns `\\u0041` into an invalid `\\u41`."""
+    def repl(m: re.Match) -> str:
+        code = int(m.group(2) or m.group(3), 16)
+        return m.group(1) + (f"\\x{code:02x}" if code < 0x80 else chr(code))
+    return _UNICODE_ESCAPE.sub(repl, gbnf)
+
+
 def to_llguidance_grammar(c: Constraint) -> str:
-    """The llguidance grammar (what LLMatcher takes) for a Constraint."""
+    """The llguidance grammar (what LLMatcher takes) for a Constraint: the one place a
+    Constraint is turned into llguidance's form, for validation here and for the engine."""
     L = _llg()
     try:
         if c.kind == "json_schema":
-            return L.LLMatcher.grammar_from_json_schema(c.text)
+            schema = json.loads(c.text) if isinstance(c.text, str) else c.text
+            return L.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
         if c.kind == "lark":
             return L.LLMatcher.grammar_from_lark(c.text)
         if c.kind == "regex":
             return L.LLMatcher.grammar_from_regex(c.text)
         if c.kind == "gbnf":
-            return L.grammar_from("gbnf", c.text)
-    except ValueError as e:
+            if c.text.lstrip().startswith("%llguidance"):
+                return L.LLMatcher.grammar_from_lark(c.text)
+            return L.grammar_from("gbnf", _unicode_escapes_to_chars(c.text))
+    except Exception as e:  # llguidance converter and JSON errors: the user's grammar is at fault
         raise InvalidRequest(f"invalid {c.kind} grammar: {e}") from e
     raise InvalidRequest(f"unknown constraint kind {c.kind!r}")
 

@@ -32,27 +32,14 @@ lazy trigger the grammar describes the whole generated text.
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 
 import numpy as np
 
 from refserver import errors
+from refserver.chat.grammars import to_llguidance_grammar
 from refserver.engine.types import Constraint
 from refserver.tokenizer import TextTokenizer
-
-
-_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
-
-
-def _unicode_escapes_to_chars(gbnf: str) -> str:
-    """GBNF `\\uXXXX` / `\\UXXXXXXXX` escapes as characters (or `\\xNN` below 0x80):
-    llguidance's GBNF converter turns `\\u0041` into an invalid `\\u41`."""
-    def repl(m: re.Match) -> str:
-        code = int(m.group(2) or m.group(3), 16)
-        return m.group(1) + (f"\\x{code:02x}" if code < 0x80 else chr(code))
-    return _UNICODE_ESCAPE.sub(repl, gbnf)
 
 
 class ConstraintCompiler:
@@ -72,23 +59,7 @@ class ConstraintCompiler:
             return self._lltok
 
     def grammar(self, c: Constraint) -> str:
-        import llguidance
-        try:
-            if c.kind == "json_schema":
-                schema = json.loads(c.text) if isinstance(c.text, str) else c.text
-                return llguidance.LLMatcher.grammar_from_json_schema(
-                    schema, defaults={"whitespace_flexible": False})
-            if c.kind == "gbnf":
-                if c.text.lstrip().startswith("%llguidance"):
-                    return llguidance.LLMatcher.grammar_from_lark(c.text)
-                return llguidance.grammar_from("gbnf", _unicode_escapes_to_chars(c.text))
-            if c.kind == "lark":
-                return llguidance.LLMatcher.grammar_from_lark(c.text)
-            if c.kind == "regex":
-                return llguidance.LLMatcher.grammar_from_regex(c.text)
-        except Exception as exc:  # json errors, converter errors
-            raise errors.InvalidRequest(f"invalid {c.kind} grammar: {exc}") from exc
-        raise errors.InvalidRequest(f"unknown constraint kind {c.kind!r}")
+        return to_llguidance_grammar(c)
 
     def compile(self, c: Constraint) -> ConstraintState:
         import llguidance
