@@ -8,6 +8,8 @@ Options:
 Markers: every test carries exactly one `feature(name)` (names in FEATURES); `golden`
 (values of refserver's own models: skipped unless the suite starts refserver itself);
 `needs_flags` (starts servers with particular flags: skipped with --server-url);
+`extension` (a refserver behaviour beyond the contract, e.g. its own metrics or
+headers: skipped unless the suite starts refserver itself);
 `needs_shared` (needs ../shared: skipped where it is absent).
 """
 
@@ -65,6 +67,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "feature(name): the feature a test checks (exactly one per test)")
     config.addinivalue_line("markers", "golden: depends on refserver's own models' outputs")
     config.addinivalue_line("markers", "needs_flags: starts servers with particular flags")
+    config.addinivalue_line("markers", "extension: a refserver behaviour beyond the contract")
     config.addinivalue_line("markers", "needs_shared: needs ../shared (stories260K)")
     url = config.getoption("--server-url")
     binary = config.getoption("--server-bin")
@@ -82,6 +85,8 @@ def pytest_collection_modifyitems(config, items):
                                           "server or model")
     skip_flags = pytest.mark.skip(reason="needs a server started with particular flags; --server-url given")
     skip_shared = pytest.mark.skip(reason=f"{utils.SHARED_DIR} is absent")
+    skip_extension = pytest.mark.skip(reason="a refserver extension beyond the contract; the target is "
+                                             "another server")
     for item in items:
         marks = list(item.iter_markers("feature"))
         names = [m.args[0] if m.args else None for m in marks]
@@ -93,6 +98,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_golden)
         if item.get_closest_marker("needs_flags") and not utils.TARGET.starts_servers:
             item.add_marker(skip_flags)
+        if item.get_closest_marker("extension") and not utils.TARGET.runs_refserver:
+            item.add_marker(skip_extension)
         if item.get_closest_marker("needs_shared") and not utils.STORIES260K_DIR.is_dir():
             item.add_marker(skip_shared)
     if bad:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from utils import WEATHER_TOOL, ServerError, ServerPreset, error_of
+from utils import WEATHER_TOOL, ServerError, ServerPreset, client_error_status_ok, error_of
 
 pytestmark = pytest.mark.feature("complaints")
 
@@ -194,6 +194,7 @@ def test_08_several_tool_calls_in_history_are_accepted(chat_server):
 def test_09_tools_never_silently_dropped(server_pool, template):
     def make():
         server = ServerPreset.one_slot()
+        server.jinja = False  # built-in template names belong to the non-Jinja engine
         server.chat_template = template
         server.verbose = True
         return server
@@ -203,7 +204,7 @@ def test_09_tools_never_silently_dropped(server_pool, template):
     if res.status_code == 200:
         assert "get_weather" in res.body["__verbose"]["prompt"], "tools dropped from the prompt"
     else:
-        assert res.status_code == 400
+        assert client_error_status_ok(res.status_code)  # an error, never a silent drop
         error_of(res)
 
 
@@ -273,8 +274,11 @@ def test_12_context_full_is_reported(server_pool):
 
     server = server_pool("tiny-ctx", make)
     body = server.ok("/completion", {"prompt": STORY, "n_predict": -1, "ignore_eos": True})
+    # the context the server reports (llama.cpp rounds -c 128 up to 256)
+    n_ctx = server.props()["default_generation_settings"]["n_ctx"]
+    assert 128 <= n_ctx < 1000
     # the last sampled token needs no room in the cache: at most n_ctx + 1 tokens in all
-    assert body["tokens_evaluated"] + body["tokens_predicted"] <= 128 + 1
+    assert body["tokens_evaluated"] + body["tokens_predicted"] <= n_ctx + 1
     assert body["truncated"] is True
 
 

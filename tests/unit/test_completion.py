@@ -208,6 +208,7 @@ def test_id_slot_is_honoured(chat_server):
 
 
 @completion
+@pytest.mark.extension
 def test_invalid_id_slot_is_400(chat_server):
     res = chat_server.post("/completion", {"prompt": STORY, "n_predict": 2, "id_slot": 99})
     assert res.status_code == 400

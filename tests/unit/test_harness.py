@@ -184,3 +184,20 @@ def test_error_of_checks_envelope():
         with pytest.raises(AssertionError):
             error_of(ServerResponse(400, {}, body))
     assert str(ServerError(503, {"e": 1})).startswith("HTTP 503")
+
+
+def test_renamed_flag_follows_the_binary_help():
+    """Another binary gets a flag's newer llama-server name when its --help lists it."""
+    flag = next(f for f in utils.FLAGS if f.attr == "draft_max")
+    assert utils.flag_args(flag, 8) == ["--draft-max", "8"]
+    old_help = "--draft, --draft-n, --draft-max N   number of tokens to draft\n"
+    new_help = old_help + "--spec-draft-n-max N   number of tokens to draft for speculative decoding\n"
+    assert utils.flag_args(flag, 8, old_help) == ["--draft-max", "8"]
+    assert utils.flag_args(flag, 8, new_help) == ["--spec-draft-n-max", "8"]
+
+
+def test_metric_ignores_the_namespace():
+    m = utils.parse_prometheus("llamacpp:prompt_tokens_total 24\nrefserver:n_decode_total 3\n")
+    assert utils.metric(m, "prompt_tokens_total") == 24
+    assert utils.metric(m, "n_decode_total") == 3
+    assert utils.metric(m, "missing_total", 0) == 0

@@ -11,7 +11,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from utils import ServerError, ServerPreset, error_of
+from utils import TARGET, ServerError, ServerPreset, client_error_status_ok, error_of
 
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
@@ -66,10 +66,12 @@ def test_protected_routes_without_key_are_401(server_pool, method, path, data):
 
 @security
 @pytest.mark.needs_flags
-@pytest.mark.parametrize("headers", [{"Authorization": "Bearer wrong-key"}, {"X-Api-Key": "wrong-key"},
-                                     {"Authorization": API_KEY}, {"Authorization": f"Basic {API_KEY}"},
-                                     {"Authorization": f"Bearer {API_KEY}x"}, {"Authorization": "Bearer "}],
-                         ids=["bearer", "x-api-key", "no-scheme", "basic", "suffix", "empty"])
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Bearer wrong-key"}, {"X-Api-Key": "wrong-key"},
+    # the right key without a scheme: refserver refuses it; llama.cpp strips "Bearer " only if present
+    pytest.param({"Authorization": API_KEY}, marks=pytest.mark.extension),
+    {"Authorization": f"Basic {API_KEY}"}, {"Authorization": f"Bearer {API_KEY}x"}, {"Authorization": "Bearer "}],
+    ids=["bearer", "x-api-key", "no-scheme", "basic", "suffix", "empty"])
 def test_bad_keys_are_401(server_pool, headers):
     server = server_pool("keyed", keyed_server)
     res = raw(server, "POST", "/completion", headers=headers, data={"prompt": "Hi", "n_predict": 1})
@@ -116,6 +118,10 @@ PREFLIGHT = {"Origin": "http://example.com", "Access-Control-Request-Method": "P
 def test_cors_preflight(chat_server, header, value):
     res = raw(chat_server, "OPTIONS", "/completions", headers=PREFLIGHT)
     assert res.status_code in (200, 204)
+    if header == "Access-Control-Allow-Methods":  # a list: more methods than GET and POST are fine
+        methods = {m.strip() for m in (res.headers.get(header) or "").split(",")}
+        assert {"GET", "POST"} <= methods, res.headers.get(header)
+        return
     assert res.headers.get(header) == value
 
 
@@ -157,7 +163,9 @@ def test_huge_body_is_413(chat_server):
         res = chat_server.make_request("POST", "/completion", raw=body, timeout=120)
     except requests.ConnectionError as exc:
         pytest.fail(f"connection dropped instead of a 413: {exc}")
-    assert res.status_code == 413
+    # refserver's body limit answers 413; the contract asks for a clean error (llama.cpp
+    # tokenizes the 64 MiB and answers 400 exceed_context_size_error)
+    assert res.status_code == 413 if TARGET.runs_refserver else res.status_code in (400, 413)
     error_of(res)
     assert chat_server.get("/health").status_code == 200
 
@@ -219,7 +227,7 @@ def test_hostile_completion_bodies(chat_server, body):
     if res.status_code == 200:  # e.g. a lone surrogate or NUL may be accepted as text
         assert isinstance(res.body, dict) and "content" in res.body
     else:
-        assert 400 <= res.status_code < 500, res.body
+        assert res.status_code >= 400 and client_error_status_ok(res.status_code), res.body
         error_of(res)
     assert chat_server.get("/health").status_code == 200
 
@@ -229,8 +237,9 @@ def test_hostile_completion_bodies(chat_server, body):
                                   "/apply-template", "/completion"])
 def test_broken_json_everywhere(chat_server, path):
     res = chat_server.make_request("POST", path, raw=b'{"messages": [')
-    assert res.status_code == 400
-    assert error_of(res)["type"] == "invalid_request_error"
+    # CONTRACT §6: llama.cpp answers bad JSON with 500 server_error; refserver with 400
+    assert res.status_code == 400 or (res.status_code == 500 and client_error_status_ok(500)), res.body
+    assert error_of(res)["type"] == ("invalid_request_error" if res.status_code == 400 else "server_error")
 
 
 @limits
@@ -317,7 +326,7 @@ def fuzz_server(server_pool):
 def test_fuzz_post_endpoints(fuzz_server, case):
     path, body = case
     res = fuzz_server.make_request("POST", path, data=body, timeout=60)
-    assert res.status_code < 500, f"{path} {body!r} -> {res.status_code} {res.body}"
+    assert client_error_status_ok(res.status_code), f"{path} {body!r} -> {res.status_code} {res.body}"
     if res.status_code != 200:
         error_of(res)
 

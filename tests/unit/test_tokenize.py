@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from utils import error_of
+from utils import client_error_status_ok, error_of
 
 pytestmark = pytest.mark.feature("tokenize")
 
@@ -72,10 +72,13 @@ def test_parse_special(chat_server, marker):
     assert chat_server.ok("/detokenize", {"tokens": literal})["content"] == marker
 
 
-@pytest.mark.parametrize("path,body", [("/tokenize", {"content": 123}), ("/tokenize", {}),
-                                       ("/detokenize", {"tokens": "abc"}), ("/detokenize", {"tokens": [-5]}),
-                                       ("/detokenize", {"tokens": [10**12]})])
+@pytest.mark.parametrize("path,body", [
+    ("/tokenize", {"content": 123}),
+    # llama.cpp tokenizes a missing content as "" (200, no tokens); refserver refuses it
+    pytest.param("/tokenize", {}, marks=pytest.mark.extension),
+    ("/detokenize", {"tokens": "abc"}), ("/detokenize", {"tokens": [-5]}), ("/detokenize", {"tokens": [10**12]})])
 def test_invalid_is_400(chat_server, path, body):
     res = chat_server.post(path, body)
-    assert res.status_code == 400, res.body
+    # 400 from refserver; CONTRACT §6 lets llama.cpp answer type errors with 500
+    assert res.status_code == 400 or (res.status_code == 500 and client_error_status_ok(500)), res.body
     error_of(res)
