@@ -1,0 +1,40 @@
+"""Median and spread of repeated measurements."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> Stat:
+        values = [float(v) for v in values]
+        if not values:
+            return cls(float("nan"), float("nan"), float("nan"), 0)
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: the relative width of the range."""
+        return (self.hi - self.lo) / self.median if self.median else float("nan")
+
+    def fmt(self, digits: int = 1) -> str:
+        return f"{self.median:.{digits}f} ({self.lo:.{digits}f}–{self.hi:.{digits}f})"
+
+    def as_dict(self) -> dict:
+        return {"median": self.median, "min": self.lo, "max": self.hi, "n": self.n,
+                "spread": self.spread}
+
+
+def ratio(a: Stat | None, b: Stat | None) -> float | None:
+    """median(a) / median(b), or None when either is missing."""
+    if a is None or b is None or not b.median or a.n == 0 or b.n == 0:
+        return None
+    return a.median / b.median
