@@ -59,6 +59,14 @@ class EngineConfig:
     max_queue: int = 0
 
 
+def banned_tokens(sampling, eog: frozenset[int] | set[int]) -> tuple[int, ...]:
+    """Tokens a request can never sample: -inf biases, and end-of-generation with ignore_eos."""
+    banned = {t for t, b in sampling.logit_bias if b == float("-inf")}
+    if sampling.ignore_eos:
+        banned |= set(eog)
+    return tuple(sorted(banned))
+
+
 @dataclass
 class CachedKV:
     """A prompt-cache value: main KV plus, when a draft is loaded, the draft's."""
@@ -350,7 +358,8 @@ class Engine:
             limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
             limit = min(limit, room)
             if limit > 0:
-                wants.append(DraftWant(slot.id, slot.cache + [task.pending], limit, task.spec.p_min))
+                wants.append(DraftWant(slot.id, slot.cache + [task.pending], limit, task.spec.p_min,
+                                       banned_tokens(task.request.sampling, self.eog)))
         if not wants:
             return {}
         try:

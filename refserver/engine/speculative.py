@@ -30,6 +30,7 @@ class DraftWant:
     seq: list[int]  # main sequence: tokens in the main KV + the pending token
     n_max: int
     p_min: float
+    banned: tuple[int, ...] = ()  # tokens the main sampler can never pick (-inf bias, ignore_eos)
 
 
 class Drafter:
@@ -79,6 +80,9 @@ class Drafter:
             feed = []
             for r, lg in live.items():
                 w = by_row[r]
+                if w.banned:  # never propose what verification must reject
+                    lg = lg.copy()
+                    lg[list(w.banned)] = -np.inf
                 d = int(np.argmax(lg))
                 if softmax(lg.astype(np.float64))[d] < w.p_min:
                     continue

@@ -88,3 +88,14 @@ def test_prompt_cache_carries_draft_state_across_slots():
     assert b[-1].timings["cache_n"] == len(prompt()) - 1 and tokens_of(a) == tokens_of(b)
     assert b[-1].timings["draft_n_accepted"] > 0
     assert eng.drafter.tokens[1][:len(prompt())] == prompt()
+
+
+def test_banned_tokens_are_never_proposed():
+    """With ignore_eos or a -inf bias the main sampler cannot pick a token, so the draft
+    must not propose it (it would always be rejected)."""
+    from refserver.engine.engine import banned_tokens
+    from refserver.engine.types import SamplingParams
+
+    sampling = SamplingParams(logit_bias=((5, float("-inf")), (6, -3.0)), ignore_eos=True)
+    assert banned_tokens(sampling, frozenset({1, 2})) == (1, 2, 5)
+    assert banned_tokens(SamplingParams(), frozenset({1, 2})) == ()
