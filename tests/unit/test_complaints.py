@@ -168,7 +168,7 @@ def test_07_truncated_tool_call_finishes_with_length(chat_server, stream):
 @pytest.mark.golden
 def test_08_several_tool_calls_are_all_parsed(chat_server):
     res = chat_server.post("/v1/chat/completions", {
-        "messages": [{"role": "user", "content": "What is the weather in Paris and in London?"}],
+        "messages": [{"role": "user", "content": "What is the weather in Paris, and also for London."}],
         "tools": [WEATHER_TOOL], "parallel_tool_calls": True, "temperature": 0, "max_tokens": 96})
     assert res.status_code == 200, res.body
     calls = res.body["choices"][0]["message"]["tool_calls"]
