@@ -289,32 +289,32 @@ class Corpus:
     def _tool_specs(self, rng) -> list[dict]:
         """Known tools with natural phrasings, plus invented ones with pseudo-word names."""
         known = [
-            dict(name="get_weather", args=[("city", "city")],
-                 asks=["What is the weather in {city}?", "How is the weather in {city} today?",
+            {"name": "get_weather", "args": [("city", "city")],
+                 "asks": ["What is the weather in {city}?", "How is the weather in {city} today?",
                        "Is it raining in {city}?"],
-                 result="{w}", final="The weather in {city} is {w}."),
-            dict(name="get_time", args=[("city", "city")],
-                 asks=["What time is it in {city}?", "Tell me the local time in {city}."],
-                 result="{h}:00", final="It is {h}:00 in {city}."),
-            dict(name="set_timer", args=[("minutes", "int")],
-                 asks=["Set a timer for {minutes} minutes.", "Start a {minutes} minute timer."],
-                 result="ok", final="Your timer for {minutes} minutes is set."),
-            dict(name="send_message", args=[("to", "name"), ("text", "word")],
-                 asks=["Send {to} the message {text}.", "Tell {to}: {text}"],
-                 result="sent", final="I sent your message to {to}."),
-            dict(name="translate", args=[("text", "word"), ("language", "language")],
-                 asks=["Translate {text} into {language}.", "How do you say {text} in {language}?"],
-                 result="{r}", final="In {language}, {text} is {r}."),
-            dict(name="book_table", args=[("restaurant", "name"), ("people", "int")],
-                 asks=["Book a table at {restaurant} for {people} people.",
+                 "result": "{w}", "final": "The weather in {city} is {w}."},
+            {"name": "get_time", "args": [("city", "city")],
+                 "asks": ["What time is it in {city}?", "Tell me the local time in {city}."],
+                 "result": "{h}:00", "final": "It is {h}:00 in {city}."},
+            {"name": "set_timer", "args": [("minutes", "int")],
+                 "asks": ["Set a timer for {minutes} minutes.", "Start a {minutes} minute timer."],
+                 "result": "ok", "final": "Your timer for {minutes} minutes is set."},
+            {"name": "send_message", "args": [("to", "name"), ("text", "word")],
+                 "asks": ["Send {to} the message {text}.", "Tell {to}: {text}"],
+                 "result": "sent", "final": "I sent your message to {to}."},
+            {"name": "translate", "args": [("text", "word"), ("language", "language")],
+                 "asks": ["Translate {text} into {language}.", "How do you say {text} in {language}?"],
+                 "result": "{r}", "final": "In {language}, {text} is {r}."},
+            {"name": "book_table", "args": [("restaurant", "name"), ("people", "int")],
+                 "asks": ["Book a table at {restaurant} for {people} people.",
                        "Reserve {restaurant} for {people}."],
-                 result="booked", final="Your table at {restaurant} for {people} is booked."),
-            dict(name="get_population", args=[("city", "city")],
-                 asks=["How many people live in {city}?", "What is the population of {city}?"],
-                 result="{n}", final="About {n} people live in {city}."),
-            dict(name="paint_wall", args=[("color", "color")],
-                 asks=["Paint the wall {color}.", "Make the wall {color}, please."],
-                 result="done", final="The wall is now {color}."),
+                 "result": "booked", "final": "Your table at {restaurant} for {people} is booked."},
+            {"name": "get_population", "args": [("city", "city")],
+                 "asks": ["How many people live in {city}?", "What is the population of {city}?"],
+                 "result": "{n}", "final": "About {n} people live in {city}."},
+            {"name": "paint_wall", "args": [("color", "color")],
+                 "asks": ["Paint the wall {color}.", "Make the wall {color}, please."],
+                 "result": "done", "final": "The wall is now {color}."},
         ]
         specs = []
         for _ in range(rng.randint(1, 3)):
@@ -329,12 +329,12 @@ class Corpus:
                     if arg_name not in [a for a, _ in args]:
                         args.append((arg_name, rng.choice(["city", "name", "int", "word", "color"])))
                 placeholders = " and ".join(f"{a} {{{a}}}" for a, _ in args)
-                specs.append(dict(
-                    name=f"{verb}_{noun}", args=args,
-                    asks=[f"Please {verb} the {noun} with {placeholders}.",
+                specs.append({
+                    "name": f"{verb}_{noun}", "args": args,
+                    "asks": [f"Please {verb} the {noun} with {placeholders}.",
                           f"Use {verb}_{noun} with {placeholders}.",
                           f"Can you {verb} {noun} for {placeholders}?"],
-                    result="ok", final=f"Done, the {noun} is {verb}ed."))
+                    "result": "ok", "final": f"Done, the {noun} is {verb}ed."})
         unique = {s["name"]: s for s in specs}
         return list(unique.values())
 

@@ -22,13 +22,13 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import llguidance  # noqa: E402
-import llguidance.numpy  # noqa: E402
+import llguidance
+import llguidance.numpy
+from corpus import Corpus
 
-from corpus import Corpus  # noqa: E402
-from refserver.chat.grammars import tools_constraint  # noqa: E402
-from refserver.chat.tool_calls import HermesToolCallParser  # noqa: E402
-from refserver.tokenizer import TextTokenizer  # noqa: E402
+from refserver.chat.grammars import tools_constraint
+from refserver.chat.tool_calls import HermesToolCallParser
+from refserver.tokenizer import TextTokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "refserver" / "models" / "chat"
 COUNTS = {"story": 15, "chat": 15, "capital": 20, "math": 20, "json": 15, "echo": 15, "tool": 40}

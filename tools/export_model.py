@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-
 from train_model import Llama, LlamaConfig, rotate_half
 
 CHECK_PROMPTS = [
     "Once upon a time, there was a little cat named Tom.",
     "<s><|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
-    "<s><|im_start|>system\nTools: get_weather(city)<|im_end|>\n<|im_start|>user\n"
-    "What is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n",
+    ("<s><|im_start|>system\nTools: get_weather(city)<|im_end|>\n<|im_start|>user\n"
+     "What is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n"),
     "3 + 4 = 7. 12 - 5 = 7.",
 ]
 

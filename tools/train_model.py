@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from tokenizers import Tokenizer
-
 from corpus import Corpus
+from tokenizers import Tokenizer
+from torch import nn
 
 
 @dataclass

@@ -14,10 +14,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # BPE merge ties are resolved deterministically on one thread
 
-from tokenizers import (  # noqa: E402
-    AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers)
-
-from corpus import BOS, EOS, TEMPLATE_PATH, Corpus  # noqa: E402
+from corpus import BOS, EOS, TEMPLATE_PATH, Corpus
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 SPECIAL = [BOS, EOS, "<|im_start|>", "<|im_end|>"]
 TOOL_MARKERS = ["<tool_call>", "</tool_call>"]
