@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,18 @@ def _occupy(server):
     return stream
 
 
+def _queue_ahead(server, n: int = 3) -> list[threading.Thread]:
+    """Queue `n` more long requests behind the busy slot: the embedded model decodes 1500
+    tokens in well under a second on a fast machine, so one occupier alone is too short
+    a wait to observe keepalives."""
+    threads = [threading.Thread(target=server.post, args=("/completion", {
+        "prompt": "Once upon a time", "n_predict": 1500, "ignore_eos": True})) for _ in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    return threads
+
+
 @keepalive
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("path,data", [
@@ -187,6 +200,7 @@ def _occupy(server):
 ], ids=["chat", "native"])
 def test_keepalive_while_queued(keepalive_server, path, data):
     busy = _occupy(keepalive_server)
+    fillers = _queue_ahead(keepalive_server)
     release = threading.Timer(3.5, busy.close)
     release.start()
     try:
@@ -195,10 +209,19 @@ def test_keepalive_while_queued(keepalive_server, path, data):
     finally:
         release.cancel()
         busy.close()
+        for t in fillers:
+            t.join()
     kinds = ["comment" if hasattr(i, "text") else "data" for i in items]
     assert "data" in kinds, "no data after the slot was freed"
     before_first = kinds.index("data")
-    assert before_first >= 2, f"expected keepalive comments before the first token, got {kinds[:5]}"
+    # The wait lasts until the requests ahead end (their tokens or the 3.5 s timer, whichever
+    # comes first, so it depends on the machine's speed): a comment is owed for
+    # every full second of it, minus one for the phase of the clock.
+    first_data = next(t for kind, _, t in stream.items if kind == "data")
+    waited = first_data - stream.started
+    assert waited >= 1.0, f"the request was not queued behind the busy slot (waited {waited:.2f} s)"
+    assert before_first >= max(1, int(waited) - 1), \
+        f"{before_first} keepalive comment(s) in {waited:.2f} s of waiting with --sse-keepalive 1"
     gaps = [b.t - a.t for a, b in zip(stream.comments, stream.comments[1:])]
     assert all(g < 2.5 for g in gaps), f"keepalive gaps {gaps} with --sse-keepalive 1"
 
@@ -250,6 +273,7 @@ def test_keepalive_with_draft_model(server_pool):
         pytest.skip(f"draft model {probe.model_draft} is not there yet")
     server = server_pool("draft-keepalive", make)
     busy = _occupy(server)
+    fillers = _queue_ahead(server)
     release = threading.Timer(3.0, busy.close)
     release.start()
     try:
@@ -259,5 +283,9 @@ def test_keepalive_with_draft_model(server_pool):
     finally:
         release.cancel()
         busy.close()
+        for t in fillers:
+            t.join()
     first_data = next(t for kind, _, t in stream.items if kind == "data")
-    assert len([c for c in stream.comments if c.t < first_data]) >= 2
+    waited = first_data - stream.started
+    assert waited >= 1.0, f"the request was not queued behind the busy slot (waited {waited:.2f} s)"
+    assert len([c for c in stream.comments if c.t < first_data]) >= max(1, int(waited) - 1)
