@@ -191,6 +191,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--decay-from", type=float, default=0.8,
+                    help="fraction of the budget after which the learning rate decays; a resumed "
+                         "run with a larger --minutes can start its decay soon after the resume")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -225,7 +228,7 @@ def main() -> None:
     t0, last_ckpt, loss_avg = time.time() - state["elapsed"], time.time(), None
     while state["elapsed"] < budget and not stop:
         x, state["doc"] = next(data)
-        lr = lr_at(state["elapsed"] / budget, args.lr)
+        lr = lr_at(state["elapsed"] / budget, args.lr, decay_from=args.decay_from)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16):
