@@ -49,6 +49,7 @@ class ServerConfig:
     backend: str = "onnx-cpu"
     strict: bool = False
     sse_keepalive: float = 5.0
+    stream_interval_ms: float = 10.0
     prompt_cache_size: int | None = None
     max_body_mb: float = 16.0
     max_queue: int | None = None
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict", action="store_true", help="reject unknown request fields with 400")
     g.add_argument("--sse-keepalive", type=float, default=5.0, metavar="SECONDS",
                    help="SSE comment interval while a stream waits or pre-fills (default 5)")
+    g.add_argument("--stream-interval-ms", type=float, default=10.0, metavar="MS",
+                   help="while tokens keep coming, send a stream's pending tokens together at most "
+                        "every MS ms (one SSE event each; first token and end go at once); "
+                        "0 sends each token alone (default 10)")
     g.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB",
                    help="largest request body accepted (default 16)")
     g.add_argument("--max-queue", type=int, default=None, metavar="N",
@@ -140,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         (a.batch_size < 1, "--batch-size must be at least 1"),
         (a.n_predict < -1, "--n-predict must be -1 or more"),
         (a.sse_keepalive <= 0, "--sse-keepalive must be positive"),
+        (a.stream_interval_ms < 0, "--stream-interval-ms must be 0 or more"),
         (a.max_body_mb <= 0, "--max-body-mb must be positive"),
         (a.shutdown_grace < 0, "--shutdown-grace must be 0 or more"),
         # a negative value would make the engine's queue always "full" (every request 503)
@@ -160,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         alias=a.alias, api_keys=keys, metrics=a.metrics, verbose=a.verbose, threads=a.threads,
         cache_ram=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
-        prompt_cache_size=a.prompt_cache_size, max_body_mb=a.max_body_mb, max_queue=a.max_queue,
+        stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
+        max_body_mb=a.max_body_mb, max_queue=a.max_queue,
         shutdown_grace=a.shutdown_grace, props=a.props,
     )
 

@@ -20,6 +20,7 @@ from tornado.httpserver import HTTPServer
 from .cli import ServerConfig
 from .errors import RefserverError
 from .http.app import make_app
+from .http.bridge import EventBridge
 from .http.state import AppState, ModelSummary
 from .model_dir import ModelDir, ModelDirError, resolve_model_dir
 from .schemas.common import ServerDefaults
@@ -114,7 +115,7 @@ def run(config: ServerConfig) -> int:
 
 async def _serve(config: ServerConfig, model: ModelDir) -> int:
     loop = asyncio.get_running_loop()
-    state = AppState(config)
+    state = AppState(config, bridge=EventBridge(loop, config.stream_interval_ms / 1000))
     state.model = ModelSummary(alias=model.alias, path=str(model.path))
     app = make_app(state)
     limit = int(config.max_body_mb * 1024 * 1024)

@@ -1,11 +1,11 @@
 """BaseHandler: the one error path, JSON and SSE writing, API keys, CORS, request logs,
 and the bridge from the engine thread to the handler's coroutine.
 
-Engine events reach a handler through one `asyncio.Queue` per HTTP request: the sink
-given to `engine.submit` runs on the engine thread and only does
-`loop.call_soon_threadsafe(queue.put_nowait, (index, event))`.  A generation is
-cancelled when the client goes (`on_connection_close`, or a flush failing with
-`StreamClosedError`) and whenever the handler ends before it finished.
+Engine events reach a handler's `Inbox` through the server's `EventBridge` (bridge.py).
+SSE events are written as they come and flushed once the inbox is empty, so a burst
+(speculative tokens, n choices) leaves in one `send()`.  A generation is cancelled when
+the client goes (`on_connection_close`, or a flush failing with `StreamClosedError`) and
+whenever the handler ends before it finished.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from refserver.errors import (
 )
 from refserver.schemas.common import RequestModel, parse_request
 
+from .bridge import Inbox
 from .state import AppState
 
 log = logging.getLogger("refserver.http")
@@ -52,19 +53,21 @@ class MethodNotAllowed(RefserverError):
     status, type = 405, "invalid_request_error"
 
 
-def dumps(obj: Any) -> str:
-    """Compact JSON that is always valid UTF-8.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes (the encoders are built once: this runs per token).
 
     Client strings may hold lone surrogates (`"\\ud800"` is legal JSON) and are echoed back
     (stop strings, rendered templates); such text cannot be encoded as UTF-8, so it is
     written with ASCII escapes instead of failing the response with a 500.
     """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     try:
-        text.encode("utf-8")
+        return _JSON.encode(obj).encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
-    return text
+        return _JSON_ASCII.encode(obj).encode("ascii")
 
 
 def finite(x: float) -> float:
@@ -108,7 +111,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self._body_too_large = False
         self._sse_started = False
         self._client_gone = False
-        self._queue: asyncio.Queue | None = None
+        self._inbox: Inbox | None = None
+        self._unflushed = False
         self._handles: list = []
         self._open: set[int] = set()
         self._pending_first: set[int] = set()
@@ -222,7 +226,7 @@ class BaseHandler(tornado.web.RequestHandler):
             # Headers are out: the error becomes the stream's last event.
             err = as_refserver_error(exc, status_code)
             try:
-                self.write(f"data: {dumps(err.to_dict())}\n\n")
+                self.write(b"data: " + dumps(err.to_dict()) + b"\n\n")
                 if self.sse_done:
                     self.write("data: [DONE]\n\n")
             except Exception:  # noqa: BLE001
@@ -276,46 +280,38 @@ class BaseHandler(tornado.web.RequestHandler):
         except StreamClosedError:
             self._gone()
             raise ClientGone() from None
+        self._unflushed = False
         self._last_write = time.monotonic()
 
-    async def sse_send(self, obj: Any) -> None:
+    def sse_send(self, obj: Any) -> None:
+        """Write one `data:` event; `events()` flushes once no event is pending."""
         self.start_sse()
-        self.write(f"data: {dumps(obj)}\n\n")
-        await self._flush()
+        self.write(b"data: " + dumps(obj) + b"\n\n")
+        self._unflushed = True
+
+    def sse_done_line(self) -> None:
+        self.write("data: [DONE]\n\n")
+        self._unflushed = True
 
     async def sse_comment(self, text: str = "keepalive") -> None:
         self.start_sse()
         self.write(f": {text}\n\n")
         await self._flush()
 
-    async def sse_done_line(self) -> None:
-        self.write("data: [DONE]\n\n")
-        await self._flush()
-
     # ------------------------------------------------------------------ engine bridge
     def submit(self, requests: list[GenerationRequest]) -> None:
         """Submit every request to the engine; their events come back through `events()`."""
-        engine = self.state.engine
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def make_sink(index: int):
-            def sink(event) -> None:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, (index, event))
-                except RuntimeError:  # the loop is closed: the server is exiting
-                    pass
-            return sink
-
+        engine, bridge = self.state.engine, self.state.bridge
+        inbox = Inbox()
         handles = []
         try:
             for i, req in enumerate(requests):
-                handles.append(engine.submit(req, make_sink(i)))
+                handles.append(engine.submit(req, bridge.sink(inbox, i)))
         except BaseException:
             for h in handles:
                 h.cancel()
             raise
-        self._queue, self._handles = queue, handles
+        self._inbox, self._handles = inbox, handles
         self._open = set(range(len(requests)))
         self._pending_first = set(self._open)
         self.n_prompt_tokens = sum(len(r.prompt) for r in requests)
@@ -339,16 +335,16 @@ class BaseHandler(tornado.web.RequestHandler):
     def _gone(self) -> None:
         self._client_gone = True
         self.cancel_generation()
-        if self._queue is not None:
-            self._queue.put_nowait((_WAKE, None))
+        if self._inbox is not None:
+            self._inbox.put(_WAKE, None)
 
     def on_connection_close(self) -> None:
         self._gone()
 
     def abort_for_shutdown(self) -> None:
         """Called by the server when --shutdown-grace has run out."""
-        if self._queue is not None:
-            self._queue.put_nowait((_SHUTDOWN, None))
+        if self._inbox is not None:
+            self._inbox.put(_SHUTDOWN, None)
 
     async def events(self, keepalive: bool = False) -> AsyncIterator[tuple[int, Any]]:
         """(index, event) pairs until every submitted request has finished.
@@ -358,17 +354,23 @@ class BaseHandler(tornado.web.RequestHandler):
         still waits for its first token (queued or pre-filling).
         """
         interval = self.state.config.sse_keepalive
+        items = self._inbox.items
         while self._open:
             if self._client_gone:
                 raise ClientGone()
-            timeout = None
-            if keepalive and self._pending_first:
-                timeout = max(0.0, self._last_write + interval - time.monotonic())
-            try:
-                index, event = await asyncio.wait_for(self._queue.get(), timeout)
-            except asyncio.TimeoutError:
-                await self.sse_comment("keepalive")
+            if not items:
+                if self._unflushed:  # everything pending is written: send it in one go
+                    await self._flush()
+                    continue
+                timeout = None
+                if keepalive and self._pending_first:
+                    timeout = max(0.0, self._last_write + interval - time.monotonic())
+                try:
+                    await self._inbox.wait(timeout)
+                except asyncio.TimeoutError:
+                    await self.sse_comment("keepalive")
                 continue
+            index, event = items.popleft()
             if index == _WAKE:
                 continue
             if index == _SHUTDOWN:

@@ -130,65 +130,65 @@ class ChatHandler(BaseHandler):
         pending_probs: list[list] = [[] for _ in choices]
         last_timings: dict = {}
 
-        async def send(i: int, delta: dict, finish_reason=None, **extra) -> None:
+        def send(i: int, delta: dict, finish_reason=None, **extra) -> None:
             entry = {"finish_reason": finish_reason, "index": i, "delta": delta}
             if self.want_logprobs and "content" in delta and delta["content"] is not None:
                 entry["logprobs"] = {"content": [oai_logprob(p, self.top_n) for p in pending_probs[i]]}
                 pending_probs[i] = []
             chunk = self.envelope([entry], chunk=True)
             chunk.update(extra)
-            await self.sse_send(chunk)
+            self.sse_send(chunk)
 
-        async def send_deltas(i: int, deltas: list, **extra) -> None:
+        def send_deltas(i: int, deltas: list, **extra) -> None:
             for d in deltas:
                 if isinstance(d, ContentDelta):
                     if d.text:
-                        await send(i, {"content": d.text}, **extra)
+                        send(i, {"content": d.text}, **extra)
                 else:
-                    await send(i, {"tool_calls": [d.to_dict()]}, **extra)
+                    send(i, {"tool_calls": [d.to_dict()]}, **extra)
 
-        async def send_text(i: int, text: str, **extra) -> None:
+        def send_text(i: int, text: str, **extra) -> None:
             parser = parsers[i]
-            await send_deltas(i, parser.feed(text) if parser is not None else [ContentDelta(text)], **extra)
+            send_deltas(i, parser.feed(text) if parser is not None else [ContentDelta(text)], **extra)
 
         async for i, event in self.events(keepalive=True):
             c = choices[i]
             if isinstance(event, Progress):
                 if self.reqs[i].return_progress:
                     c.sent_role = True
-                    await send(i, {"role": "assistant", "content": None},
+                    send(i, {"role": "assistant", "content": None},
                                prompt_progress={"total": event.total, "cache": event.cache,
                                                 "processed": event.processed, "time_ms": event.time_ms})
                 continue
             if not c.sent_role:
                 c.sent_role = True
-                await send(i, {"role": "assistant", "content": None})
+                send(i, {"role": "assistant", "content": None})
             if isinstance(event, TokenOut):
                 c.add(event)
                 if event.probs is not None and self.want_logprobs:
                     pending_probs[i].append(event.probs)
                 extra = {"timings": event.timings} if event.timings else {}
                 if event.text:
-                    await send_text(i, event.text, **extra)
+                    send_text(i, event.text, **extra)
                 if event.timings:
                     last_timings = event.timings
             elif isinstance(event, Finished):
                 c.finish(event)
                 self.n_predicted_tokens += event.tokens_predicted
                 if event.text:
-                    await send_text(i, event.text)
+                    send_text(i, event.text)
                 if parsers[i] is not None:
-                    await send_deltas(i, parsers[i].finish())
+                    send_deltas(i, parsers[i].finish())
                 has_calls = bool(parsers[i] is not None and parsers[i].calls)
                 extra = {"timings": event.timings}
                 if self.state.config.verbose:
                     extra["__verbose"] = self.verbose_object(c, stream=True)
-                await send(i, {}, finish_reason_for(event.stop_type, has_calls), **extra)
+                send(i, {}, finish_reason_for(event.stop_type, has_calls), **extra)
                 last_timings = event.timings
         if include_usage:
             tail = self.envelope([], chunk=True)
             tail["usage"] = usage(choices)
             tail["timings"] = last_timings
-            await self.sse_send(tail)
-        await self.sse_done_line()
+            self.sse_send(tail)
+        self.sse_done_line()
         self.finish()

@@ -109,10 +109,10 @@ class CompletionHandler(BaseHandler):
                 if not c.tokens:
                     self._slot_of(c)
                 c.add(event)
-                await self.sse_send(self.partial_object(c, reqs[i], event))
+                self.sse_send(self.partial_object(c, reqs[i], event))
             elif isinstance(event, Progress):
                 if reqs[i].return_progress:
-                    await self.sse_send({
+                    self.sse_send({
                         "index": i, "content": "", "tokens": [], "stop": False, "id_slot": c.id_slot,
                         "tokens_predicted": 0, "tokens_evaluated": event.total,
                         "prompt_progress": {"total": event.total, "cache": event.cache,
@@ -120,5 +120,5 @@ class CompletionHandler(BaseHandler):
             elif isinstance(event, Finished):
                 c.finish(event)
                 self.n_predicted_tokens += event.tokens_predicted
-                await self.sse_send(native_final(self.state, req, reqs[i], c, stream=True))
+                self.sse_send(native_final(self.state, req, reqs[i], c, stream=True))
         self.finish()

@@ -55,7 +55,7 @@ class OAICompletionHandler(BaseHandler):
                 if not event.text and event.probs is None:
                     continue
                 lp = oai_completion_logprobs([event.probs], self.top_n) if self.top_n and event.probs else None
-                await self.sse_send(self.envelope([{"text": event.text, "index": i, "logprobs": lp,
+                self.sse_send(self.envelope([{"text": event.text, "index": i, "logprobs": lp,
                                                     "finish_reason": None}]))
             elif isinstance(event, Finished):
                 c.finish(event)
@@ -64,6 +64,6 @@ class OAICompletionHandler(BaseHandler):
                                        "finish_reason": finish_reason_for(event.stop_type, False)}])
                 last["usage"] = usage([c])
                 last["timings"] = event.timings
-                await self.sse_send(last)
-        await self.sse_done_line()
+                self.sse_send(last)
+        self.sse_done_line()
         self.finish()

@@ -43,6 +43,7 @@ class AppState:
     metrics: Any = None  # refserver.metrics.Metrics, with --metrics
     defaults: ServerDefaults = field(default_factory=ServerDefaults)
     active: set = field(default_factory=set)  # handlers with generations in flight
+    bridge: Any = None  # refserver.http.bridge.EventBridge of the serving loop
 
     @property
     def ready(self) -> bool:
