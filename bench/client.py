@@ -48,16 +48,20 @@ def completion_body(prompt, n_predict: int, **extra) -> dict:
 
 
 class _ChunkedSSE:
-    """Incremental decoder of a chunked HTTP body into SSE `data:` payloads."""
+    """Incremental decoder of an HTTP body (chunked, or plain) into SSE `data:` payloads."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunked: bool = True) -> None:
+        self.chunked = chunked  # a response finished before its first flush has a Content-Length
         self.raw = b""  # undecoded chunked bytes
         self.body = b""  # decoded body not yet split into events
         self.ended = False
 
     def feed(self, data: bytes) -> list[bytes]:
-        self.raw += data
-        while not self.ended:
+        if not self.chunked:
+            self.body += data
+        else:
+            self.raw += data
+        while self.chunked and not self.ended:
             eol = self.raw.find(b"\r\n")
             if eol < 0:
                 break
@@ -98,9 +102,7 @@ def stream_completion(port: int, body: dict, timeout: float = 300.0) -> StreamRe
                     data += more
                 res.error = f"HTTP {status}: {data[:500]!r}"
                 return res
-            if b"chunked" not in header.lower():
-                raise ValueError("expected a chunked event stream")
-            decoder = _ChunkedSSE()
+            decoder = _ChunkedSSE(chunked=b"chunked" in header.lower())
             while not res.t_end:
                 for line in decoder.feed(data):
                     if line == b"[DONE]":

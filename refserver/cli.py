@@ -29,6 +29,7 @@ class ServerConfig:
     draft_max: int = 16
     draft_min: int = 0
     draft_p_min: float = 0.75
+    threads_draft: int = 1
     ctx_size: int = 0  # 0: the model's context length
     parallel: int = 1
     batch_size: int = 2048
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-max", "--draft", "--draft-n", type=int, default=16, help="most draft tokens (16)")
     g.add_argument("--draft-min", "--draft-n-min", type=int, default=0, help="fewest draft tokens (0)")
     g.add_argument("--draft-p-min", type=float, default=0.75, help="minimum draft probability (0.75)")
+    g.add_argument("-td", "--threads-draft", type=int, default=1,
+                   help="CPU threads of the draft model (default 1: a small draft gains nothing from more, "
+                        "and its idle threads would spin against the main model's; 0: all cores)")
     g = p.add_argument_group("sampling and chat")
     g.add_argument("-n", "--n-predict", type=int, default=-1, help="cap on generated tokens (default -1: none)")
     g.add_argument("--temp", type=float, default=0.8, help="default temperature (0.8)")
@@ -151,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         # a negative value would make the engine's queue always "full" (every request 503)
         (a.max_queue is not None and a.max_queue < 0, "--max-queue must be 0 (no limit) or more"),
         (a.threads < 0, "--threads must be 0 (all cores) or more"),
+        (a.threads_draft < 0, "--threads-draft must be 0 (all cores) or more"),
         (a.draft_max < 0 or a.draft_min < 0, "--draft-max/--draft-min must be 0 or more"),
         (a.chat_template_file is not None and not Path(a.chat_template_file).is_file(),
          f"--chat-template-file {a.chat_template_file} not found"),
@@ -164,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         batch_size=a.batch_size, n_predict=a.n_predict, temp=a.temp, seed=a.seed, slots=a.slots,
         jinja=a.jinja, chat_template=a.chat_template, chat_template_file=a.chat_template_file,
         alias=a.alias, api_keys=keys, metrics=a.metrics, verbose=a.verbose, threads=a.threads,
-        cache_ram=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
+        threads_draft=a.threads_draft, cache_ram=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,

@@ -66,7 +66,7 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
         backend = backends.load(model.path, device=config.device, threads=config.threads)
         draft = None
         if config.model_draft:
-            draft = backends.load(config.model_draft, device=config.device, threads=config.threads)
+            draft = backends.load(config.model_draft, device=config.device, threads=config.threads_draft)
     except BackendError as exc:
         raise StartupError(str(exc)) from exc
     engine_kwargs = {"n_slots": config.parallel, "n_ctx": config.ctx_size, "n_batch": config.batch_size,
