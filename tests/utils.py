@@ -131,6 +131,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("backend", "--backend", refserver_only=True),
     Flag("strict", "--strict", "switch", refserver_only=True),
     Flag("keepalive", "--sse-keepalive", refserver_only=True),
+    Flag("stream_interval_ms", "--stream-interval-ms", refserver_only=True),
     Flag("prompt_cache_size", "--prompt-cache-size", refserver_only=True),
     Flag("max_body_mb", "--max-body-mb", refserver_only=True),
     Flag("max_queue", "--max-queue", refserver_only=True),
@@ -340,6 +341,7 @@ class ServerProcess:
     backend: str | None = None
     strict: bool = False
     keepalive: float | None = None
+    stream_interval_ms: float | None = None
     prompt_cache_size: int | None = None
     max_body_mb: float | None = None
     max_queue: int | None = None

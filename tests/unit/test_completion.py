@@ -112,6 +112,28 @@ def test_stream_vs_non_stream(chat_server):
     assert "".join(ev["content"] for ev in events) == body["content"]
 
 
+@streaming
+@pytest.mark.needs_flags
+@pytest.mark.extension
+@pytest.mark.parametrize("interval_ms", [0, 1000])
+def test_stream_interval_keeps_every_event(server_pool, interval_ms):
+    """--stream-interval-ms only groups packets: 0 sends each token alone, 1000 holds a busy
+    stream's tokens (first token and end still go at once); the events are the same."""
+    def make():
+        server = ServerPreset.chat()
+        server.stream_interval_ms = interval_ms
+        return server
+
+    server = server_pool(f"interval-{interval_ms}", make)
+    data = {"prompt": STORY, "n_predict": 40, "temperature": 0, "ignore_eos": True}
+    body = server.ok("/completion", data)
+    events = server.make_stream_request("POST", "/completion", {**data, "stream": True}).read_all()
+    tokens = [t for ev in events[:-1] for t in ev["tokens"]]
+    assert len(tokens) == 40 == events[-1]["tokens_predicted"]
+    assert all(len(ev["tokens"]) == 1 for ev in events[:-1]), "one SSE event per token"
+    assert "".join(ev["content"] for ev in events) == body["content"]
+
+
 @completion
 def test_long_prompt_is_rejected(chat_server):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
