@@ -120,6 +120,10 @@ class Bench:
         m = self.mode
         spec = {"kind": kind, "model": str(model), "prompts": prompts or self.prompts[:m.repeats], "n_new": m.n_new,
                 "threads": self.threads, "ctx": ctx or m.slot_ctx, "ban": [1]}
+        return self._run_worker(spec, python)
+
+    def _run_worker(self, spec: dict, python: str = sys.executable) -> dict:
+        kind = spec["kind"]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT)
         done = subprocess.run([python, "-m", "bench.workers", json.dumps(spec)], cwd=ROOT, env=env,
@@ -228,6 +232,14 @@ class Bench:
                          f"{Stat.of(per_stream).median:.1f} tok/s per stream; IOLoop thread "
                          f"{cpu['ioloop_cpu_ms_per_token']:.2f} ms CPU per token")
             self.rows["concurrency"] = {"label": "aggregate decode vs concurrency", "levels": conc}
+            self.say("    the ceiling: the backend alone, B rows decoding in one call per token ...")
+            spec = {"kind": "raw_batch", "model": str(onnx), "prompts": self.prompts[: max(m.concurrency)],
+                    "n_new": m.n_new, "threads": self.threads, "ctx": m.slot_ctx, "ban": [1],
+                    "batches": list(m.concurrency)}
+            ceiling = self._run_worker(spec)["levels"]
+            self.rows["raw_batch"] = {"label": "raw backend, B rows per decode call", "unit": "tok/s",
+                                      "levels": ceiling}
+            self.say("    " + ", ".join(f"B={b}: {v:.0f} tok/s" for b, v in ceiling.items()))
 
             self.say("(8) server memory ...")
             mem_end = srv.memory_kib()
@@ -401,6 +413,7 @@ class Bench:
 
         conc = r.get("concurrency", {}).get("levels", {})
         b1, b8 = conc.get(1), conc.get(8)
+        raw_b = r.get("raw_batch", {}).get("levels", {})
         ratios = {
             "http_over_raw": ratio(st("http"), st("raw")),
             "over_onnxruntime_genai": ratio(st("http"), st("genai")),
@@ -408,6 +421,7 @@ class Bench:
             "raw_over_onnxruntime_genai": ratio(st("raw"), st("genai")),
             "small_http_over_raw": ratio(st("small_http"), st("small_raw")),
             "batch8_over_batch1": (b8["aggregate"]["median"] / b1["aggregate"]["median"]) if b1 and b8 else None,
+            "raw_batch8_over_batch1": (raw_b["8"] / raw_b["1"]) if "8" in raw_b and "1" in raw_b else None,
             "cache_hit_ttft_over_miss": ratio(st("ttft_hit"), st("ttft_cold")),
             "spec_speedup": (r["spec_on"]["pooled_tok_s"] / r["spec_off"]["pooled_tok_s"]
                              if "spec_on" in r and "spec_off" in r else None),
@@ -527,7 +541,7 @@ def machine_info(threads: int, load0, load1) -> dict:
 def print_summary(out: dict) -> None:
     print("\n== ratios ==")
     for key in ("http_over_raw", "over_onnxruntime_genai", "over_llama_cpp", "batch8_over_batch1",
-                "cache_hit_ttft_over_miss", "spec_speedup", "http_ttft_over_raw", "raw_over_onnxruntime_genai",
+                "raw_batch8_over_batch1", "cache_hit_ttft_over_miss", "spec_speedup", "http_ttft_over_raw", "raw_over_onnxruntime_genai",
                 "small_http_over_raw", "small_overhead_ms_per_token"):
         v = out.get(key)
         status = out["thresholds"].get(key, {}).get("status", "")

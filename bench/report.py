@@ -81,6 +81,11 @@ def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
                      f"per stream {c['per_stream']['median']:.1f} tok/s; server CPU "
                      f"{c.get('server_cpu_ms_per_token', float('nan')):.2f} ms/token, IOLoop thread "
                      f"{c.get('ioloop_cpu_ms_per_token', float('nan')):.2f} |")
+    ceiling = rows.get("raw_batch", {}).get("levels", {})
+    if ceiling:
+        lines.append("| 5 | the ceiling: raw backend, B rows per decode call | "
+                     + ", ".join(f"B={b} {v:.0f}" for b, v in ceiling.items()) + " tok/s | | "
+                     "no HTTP, no sampling: what batching can give on this machine |")
     for key in ("ttft_cold", "ttft_hit"):
         r = rows.get(key)
         if r:
@@ -144,6 +149,11 @@ def write_plot(out: dict, path: Path) -> Path | None:
                 yerr=[[a["median"] - a["min"] for a in agg], [a["max"] - a["median"] for a in agg]],
                 marker="o", capsize=4, label="refserver, aggregate")
     ax.plot(ns, [p["median"] for p in per], marker="s", linestyle="--", label="refserver, per stream")
+    ceiling = {int(b): v for b, v in out["rows"].get("raw_batch", {}).get("levels", {}).items()}
+    if ceiling:
+        bs = sorted(ceiling)
+        ax.plot(bs, [ceiling[b] for b in bs], marker="^", linestyle=":", color="black",
+                label="raw backend, B rows per call (ceiling)")
     for key, label, style in (("raw", "raw backend loop (1 stream)", ":"),
                               ("genai", "onnxruntime-genai (1 stream)", "-."),
                               ("llama", "llama.cpp (1 stream)", (0, (5, 1)))):

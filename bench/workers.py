@@ -73,6 +73,37 @@ def raw(spec: dict) -> dict:
     return _loop(spec, once, load_rss)
 
 
+def raw_batch(spec: dict) -> dict:
+    """The backend's batched decode alone: B rows stepping in one `forward` per token, for
+    each B in spec["batches"]; the ceiling for refserver's aggregate rate at B streams."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import backends
+    from backends import Step
+
+    batches, prompts, n_new = spec["batches"], spec["prompts"], spec["n_new"]
+    backend = backends.load(spec["model"], "cpu", threads=spec["threads"])
+    backend.allocate(max(batches), spec["ctx"])
+    ban = spec.get("ban", [])
+    levels = {}
+    for b in [batches[0]] + batches:  # the first pass warms up
+        last = []
+        for r in range(b):
+            prompt = prompts[r % len(prompts)]
+            last.append(backend.forward([Step(r, 0, prompt)])[0][-1])
+        pos = [len(prompts[r % len(prompts)]) for r in range(b)]
+        t0 = perf()
+        for _ in range(n_new - 1):
+            steps = []
+            for r in range(b):
+                row = last[r]
+                row[ban] = -np.inf
+                steps.append(Step(r, pos[r], [int(row.argmax())]))
+                pos[r] += 1
+            last = [lg[-1] for lg in backend.forward(steps)]
+        levels[str(b)] = b * (n_new - 1) / (perf() - t0)
+    return {"levels": levels}
+
+
 # ---------------------------------------------------------------------------- onnxruntime-genai
 def genai(spec: dict) -> dict:
     import onnxruntime_genai as og
@@ -152,7 +183,7 @@ def _loop(spec: dict, once, load_rss: float) -> dict:
             "cpu_ms_per_token": cpu * 1e3 / max(1, sum(len(r["tokens"]) for r in runs))}
 
 
-KINDS = {"raw": raw, "genai": genai, "llama": llama}
+KINDS = {"raw": raw, "raw_batch": raw_batch, "genai": genai, "llama": llama}
 
 
 def main() -> int:
