@@ -149,6 +149,15 @@ class TextTokenizer:
     def token_bytes_of(self, ids: list[int]) -> bytes:
         return b"".join(self.token_bytes(i) for i in ids)
 
+    def ids_containing(self, strings: tuple[str, ...]) -> frozenset[int]:
+        """Ids of the tokens whose text contains any of `strings` (DRY's sequence breakers;
+        cached, since requests mostly send the same few)."""
+        return self._ids_containing(tuple(s.encode("utf-8", errors="replace") for s in strings if s))
+
+    @lru_cache(maxsize=16)  # noqa: B019 - one tokenizer per server, kept for its lifetime
+    def _ids_containing(self, needles: tuple[bytes, ...]) -> frozenset[int]:
+        return frozenset(i for i, piece in enumerate(self._pieces) if any(n in piece for n in needles))
+
     def piece(self, token_id: int) -> str:
         """The token's text, with invalid UTF-8 replaced (for display in probabilities)."""
         return self.token_bytes(token_id).decode("utf-8", errors="replace")

@@ -151,9 +151,10 @@ class Engine:
         constraint = self.constraints.compile(request.constraint) if request.constraint else None
         s = request.sampling
         seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
-        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt)
+        breakers = self.tokenizer.ids_containing(s.dry_sequence_breakers) if s.dry_multiplier else frozenset()
+        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
-        if self.draft_backend is not None and constraint is None:
+        if self.draft_backend is not None and constraint is None and not sampler.stateful:
             spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
                                                             self.config.draft_p_min)
             if spec.n_max <= 0:

@@ -2,11 +2,12 @@
 
 One `Sampler` is composed per request.  Order (llama.cpp `common_sampler`): logit_bias
 (ignore_eos bans every end-of-generation id), penalties (always first; a "penalties"
-entry in the `samplers` list is accepted and not applied twice), then the list (top_k, typ_p, top_p, min_p, xtc,
-temperature with dynatemp), then a draw from the request's own seeded Generator.  So a
-seeded request is reproducible whatever else the server runs.  Temperature <= 0 is
-greedy: argmax after bias, penalties and any grammar mask.  "dry" is accepted but not
-implemented (no effect).
+entry in the `samplers` list is accepted and not applied twice), then the list (dry,
+top_n_sigma, top_k, typ_p, top_p, min_p, xtc, temperature with dynatemp), then a draw from
+the request's own seeded Generator, so a seeded request is reproducible whatever else the
+server runs.  `mirostat` 1 or 2 replaces the list by temperature and Mirostat's own
+truncation, which adapts (state `mu`) to keep each token's surprise near `tau`.
+Temperature <= 0 is greedy: argmax after bias, penalties, DRY and any grammar mask.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refserver.engine.dry import dry_penalties
 from refserver.engine.types import SamplingParams
 
 NEG_INF = float("-inf")
@@ -50,7 +52,7 @@ class Sampler:
     """A request's sampler: its parameters, token history (for penalties) and RNG."""
 
     def __init__(self, params: SamplingParams, vocab_size: int, eog_ids: Sequence[int], seed: int,
-                 history: Sequence[int] = ()):
+                 history: Sequence[int] = (), dry_breakers: frozenset[int] = frozenset()):
         self.params = params
         self.vocab_size = vocab_size
         self.seed = seed
@@ -66,6 +68,19 @@ class Sampler:
                     bias[t] = NEG_INF
         self.bias = bias if (params.logit_bias or params.ignore_eos) else None
         self.greedy = params.temperature <= 0
+        self.dry_breakers = dry_breakers  # token ids whose text holds a DRY sequence breaker
+        names = list(params.samplers)
+        if params.top_n_sigma > 0 and "top_n_sigma" not in names:  # llama.cpp's default place
+            names.insert(names.index("dry") + 1 if "dry" in names else 0, "top_n_sigma")
+        self.chain_names = tuple(names)
+        self.mirostat = params.mirostat if params.mirostat in (1, 2) else 0
+        self.mu = 2.0 * params.mirostat_tau  # Mirostat's running surprise bound
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a draw changes how later tokens are sampled (beyond the history):
+        speculative verification cannot replay such a sampler."""
+        return self.mirostat != 0 and not self.greedy
 
     def accept(self, token: int) -> None:
         self.history.append(token)
@@ -87,7 +102,7 @@ class Sampler:
     def adjusted(self, raw: np.ndarray, allowed: np.ndarray | None = None,
                  history: Sequence[int] | None = None) -> np.ndarray:
         """Raw logits after logit bias, penalties (unless listed later) and the grammar mask."""
-        x = raw.astype(np.float64)[: self.vocab_size].copy()
+        x = raw[: self.vocab_size].astype(np.float64)  # a copy
         if self.bias is not None:
             x += self.bias
         self._penalties(x, self.history if history is None else history)
@@ -95,7 +110,17 @@ class Sampler:
             x[~allowed[: len(x)]] = NEG_INF
         return x
 
-    def chain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _dry(self, ids: np.ndarray, lg: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        pen = dry_penalties(history, p.dry_multiplier, p.dry_base, p.dry_allowed_length,
+                            p.dry_penalty_last_n, self.dry_breakers)
+        if not pen:
+            return ids, lg
+        lg = lg - np.array([pen.get(int(i), 0.0) for i in ids])
+        order = np.argsort(-lg, kind="stable")
+        return ids[order], lg[order]
+
+    def chain(self, x: np.ndarray, history: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidates (ids, logits) after the samplers list, temperature included."""
         p = self.params
         ids = np.flatnonzero(np.isfinite(x))
@@ -105,10 +130,16 @@ class Sampler:
         order = np.argsort(-lg, kind="stable")
         ids, lg = ids[order], lg[order]  # sorted descending from here on
         min_keep = max(p.min_keep, 1)
-        for name in p.samplers:
+        for name in self.chain_names:
             if len(ids) <= 1:
                 break
-            if name == "top_k":
+            if name == "dry":
+                ids, lg = self._dry(ids, lg, self.history if history is None else history)
+            elif name == "top_n_sigma":
+                if p.top_n_sigma > 0:
+                    keep = lg >= lg[0] - p.top_n_sigma * float(np.std(lg))
+                    ids, lg = ids[keep], lg[keep]
+            elif name == "top_k":
                 if p.top_k > 0:
                     k = max(p.top_k, min_keep)
                     ids, lg = ids[:k], lg[:k]
@@ -149,7 +180,7 @@ class Sampler:
                         ids, lg = ids[pos_last:], lg[pos_last:]
             elif name == "temperature":
                 lg = self._temperature(lg)
-            # "dry" and unknown names: no effect
+            # "penalties" (applied first) and unknown names: no effect here
         return ids, lg
 
     def _temperature(self, lg: np.ndarray) -> np.ndarray:
@@ -173,9 +204,47 @@ class Sampler:
         """(ids, probs) the next token is drawn from; one id with prob 1 when greedy."""
         x = self.adjusted(raw, allowed, history)
         if self.greedy:
+            if "dry" in self.chain_names and self.params.dry_multiplier != 0.0:
+                p = self.params
+                pen = dry_penalties(self.history if history is None else history, p.dry_multiplier, p.dry_base,
+                                    p.dry_allowed_length, p.dry_penalty_last_n, self.dry_breakers)
+                for tok, amount in pen.items():
+                    if 0 <= tok < len(x):
+                        x[tok] -= amount
             return np.array([int(np.argmax(x))]), np.array([1.0])
-        ids, lg = self.chain(x)
+        if self.mirostat:
+            return self._mirostat(x)
+        ids, lg = self.chain(x, history)
         return ids, softmax(lg)
+
+    def _mirostat(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Temperature, then Mirostat's truncation for the current `mu` (the draw and the
+        update of `mu` happen in `sample`)."""
+        ids = np.flatnonzero(np.isfinite(x))
+        if len(ids) == 0:
+            ids = np.array([int(np.argmax(x))])
+        lg = x[ids] / self.params.temperature
+        order = np.argsort(-lg, kind="stable")
+        ids, probs = ids[order], softmax(lg[order])
+        if self.mirostat == 1:
+            # Estimate the Zipf exponent s from the top m=100 tokens, then keep the k most
+            # likely tokens for which the expected surprise is mu.
+            m = min(100, len(probs))
+            i = np.arange(m - 1, dtype=np.float64)
+            t = np.log((i + 2) / (i + 1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                b = np.log(probs[: m - 1] / probs[1:m])
+                s_hat = float(np.sum(t * b) / np.sum(t * t)) if m > 1 else float("nan")
+                eps = s_hat - 1
+                k = (eps * 2.0 ** self.mu / (1 - float(self.vocab_size) ** -eps)) ** (1 / s_hat)
+            n = max(int(k), 1) if math.isfinite(k) else len(ids)
+            ids, probs = ids[:n], probs[:n] / probs[:n].sum()
+        else:
+            with np.errstate(divide="ignore"):
+                surprise = -np.log2(probs)
+            n = max(int(np.argmax(surprise > self.mu)) if (surprise > self.mu).any() else len(ids), 1)
+            ids, probs = ids[:n], probs[:n] / probs[:n].sum()
+        return ids, probs
 
     def dense(self, raw: np.ndarray, allowed: np.ndarray | None = None,
               history: Sequence[int] | None = None) -> np.ndarray:
@@ -194,6 +263,9 @@ class Sampler:
     def sample(self, raw: np.ndarray, allowed: np.ndarray | None = None) -> Sampled:
         ids, probs = self.distribution(raw, allowed)
         i = 0 if len(ids) == 1 else self.draw(probs)
+        if self.stateful:  # Mirostat: move mu toward the target surprise tau
+            p = self.params
+            self.mu -= p.mirostat_eta * (-math.log2(max(float(probs[i]), 1e-300)) - p.mirostat_tau)
         return Sampled(int(ids[i]), ids, probs)
 
 

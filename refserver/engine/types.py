@@ -36,6 +36,15 @@ class SamplingParams:
     min_keep: int = 0
     samplers: tuple[str, ...] = DEFAULT_SAMPLERS
     ignore_eos: bool = False
+    top_n_sigma: float = -1.0  # <= 0: off
+    dry_multiplier: float = 0.0  # 0: off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # -1: the whole context, 0: off
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", "\"", "*")
+    mirostat: int = 0  # 0 off, 1 Mirostat, 2 Mirostat 2.0 (replace the samplers list)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,8 @@ class NativeParams(RequestModel):
     frequency_penalty: Number | None = None
     dry_multiplier: Number | None = None
     dry_base: Number | None = None
-    dry_allowed_length: int | None = None
-    dry_penalty_last_n: int | None = None
+    dry_allowed_length: Annotated[int, Field(ge=0)] | None = None
+    dry_penalty_last_n: Annotated[int, Field(ge=-1)] | None = None
     dry_sequence_breakers: list[str] | None = None
     mirostat: Annotated[int, Field(ge=0, le=2)] | None = None
     mirostat_tau: Number | None = None
@@ -229,6 +229,16 @@ class NativeParams(RequestModel):
             min_keep=or_default(self.min_keep, d.min_keep),
             samplers=parse_samplers(self.samplers),
             ignore_eos=bool(self.ignore_eos),
+            top_n_sigma=float(or_default(self.top_n_sigma, d.top_n_sigma)),
+            dry_multiplier=float(or_default(self.dry_multiplier, d.dry_multiplier)),
+            # llama.cpp replaces a base below 1 by the default
+            dry_base=float(self.dry_base) if self.dry_base is not None and self.dry_base >= 1.0 else d.dry_base,
+            dry_allowed_length=or_default(self.dry_allowed_length, d.dry_allowed_length),
+            dry_penalty_last_n=or_default(self.dry_penalty_last_n, d.dry_penalty_last_n),
+            dry_sequence_breakers=tuple(or_default(self.dry_sequence_breakers, d.dry_sequence_breakers)),
+            mirostat=or_default(self.mirostat, d.mirostat),
+            mirostat_tau=float(or_default(self.mirostat_tau, d.mirostat_tau)),
+            mirostat_eta=float(or_default(self.mirostat_eta, d.mirostat_eta)),
         )
 
     def speculative_params(self, defaults: ServerDefaults) -> SpeculativeParams | None:
@@ -280,7 +290,7 @@ class NativeParams(RequestModel):
             "top_k": sampling.top_k,
             "top_p": sampling.top_p,
             "min_p": sampling.min_p,
-            "top_n_sigma": or_default(self.top_n_sigma, -1.0),
+            "top_n_sigma": sampling.top_n_sigma,
             "xtc_probability": sampling.xtc_probability,
             "xtc_threshold": sampling.xtc_threshold,
             "typical_p": sampling.typical_p,
@@ -288,14 +298,14 @@ class NativeParams(RequestModel):
             "repeat_penalty": sampling.repeat_penalty,
             "presence_penalty": sampling.presence_penalty,
             "frequency_penalty": sampling.frequency_penalty,
-            "dry_multiplier": or_default(self.dry_multiplier, 0.0),
-            "dry_base": or_default(self.dry_base, 1.75),
-            "dry_allowed_length": or_default(self.dry_allowed_length, 2),
-            "dry_penalty_last_n": or_default(self.dry_penalty_last_n, -1),
-            "dry_sequence_breakers": or_default(self.dry_sequence_breakers, ["\n", ":", "\"", "*"]),
-            "mirostat": or_default(self.mirostat, 0),
-            "mirostat_tau": or_default(self.mirostat_tau, 5.0),
-            "mirostat_eta": or_default(self.mirostat_eta, 0.1),
+            "dry_multiplier": sampling.dry_multiplier,
+            "dry_base": sampling.dry_base,
+            "dry_allowed_length": sampling.dry_allowed_length,
+            "dry_penalty_last_n": sampling.dry_penalty_last_n,
+            "dry_sequence_breakers": list(sampling.dry_sequence_breakers),
+            "mirostat": sampling.mirostat,
+            "mirostat_tau": sampling.mirostat_tau,
+            "mirostat_eta": sampling.mirostat_eta,
             "stop": list(stop),
             "max_tokens": n_predict,
             "n_predict": n_predict,

@@ -295,6 +295,42 @@ def test_logit_bias_false_bans(chat_server):
 
 
 @sampling
+def test_dry_mirostat_top_n_sigma_are_echoed_and_seeded(chat_server):
+    data = {"prompt": STORY, "n_predict": 24, "seed": 11, "temperature": 1.0, "top_n_sigma": 1.5,
+            "dry_multiplier": 0.8, "dry_base": 0.5, "dry_allowed_length": 3, "dry_penalty_last_n": 64,
+            "dry_sequence_breakers": ["\n", "."], "mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.2}
+    first = chat_server.ok("/completion", data)
+    settings = first["generation_settings"]
+    assert settings["top_n_sigma"] == 1.5 and settings["mirostat"] == 2
+    assert settings["mirostat_tau"] == 3.0 and settings["mirostat_eta"] == pytest.approx(0.2)
+    assert settings["dry_multiplier"] == pytest.approx(0.8) and settings["dry_allowed_length"] == 3
+    assert settings["dry_base"] == 1.75, "a DRY base below 1 is replaced by the default"
+    assert settings["dry_penalty_last_n"] == 64 and settings["dry_sequence_breakers"] == ["\n", "."]
+    assert chat_server.ok("/completion", data)["content"] == first["content"]
+    for version in (1, 2):
+        body = chat_server.ok("/completion", {**data, "mirostat": version, "dry_multiplier": 0})
+        assert body["tokens_predicted"] > 0
+
+
+@sampling
+@pytest.mark.golden
+def test_dry_bans_what_would_extend_a_repetition(chat_server):
+    """The prompt repeats a phrase; greedy continues it with the token that followed the
+    phrase before, and DRY must penalise exactly that token."""
+    prompt = STORY + " Tom liked to fly kites." * 3 + " Tom liked to"
+    ids = chat_server.tokenize(prompt, add_special=True)
+    tail = ids[-3:]
+    follower = next(ids[j + 3] for j in range(len(ids) - 4, -1, -1) if ids[j:j + 3] == tail)
+    data = {"prompt": prompt, "n_predict": 4, "temperature": 0, "return_tokens": True}
+    plain = chat_server.ok("/completion", data)["tokens"]
+    assert plain[0] == follower, "precondition: greedy repeats the phrase"
+    dry = chat_server.ok("/completion", {**data, "dry_multiplier": 2.0, "dry_allowed_length": 2})["tokens"]
+    assert dry[0] != follower
+    off = chat_server.ok("/completion", {**data, "dry_multiplier": 2.0, "dry_penalty_last_n": 0})["tokens"]
+    assert off == plain, "dry_penalty_last_n 0 turns DRY off"
+
+
+@sampling
 def test_samplers_field_is_echoed(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 2, "samplers": ["top_k", "temperature"]})
     assert list(body["generation_settings"]["samplers"]) == ["top_k", "temperature"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from refserver.engine.dry import dry_penalties, z_array
 from refserver.engine.sampling import Sampler
 from refserver.engine.types import SamplingParams
 
@@ -82,3 +83,95 @@ def test_seeded_draws_reproduce_and_follow_the_distribution():
     dense = np.zeros(V)
     dense[ids] = p
     assert np.abs(counts - dense).max() < 0.03 and a
+
+
+# ------------------------------------------------------------------ DRY, top_n_sigma, Mirostat
+def brute_dry(history, multiplier, base, allowed, breakers):
+    """DRY by its definition: for each earlier position, how many tokens before it match the
+    end of the history (not reaching back past the last breaker); the token that followed
+    there would extend that repetition."""
+    n = len(history)
+    limit = next((i for i in range(n) if history[n - 1 - i] in breakers), n)
+    longest = {}
+    for p in range(n - 1):
+        length = 0
+        while length <= p and length < limit and history[p - length] == history[n - 1 - length]:
+            length += 1
+        if length >= allowed:
+            t = history[p + 1]
+            longest[t] = max(longest.get(t, 0), length)
+    return {t: multiplier * base ** (length - allowed) for t, length in longest.items() if t not in breakers}
+
+
+def test_z_array_matches_definition():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        s = list(rng.integers(0, 3, size=int(rng.integers(0, 30))))
+        z = z_array(s)
+        for k in range(1, len(s)):
+            n = 0
+            while k + n < len(s) and s[n] == s[k + n]:
+                n += 1
+            assert z[k] == n
+
+
+def test_dry_penalties_match_definition():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        hist = [int(t) for t in rng.integers(0, 4, size=int(rng.integers(0, 40)))]
+        breakers = frozenset({3}) if rng.random() < 0.5 else frozenset()
+        allowed = int(rng.integers(0, 4))
+        got = dry_penalties(hist, 0.8, 1.75, allowed, -1, breakers)
+        want = brute_dry(hist, 0.8, 1.75, allowed, breakers) if len(hist) > allowed else {}
+        assert got.keys() == want.keys()
+        for t in got:
+            assert got[t] == pytest.approx(want[t])
+
+
+def test_dry_example_and_breakers():
+    # llama.cpp's worked example: a b c c b c y a b c -> c extends "a b c" (3), b extends "c" (1), y "b c" (2)
+    a, b, c, y = 1, 2, 3, 4
+    hist = [a, b, c, c, b, c, y, a, b, c]
+    pen = dry_penalties(hist, 1.0, 2.0, 2, -1, frozenset())
+    assert pen == {c: 2.0 ** (3 - 2), y: 2.0 ** (2 - 2)}
+    assert dry_penalties(hist, 1.0, 2.0, 2, -1, frozenset({c})) == {}  # the last token is a breaker
+    assert dry_penalties(hist, 1.0, 2.0, 2, 3, frozenset()) == {}  # window of 3: nothing repeats
+    assert dry_penalties(hist, 0.0, 2.0, 2, -1, frozenset()) == {}  # multiplier 0: off
+
+
+def test_dry_steers_greedy_away_from_a_repeat():
+    logits = np.zeros(V, dtype=np.float32)
+    logits[3] = 1.0  # argmax would continue "2 3 ... 2" with 3
+    hist = [2, 3, 5, 2]
+    greedy = SamplingParams(temperature=0.0)
+    assert Sampler(greedy, V, [7], 1, history=hist).sample(logits).token == 3
+    dry = SamplingParams(temperature=0.0, dry_multiplier=2.0, dry_allowed_length=1)
+    assert Sampler(dry, V, [7], 1, history=hist).sample(logits).token != 3
+    # a breaker token is never penalised
+    assert Sampler(dry, V, [7], 1, history=hist, dry_breakers=frozenset({3})).sample(logits).token == 3
+
+
+def test_top_n_sigma_keeps_logits_within_n_std_of_the_max():
+    s = S(temperature=1.0, top_n_sigma=1.0, **OFF)
+    ids, _ = s.distribution(LOGITS)
+    cut = LOGITS.max() - 1.0 * LOGITS.astype(np.float64).std()
+    assert set(ids.tolist()) == {i for i, v in enumerate(LOGITS) if v >= cut} == {1, 2, 5}
+    assert set(S(temperature=1.0, top_n_sigma=-1.0, **OFF).distribution(LOGITS)[0].tolist()) == set(range(V))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_mirostat_truncates_and_tracks_target_surprise(version):
+    s = S(temperature=1.0, mirostat=version, mirostat_tau=1.0, mirostat_eta=0.5, seed=3)
+    assert s.stateful and s.mu == 2.0
+    ids, probs = s.distribution(LOGITS)
+    assert 1 <= len(ids) < V and probs.sum() == pytest.approx(1.0)
+    if version == 2:  # every kept token has surprise <= mu
+        full = np.exp(LOGITS - LOGITS.max()) / np.exp(LOGITS - LOGITS.max()).sum()
+        assert all(-np.log2(full[i]) <= 2.0 for i in ids)
+    mu0 = s.mu
+    out = s.sample(LOGITS)
+    p = float(out.cand_probs[list(out.cand_ids).index(out.token)])
+    assert s.mu == pytest.approx(mu0 - 0.5 * (-np.log2(p) - 1.0))
+    a = [S(temperature=1.0, mirostat=version, seed=9).sample(LOGITS).token for _ in range(2)]
+    assert a[0] == a[1]  # seeded: reproducible
+    assert not S(temperature=0.0, mirostat=version).stateful  # greedy stays greedy

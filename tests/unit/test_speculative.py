@@ -99,3 +99,12 @@ def test_banned_tokens_are_never_proposed():
     sampling = SamplingParams(logit_bias=((5, float("-inf")), (6, -3.0)), ignore_eos=True)
     assert banned_tokens(sampling, frozenset({1, 2})) == (1, 2, 5)
     assert banned_tokens(SamplingParams(), frozenset({1, 2})) == ()
+
+
+def test_mirostat_requests_are_not_speculated():
+    """Mirostat's state moves with every draw, so a verify step cannot replay it: no drafts."""
+    sp = SamplingParams(seed=4, temperature=1.0, mirostat=2, ignore_eos=True)
+    ev = generate(FakeBackend(512, 2048, scale=4.0), GenerationRequest(prompt(), sp, n_predict=20), draft_p_min=0.0)
+    assert isinstance(ev[-1], Finished) and ev[-1].tokens_predicted == 20
+    assert ev[-1].timings.get("draft_n", 0) == 0
+    assert tokens_of(ev) == tokens_of(generate(None, GenerationRequest(prompt(), sp, n_predict=20)))
