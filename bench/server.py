@@ -24,13 +24,13 @@ def free_port() -> int:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (KiB) of a process, from /proc (Linux)."""
+    """VmRSS / VmHWM (KiB) and Threads of a process, from /proc (Linux); {} if it is gone."""
     out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
+                if key in ("VmRSS", "VmHWM", "Threads"):
                     out[key] = int(rest.split()[0])
     except OSError:
         pass

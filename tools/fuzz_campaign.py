@@ -35,6 +35,9 @@ from urllib.parse import urlparse
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.server import proc_status  # after the path: the repository root
+
 GENERATING = ["/completion", "/completions", "/v1/completions", "/v1/chat/completions", "/chat/completions"]
 POST_ROUTES = GENERATING + ["/tokenize", "/detokenize", "/apply-template", "/infill"]
 GET_ROUTES = ["/health", "/v1/health", "/models", "/v1/models", "/props", "/slots", "/metrics", "/"]
@@ -449,15 +452,6 @@ class Campaign:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Threads", "VmRSS"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
