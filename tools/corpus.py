@@ -164,12 +164,16 @@ class Example:
 
 
 class Corpus:
-    def __init__(self, seed: int = 1234, held_out: bool = False):
+    def __init__(self, seed: int = 1234, held_out: bool = False, weights: dict[str, float] | None = None):
         self.seed = seed
         self.held_out = held_out
         self.template = load_template()
         self.families = list(FAMILY_WEIGHTS)
-        self.weights = [FAMILY_WEIGHTS[f] for f in self.families]
+        mix = dict(FAMILY_WEIGHTS, **(weights or {}))
+        unknown = set(mix) - set(FAMILY_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown corpus families {sorted(unknown)}; known: {self.families}")
+        self.weights = [mix[f] for f in self.families]
 
     def example(self, index: int, family: str | None = None) -> Example:
         rng = random.Random(f"{self.seed}:{index}:{family}")

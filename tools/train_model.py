@@ -154,9 +154,9 @@ class Llama(nn.Module):
         return self.lm_head(self.model.norm(x))
 
 
-def batches(tok: Tokenizer, seed: int, start_doc: int, batch: int, seq: int):
+def batches(tok: Tokenizer, seed: int, start_doc: int, batch: int, seq: int, mix: dict[str, float] | None = None):
     """Yield (tokens [batch, seq+1], next_doc) from the packed, endless document stream."""
-    corpus = Corpus(seed)
+    corpus = Corpus(seed, weights=mix)
     doc, buf = start_doc, []
     need = batch * (seq + 1)
     while True:
@@ -191,6 +191,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--mix", default="", metavar="FAMILY=W,...",
+                    help="override corpus family weights (e.g. story=0.18,tool=0.37), for a final "
+                         "phase that spends more tokens on the families the eval finds weakest")
     ap.add_argument("--decay-from", type=float, default=0.8,
                     help="fraction of the budget after which the learning rate decays; a resumed "
                          "run with a larger --minutes can start its decay soon after the resume")
@@ -217,7 +220,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params/1e6:.2f}M  config {asdict(cfg)}", flush=True)
     budget = args.minutes * 60
-    data = batches(tok, args.seed, state["doc"], args.batch, args.seq)
+    mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(",") if kv)}
+    data = batches(tok, args.seed, state["doc"], args.batch, args.seq, mix or None)
 
     def save():
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
