@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,9 +165,11 @@ class Example:
 
 
 class Corpus:
-    def __init__(self, seed: int = 1234, held_out: bool = False, weights: dict[str, float] | None = None):
+    def __init__(self, seed: int = 1234, held_out: bool = False, weights: dict[str, float] | None = None,
+                 letters: float = 0.0):
         self.seed = seed
         self.held_out = held_out
+        self.letters = letters
         self.template = load_template()
         self.families = list(FAMILY_WEIGHTS)
         mix = dict(FAMILY_WEIGHTS, **(weights or {}))
@@ -174,6 +177,18 @@ class Corpus:
         if unknown:
             raise ValueError(f"unknown corpus families {sorted(unknown)}; known: {self.families}")
         self.weights = [mix[f] for f in self.families]
+
+    def _word(self, rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
+        """A value the model must copy: a pseudo-word of known syllables or, with
+        probability `letters`, a string of random letters, which the tokenizer splits into
+        rare pieces as it does real names it never saw (held-out names like "Ella")."""
+        if self.letters and rng.random() < self.letters:
+            while True:
+                word = "".join(rng.choice(string.ascii_lowercase)
+                               for _ in range(rng.randint(2 * syllables[0], 3 * syllables[1])))
+                if held_out(word) == self.held_out:
+                    return word
+        return pseudo_word(rng, self.held_out, syllables)
 
     def example(self, index: int, family: str | None = None) -> Example:
         rng = random.Random(f"{self.seed}:{index}:{family}")
@@ -198,7 +213,7 @@ class Corpus:
     # ---------------------------------------------------------------- families
     def _story(self, rng) -> Example:
         name = pick(rng, NAMES, self.held_out) if rng.random() < 0.6 else \
-            pseudo_word(rng, self.held_out, (2, 2)).capitalize()
+            self._word(rng, (2, 2)).capitalize()
         animal, adj = rng.choice(ANIMALS), rng.choice(ADJECTIVES)
         article = "an" if adj[0] in "aeiou" else "a"
         first = f"Once upon a time, there was {article} {adj} {animal} named {name}."
@@ -215,7 +230,7 @@ class Corpus:
             user, answer = rng.choice(GREETINGS)
             return self._dialog(rng, "chat", user, answer, {"answer": answer})
         name = pick(rng, NAMES, self.held_out) if rng.random() < 0.5 else \
-            pseudo_word(rng, self.held_out).capitalize()
+            self._word(rng).capitalize()
         user = rng.choice(["My name is {n}.", "Hi, I am {n}.", "Hello, my name is {n}!",
                            "I'm {n}."]).format(n=name)
         answer = f"Nice to meet you, {name}! How can I help you?"
@@ -261,7 +276,7 @@ class Corpus:
         return self._dialog(rng, "json", user, _tojson(obj), {"json": obj})
 
     def _echo(self, rng) -> Example:
-        words = [pseudo_word(rng, self.held_out, (1, 3)) for _ in range(rng.randint(1, 4))]
+        words = [self._word(rng, (1, 3)) for _ in range(rng.randint(1, 4))]
         if rng.random() < 0.3:
             words = [w.capitalize() for w in words]
         phrase = " ".join(words)
@@ -273,10 +288,10 @@ class Corpus:
     def _value(self, rng, kind: str):
         if kind == "city":
             return pick(rng, CITIES, self.held_out) if rng.random() < 0.6 else \
-                pseudo_word(rng, self.held_out).capitalize()
+                self._word(rng).capitalize()
         if kind == "name":
             return pick(rng, NAMES, self.held_out) if rng.random() < 0.5 else \
-                pseudo_word(rng, self.held_out).capitalize()
+                self._word(rng).capitalize()
         if kind == "int":
             while True:
                 n = rng.randint(1, 120)
@@ -287,7 +302,7 @@ class Corpus:
         if kind == "language":
             return rng.choice(LANGUAGES)
         if kind == "word":
-            return pseudo_word(rng, self.held_out)
+            return self._word(rng)
         raise ValueError(kind)
 
     def _tool_specs(self, rng) -> list[dict]:

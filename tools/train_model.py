@@ -154,9 +154,10 @@ class Llama(nn.Module):
         return self.lm_head(self.model.norm(x))
 
 
-def batches(tok: Tokenizer, seed: int, start_doc: int, batch: int, seq: int, mix: dict[str, float] | None = None):
+def batches(tok: Tokenizer, seed: int, start_doc: int, batch: int, seq: int, mix: dict[str, float] | None = None,
+            letters: float = 0.0):
     """Yield (tokens [batch, seq+1], next_doc) from the packed, endless document stream."""
-    corpus = Corpus(seed, weights=mix)
+    corpus = Corpus(seed, weights=mix, letters=letters)
     doc, buf = start_doc, []
     need = batch * (seq + 1)
     while True:
@@ -194,6 +195,9 @@ def main() -> None:
     ap.add_argument("--mix", default="", metavar="FAMILY=W,...",
                     help="override corpus family weights (e.g. story=0.18,tool=0.37), for a final "
                          "phase that spends more tokens on the families the eval finds weakest")
+    ap.add_argument("--letters", type=float, default=0.0, metavar="P",
+                    help="probability that a value to copy is random letters instead of a pseudo-word "
+                         "of known syllables (teaches copying rare token pieces)")
     ap.add_argument("--decay-from", type=float, default=0.8,
                     help="fraction of the budget after which the learning rate decays; a resumed "
                          "run with a larger --minutes can start its decay soon after the resume")
@@ -221,7 +225,7 @@ def main() -> None:
     print(f"params {n_params/1e6:.2f}M  config {asdict(cfg)}", flush=True)
     budget = args.minutes * 60
     mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(",") if kv)}
-    data = batches(tok, args.seed, state["doc"], args.batch, args.seq, mix or None)
+    data = batches(tok, args.seed, state["doc"], args.batch, args.seq, mix or None, args.letters)
 
     def save():
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
