@@ -61,7 +61,7 @@ class Mode:
     slot_ctx: int  # tokens per slot for the -np 8 server (and the in-process loops)
 
 
-QUICK = Mode("quick", repeats=3, n_new=128, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
+QUICK = Mode("quick", repeats=5, n_new=128, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
              spec_n=128, slot_ctx=512)
 FULL = Mode("full", repeats=5, n_new=256, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
             spec_n=256, slot_ctx=512)
