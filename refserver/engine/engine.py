@@ -265,12 +265,24 @@ class Engine:
                 if slot.busy:
                     continue
             else:
-                slot = max(idle, key=lambda s: (common_prefix(s.cache, task.prompt), -s.last_used))
+                slot = self._pick_slot(idle, task.prompt)
             taken.append(task)
             self._begin(task, slot)
         if taken:
             with self._lock:
                 self._queue = deque(t for t in self._queue if all(t is not x for x in taken))
+
+    def _pick_slot(self, idle: list[Slot], prompt: list[int]) -> Slot:
+        """The idle slot whose cache shares the longest prefix with `prompt`, least recently
+        used first, when that prefix is at least 10% of the prompt (llama.cpp's default
+        slot similarity).  Otherwise the lowest free slot: busy slots then stay packed at
+        the start of the arena, and a batched decode call, which spans the rows from the
+        first busy slot to the last, computes no idle rows between them (the cross-slot
+        prompt cache keeps what the reused slot held)."""
+        best = max(idle, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
+        if common_prefix(best.cache, prompt) < max(2, 0.1 * len(prompt)):
+            return min(idle, key=lambda s: s.id)
+        return best
 
     def _begin(self, task: Task, slot: Slot) -> None:
         prompt = task.prompt
