@@ -110,31 +110,36 @@ class Sampler:
             x[~allowed[: len(x)]] = NEG_INF
         return x
 
-    def _dry(self, ids: np.ndarray, lg: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _dry_penalties(self, history: Sequence[int] | None) -> dict[int, float]:
         p = self.params
-        pen = dry_penalties(history, p.dry_multiplier, p.dry_base, p.dry_allowed_length,
-                            p.dry_penalty_last_n, self.dry_breakers)
-        if not pen:
-            return ids, lg
-        lg = lg - np.array([pen.get(int(i), 0.0) for i in ids])
+        return dry_penalties(self.history if history is None else history, p.dry_multiplier, p.dry_base,
+                             p.dry_allowed_length, p.dry_penalty_last_n, self.dry_breakers)
+
+    @staticmethod
+    def _sorted(ids: np.ndarray, lg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(-lg, kind="stable")
         return ids[order], lg[order]
+
+    @classmethod
+    def _candidates(cls, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Finite (ids, logits), sorted descending."""
+        ids = np.flatnonzero(np.isfinite(x))
+        if len(ids) == 0:  # everything banned: fall back to the unbanned argmax source
+            ids = np.array([int(np.argmax(x))])
+        return cls._sorted(ids, x[ids])
 
     def chain(self, x: np.ndarray, history: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidates (ids, logits) after the samplers list, temperature included."""
         p = self.params
-        ids = np.flatnonzero(np.isfinite(x))
-        if len(ids) == 0:  # everything banned: fall back to the unbanned argmax source
-            ids = np.array([int(np.argmax(x))])
-        lg = x[ids]
-        order = np.argsort(-lg, kind="stable")
-        ids, lg = ids[order], lg[order]  # sorted descending from here on
+        ids, lg = self._candidates(x)  # sorted descending from here on
         min_keep = max(p.min_keep, 1)
         for name in self.chain_names:
             if len(ids) <= 1:
                 break
             if name == "dry":
-                ids, lg = self._dry(ids, lg, self.history if history is None else history)
+                pen = self._dry_penalties(history)
+                if pen:
+                    ids, lg = self._sorted(ids, lg - np.array([pen.get(int(i), 0.0) for i in ids]))
             elif name == "top_n_sigma":
                 if p.top_n_sigma > 0:
                     keep = lg >= lg[0] - p.top_n_sigma * float(np.std(lg))
@@ -204,11 +209,8 @@ class Sampler:
         """(ids, probs) the next token is drawn from; one id with prob 1 when greedy."""
         x = self.adjusted(raw, allowed, history)
         if self.greedy:
-            if "dry" in self.chain_names and self.params.dry_multiplier != 0.0:
-                p = self.params
-                pen = dry_penalties(self.history if history is None else history, p.dry_multiplier, p.dry_base,
-                                    p.dry_allowed_length, p.dry_penalty_last_n, self.dry_breakers)
-                for tok, amount in pen.items():
+            if "dry" in self.chain_names:
+                for tok, amount in self._dry_penalties(history).items():
                     if 0 <= tok < len(x):
                         x[tok] -= amount
             return np.array([int(np.argmax(x))]), np.array([1.0])
@@ -220,12 +222,8 @@ class Sampler:
     def _mirostat(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Temperature, then Mirostat's truncation for the current `mu` (the draw and the
         update of `mu` happen in `sample`)."""
-        ids = np.flatnonzero(np.isfinite(x))
-        if len(ids) == 0:
-            ids = np.array([int(np.argmax(x))])
-        lg = x[ids] / self.params.temperature
-        order = np.argsort(-lg, kind="stable")
-        ids, probs = ids[order], softmax(lg[order])
+        ids, lg = self._candidates(x)
+        probs = softmax(lg / self.params.temperature)
         if self.mirostat == 1:
             # Estimate the Zipf exponent s from the top m=100 tokens, then keep the k most
             # likely tokens for which the expected surprise is mu.
@@ -238,13 +236,11 @@ class Sampler:
                 eps = s_hat - 1
                 k = (eps * 2.0 ** self.mu / (1 - float(self.vocab_size) ** -eps)) ** (1 / s_hat)
             n = max(int(k), 1) if math.isfinite(k) else len(ids)
-            ids, probs = ids[:n], probs[:n] / probs[:n].sum()
-        else:
+        else:  # keep the tokens up to the first whose surprise exceeds mu
             with np.errstate(divide="ignore"):
-                surprise = -np.log2(probs)
-            n = max(int(np.argmax(surprise > self.mu)) if (surprise > self.mu).any() else len(ids), 1)
-            ids, probs = ids[:n], probs[:n] / probs[:n].sum()
-        return ids, probs
+                over = np.flatnonzero(-np.log2(probs) > self.mu)
+            n = max(int(over[0]) if len(over) else len(ids), 1)
+        return ids[:n], probs[:n] / probs[:n].sum()
 
     def dense(self, raw: np.ndarray, allowed: np.ndarray | None = None,
               history: Sequence[int] | None = None) -> np.ndarray:

@@ -226,9 +226,9 @@ class BaseHandler(tornado.web.RequestHandler):
             # Headers are out: the error becomes the stream's last event.
             err = as_refserver_error(exc, status_code)
             try:
-                self.write(b"data: " + dumps(err.to_dict()) + b"\n\n")
+                self.sse_send(err.to_dict())
                 if self.sse_done:
-                    self.write("data: [DONE]\n\n")
+                    self.sse_done_line()
             except Exception:  # noqa: BLE001
                 log.debug("request %s: could not write the error event", self.request_id)
             self._finish_quietly()
