@@ -137,6 +137,21 @@ def test_slot_choice_prefers_the_longest_cached_prefix():
     eng.shutdown()
 
 
+def test_unrelated_requests_take_the_lowest_free_slot():
+    """With no useful cached prefix a request takes the lowest free slot, not the least
+    recently used one, so busy slots stay packed for the batched decode call."""
+    eng = make_engine(n_slots=4, cache_ram_mib=0)
+    for slot in (3, 2, 1, 0):  # slot 3 is now the least recently used; all caches share only BOS
+        run(eng, GenerationRequest(prompt(f"Story number {slot} begins"), GREEDY, n_predict=2, id_slot=slot))
+    for text in ("Lily liked the sun", "A dog ran far away", "The moon was big and round"):
+        assert run(eng, GenerationRequest(prompt(text), GREEDY, n_predict=2))[-1].id_slot == 0
+    # a request that shares most of slot 2's prompt still goes to slot 2
+    run(eng, GenerationRequest(prompt("Tom had a red kite and a blue ball"), GREEDY, n_predict=2, id_slot=2))
+    ev = run(eng, GenerationRequest(prompt("Tom had a red kite and a blue ball too"), GREEDY, n_predict=2))
+    assert ev[-1].id_slot == 2
+    eng.shutdown()
+
+
 @pytest.mark.parametrize("n_slots,n_batch", [(1, 8), (2, 64), (2, 8), (1, 64)])
 def test_seeded_sampling_is_independent_of_slots_and_batch(n_slots, n_batch):
     eng = make_engine(n_slots=n_slots, n_batch=n_batch)
