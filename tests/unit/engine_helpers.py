@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import queue
-from pathlib import Path
 
 import pytest
+from utils import STORIES260K_DIR
 
 from backends.fake import FakeBackend
 from refserver.engine import Engine, EngineConfig
 from refserver.engine.types import Failed, Finished, GenerationRequest, TokenOut
 
-TOKENIZER_DIR = Path("/work/shared/models/stories260K/onnx-genai")
+TOKENIZER_DIR = STORIES260K_DIR / "onnx-genai"
 _tok = None
 
 

@@ -1,9 +1,9 @@
 """response_format / tools -> llguidance Constraints, checked with llguidance itself."""
 
 import json
-import os
 
 import pytest
+from utils import STORIES260K_DIR
 
 from refserver.chat import response_format_constraint, tools_constraint, validate_constraint
 from refserver.chat.grammars import to_llguidance_grammar
@@ -12,14 +12,14 @@ from refserver.errors import InvalidRequest
 pytestmark = pytest.mark.feature("structured_output")
 llguidance = pytest.importorskip("llguidance")
 
-TOKENIZER = "/work/shared/models/stories260K/onnx-genai/tokenizer.json"
+TOKENIZER = STORIES260K_DIR / "onnx-genai" / "tokenizer.json"
 
 
 @pytest.fixture(scope="module")
 def tok():
-    if not os.path.exists(TOKENIZER):
+    if not TOKENIZER.exists():
         pytest.skip("stories260K tokenizer not present")
-    return llguidance.LLTokenizer(TOKENIZER)
+    return llguidance.LLTokenizer(str(TOKENIZER))
 
 
 def accepts(tok, constraint, text, complete=True):
