@@ -27,7 +27,7 @@ from pathlib import Path
 from .client import completion_body, concurrent_streams, stream_completion
 from .report import write_markdown, write_plot
 from .server import ROOT, Server
-from .stats import Stat, ratio
+from .stats import Stat, paired_ratio, ratio
 
 CACHE = ROOT / "bench" / ".cache"
 OUT_DIR = ROOT / "docs" / "bench"
@@ -61,9 +61,9 @@ class Mode:
     slot_ctx: int  # tokens per slot for the -np 8 server (and the in-process loops)
 
 
-QUICK = Mode("quick", repeats=5, n_new=128, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
+QUICK = Mode("quick", repeats=9, n_new=256, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
              spec_n=128, slot_ctx=512)
-FULL = Mode("full", repeats=5, n_new=256, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
+FULL = Mode("full", repeats=15, n_new=256, prompt_len=32, long_prompt=1024, concurrency=(1, 2, 4, 8),
             spec_n=256, slot_ctx=512)
 
 
@@ -88,6 +88,8 @@ class Bench:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
 
     def record(self, key: str, label: str, stat: Stat | None, unit: str, **extra) -> None:
+        """One row; `values=[...]` (one per round of an interleaved loop) lets `summary`
+        pair it with the other engines of that loop."""
         self.rows[key] = {"label": label, "unit": unit, "stat": stat.as_dict() if stat else None, **extra}
         if stat is not None:
             self.say(f"    {label}: {stat.fmt()} {unit} (median, min–max of {stat.n})")
@@ -150,6 +152,7 @@ class Bench:
         for key, label, kind, model, python in engines:
             rs, outs = runs[key], extra[key]
             self.record(key, label, Stat.of(x["decode_tok_s"] for x in rs), "tok/s",
+                        values=[x["decode_tok_s"] for x in rs],
                         ttft_ms=Stat.of(x["ttft_ms"] for x in rs).as_dict(),
                         rss_mib=max(o["rss_mib_loaded"] for o in outs),
                         cpu_ms_per_token=sum(o["cpu_ms_per_token"] for o in outs) / len(outs),
@@ -202,6 +205,7 @@ class Bench:
             cpu = {"ioloop_cpu_ms_per_token": cpu_used[0] * 1e3 / max(1, n_tok),
                    "server_cpu_ms_per_token": cpu_used[1] * 1e3 / max(1, n_tok)}
             self.record("http", "(2) refserver HTTP, 1 stream", Stat.of(r.decode_tok_s for r in results), "tok/s",
+                        values=[r.decode_tok_s for r in results],
                         ttft_ms=Stat.of(r.ttft_ms for r in results).as_dict(),
                         server_decode_tok_s=Stat.of(r.final.get("timings", {}).get("predicted_per_second", 0)
                                                     for r in results).as_dict(), **cpu)
@@ -308,7 +312,7 @@ class Bench:
             self.loop_rows([("small_raw", f"small model ({n_params / 1e6:.1f}M) raw backend loop", "raw",
                              CHAT_MODEL, sys.executable)], m.repeats, http_round, ctx=2048)
         self.record("small_http", f"small model ({n_params / 1e6:.1f}M) refserver HTTP, 1 stream",
-                    Stat.of(r.decode_tok_s for r in results), "tok/s",
+                    Stat.of(r.decode_tok_s for r in results), "tok/s", values=[r.decode_tok_s for r in results],
                     ttft_ms=Stat.of(r.ttft_ms for r in results).as_dict())
 
     def spec_row(self) -> None:
@@ -411,15 +415,25 @@ class Bench:
             s = r.get(key, {}).get("stat")
             return Stat(s["median"], s["min"], s["max"], s["n"]) if s else None
 
+        pairs = {}
+
+        def side_by_side(a: str, b: str, name: str) -> float | None:
+            """Median of the per-round ratios when both rows ran in one interleaved loop."""
+            p = paired_ratio(r.get(a, {}).get("values", []), r.get(b, {}).get("values", []))
+            if p is None:
+                return ratio(st(a), st(b))
+            pairs[name] = p.as_dict()
+            return p.median
+
         conc = r.get("concurrency", {}).get("levels", {})
         b1, b8 = conc.get(1), conc.get(8)
         raw_b = r.get("raw_batch", {}).get("levels", {})
         ratios = {
-            "http_over_raw": ratio(st("http"), st("raw")),
-            "over_onnxruntime_genai": ratio(st("http"), st("genai")),
-            "over_llama_cpp": ratio(st("http"), st("llama")),
-            "raw_over_onnxruntime_genai": ratio(st("raw"), st("genai")),
-            "small_http_over_raw": ratio(st("small_http"), st("small_raw")),
+            "http_over_raw": side_by_side("http", "raw", "http_over_raw"),
+            "over_onnxruntime_genai": side_by_side("http", "genai", "over_onnxruntime_genai"),
+            "over_llama_cpp": side_by_side("http", "llama", "over_llama_cpp"),
+            "raw_over_onnxruntime_genai": side_by_side("raw", "genai", "raw_over_onnxruntime_genai"),
+            "small_http_over_raw": side_by_side("small_http", "small_raw", "small_http_over_raw"),
             "batch8_over_batch1": (b8["aggregate"]["median"] / b1["aggregate"]["median"]) if b1 and b8 else None,
             "raw_batch8_over_batch1": (raw_b["8"] / raw_b["1"]) if "8" in raw_b and "1" in raw_b else None,
             "cache_hit_ttft_over_miss": ratio(st("ttft_hit"), st("ttft_cold")),
@@ -471,6 +485,7 @@ class Bench:
                          "long_prompt": self.mode.long_prompt, "slot_ctx": self.mode.slot_ctx,
                          "threads": self.threads},
             "token_match_vs_raw": match,
+            "paired_ratios": pairs,
             "thresholds": {k: {"first": f, "goal": g, "dir": h, "status": checks[k]}
                            for k, (f, g, h) in THRESHOLDS.items()},
             "rows": r,
@@ -545,7 +560,9 @@ def print_summary(out: dict) -> None:
                 "small_http_over_raw", "small_overhead_ms_per_token"):
         v = out.get(key)
         status = out["thresholds"].get(key, {}).get("status", "")
-        print(f"  {key:28s} {'n/a' if v is None else f'{v:.3f}':>8s}  {status}")
+        pair = out["paired_ratios"].get(key)
+        spread = f"  (median of {pair['n']} side-by-side rounds, {pair['min']:.3f}–{pair['max']:.3f})" if pair else ""
+        print(f"  {key:28s} {'n/a' if v is None else f'{v:.3f}':>8s}  {status}{spread}")
     if out["token_match_vs_raw"]:
         print("  greedy tokens equal to the raw loop's (same precision): " + ", ".join(
             f"{k} {v:.0%}" for k, v in out["token_match_vs_raw"].items() if not k.endswith("_divergence")))

@@ -112,14 +112,23 @@ def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
         lines.append(f"| 8 | server RSS, peak | | | {mem['rss_peak_mib']:.0f} MiB = weights + KV arena "
                      f"{mem['kv_arena_mib']:.0f} + {mem['beyond_weights_kv_peak_mib']:.0f} MiB (prompt-cache KV "
                      "copies, buffers, heap) |")
-    lines += ["", "| ratio | value | first threshold | goal | status |", "|---|---|---|---|---|"]
+    pairs = out.get("paired_ratios", {})
+
+    def spread(key: str) -> str:
+        p = pairs.get(key)
+        return f"{p['min']:.3f}–{p['max']:.3f}" if p else ""
+
+    lines += ["", ("Ratios of rows run side by side are the median of the per-round ratios (range "
+                   "shown); the others are ratios of medians."), "",
+              "| ratio | value | per-round range | first threshold | goal | status |",
+              "|---|---|---|---|---|---|"]
     for key, t in out["thresholds"].items():
         sign = "≥" if t["dir"] == "ge" else "≤"
-        lines.append(f"| `{key}` | {_ratio(out.get(key))} | {sign} {t['first']} | {sign} {t['goal']} | "
-                     f"{t['status']} |")
+        lines.append(f"| `{key}` | {_ratio(out.get(key))} | {spread(key)} | {sign} {t['first']} | "
+                     f"{sign} {t['goal']} | {t['status']} |")
     for key in ("over_llama_cpp", "http_ttft_over_raw", "raw_over_onnxruntime_genai", "small_http_over_raw",
                 "small_overhead_ms_per_token"):
-        lines.append(f"| `{key}` | {_ratio(out.get(key))} | | | |")
+        lines.append(f"| `{key}` | {_ratio(out.get(key))} | {spread(key)} | | | |")
     if out["notes"]:
         lines += [""] + [f"- {n}" for n in out["notes"]]
     if plot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -31,6 +32,18 @@ class Stat:
     def as_dict(self) -> dict:
         return {"median": self.median, "min": self.lo, "max": self.hi, "n": self.n,
                 "spread": self.spread}
+
+
+def paired_ratio(a: list[float], b: list[float]) -> Stat | None:
+    """The ratios a[i] / b[i] of runs made side by side (round i of an interleaved loop).
+
+    Their median is the estimate the bench reports: the machine's speed drifts over
+    minutes, and a pair run seconds apart shares that drift, which a ratio of the two
+    medians taken over the whole loop does not cancel."""
+    pairs = [x / y for x, y in zip(a, b) if y and math.isfinite(x) and math.isfinite(y)]
+    if not pairs or len(a) != len(b):
+        return None
+    return Stat.of(pairs)
 
 
 def ratio(a: Stat | None, b: Stat | None) -> float | None:

@@ -50,7 +50,7 @@ class ServerConfig:
     backend: str = "onnx-cpu"
     strict: bool = False
     sse_keepalive: float = 5.0
-    stream_interval_ms: float = 10.0
+    stream_interval_ms: float = 25.0
     prompt_cache_size: int | None = None
     max_body_mb: float = 16.0
     max_queue: int | None = None
@@ -92,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict", action="store_true", help="reject unknown request fields with 400")
     g.add_argument("--sse-keepalive", type=float, default=5.0, metavar="SECONDS",
                    help="SSE comment interval while a stream waits or pre-fills (default 5)")
-    g.add_argument("--stream-interval-ms", type=float, default=10.0, metavar="MS",
+    g.add_argument("--stream-interval-ms", type=float, default=25.0, metavar="MS",
                    help="while tokens keep coming, send a stream's pending tokens together at most "
                         "every MS ms (one SSE event each; first token and end go at once); "
-                        "0 sends each token alone (default 10)")
+                        "0 sends each token alone (default 25)")
     g.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB",
                    help="largest request body accepted (default 16)")
     g.add_argument("--max-queue", type=int, default=None, metavar="N",
