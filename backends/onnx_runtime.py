@@ -200,16 +200,22 @@ class OnnxBackend(Backend):
             call = self._call(lo, hi)
             rows = [r for r in range(lo, hi) if r in singles]
             order = [singles[r] for r in rows]
-            sel = np.array(rows) - lo
             pos = np.array([steps[i].pos for i in order], np.int64)
-            # Dummies write where nothing valid can be: at the end of their last write.
-            high = self._high[lo:hi]
-            totals = high + 1
-            totals[sel] = pos + 1
-            call.positions[:, 0] = np.minimum(high, last_position)
-            call.positions[sel, 0] = pos
-            call.ids[:, 0] = DUMMY_TOKEN
-            call.ids[sel, 0] = [steps[i].tokens[0] for i in order]
+            ids = [steps[i].tokens[0] for i in order]
+            if len(rows) == hi - lo:  # every row of the span steps (one stream; packed slots)
+                sel = slice(None)
+                totals = pos + 1
+                call.positions[:, 0] = pos
+                call.ids[:, 0] = ids
+            else:  # dummies write where nothing valid can be: at the end of their last write
+                sel = np.array(rows) - lo
+                high = self._high[lo:hi]
+                totals = high + 1
+                totals[sel] = pos + 1
+                call.positions[:, 0] = np.minimum(high, last_position)
+                call.positions[sel, 0] = pos
+                call.ids[:, 0] = DUMMY_TOKEN
+                call.ids[sel, 0] = ids
             np.less(call.columns, totals[:, None], out=call.mask, casting="unsafe")
             self._run(call.binding, f"decode of rows {lo}..{hi - 1}")
             logits = call.logits[sel].astype(np.float32)  # [n, 1, vocab], a copy

@@ -241,7 +241,8 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         with self._lock:
-            self._queue = deque(t for t in self._queue if not t.handle.cancelled)
+            if any(t.handle.cancelled for t in self._queue):
+                self._queue = deque(t for t in self._queue if not t.handle.cancelled)
         for slot in self.slots_:
             if slot.task is not None and slot.task.handle.cancelled:
                 self._release(slot)
@@ -254,6 +255,8 @@ class Engine:
     # ------------------------------------------------------------------ admission
     def _assign(self) -> None:
         with self._lock:
+            if not self._queue:
+                return
             queue = list(self._queue)
         taken = []
         for task in queue:

@@ -75,6 +75,13 @@ class Sampler:
         self.chain_names = tuple(names)
         self.mirostat = params.mirostat if params.mirostat in (1, 2) else 0
         self.mu = 2.0 * params.mirostat_tau  # Mirostat's running surprise bound
+        # Greedy with nothing that moves a logit but bans (ignore_eos, -inf biases): the
+        # argmax of the float32 row with the bans applied is the same token, without the
+        # float64 copy of the vocabulary (this runs once per generated token).
+        only_bans = bool(np.all((bias == 0) | (bias == NEG_INF)))
+        self._banned = np.flatnonzero(bias == NEG_INF)
+        self._plain_greedy = (self.greedy and only_bans and not self._penalties_active()
+                              and not ("dry" in self.chain_names and params.dry_multiplier > 0))
 
     @property
     def stateful(self) -> bool:
@@ -86,10 +93,14 @@ class Sampler:
         self.history.append(token)
 
     # ------------------------------------------------------------------ chain
+    def _penalties_active(self) -> bool:
+        p = self.params
+        return p.repeat_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0
+                                         or p.presence_penalty != 0.0)
+
     def _penalties(self, logits: np.ndarray, history: Sequence[int]) -> None:
         p = self.params
-        if p.repeat_last_n == 0 or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
-                                    and p.presence_penalty == 0.0):
+        if not self._penalties_active():
             return
         window = history if p.repeat_last_n < 0 else history[-p.repeat_last_n:]
         for tok, count in Counter(window).items():
@@ -257,6 +268,13 @@ class Sampler:
         return min(int(np.searchsorted(cum, r, side="right")), len(probs) - 1)
 
     def sample(self, raw: np.ndarray, allowed: np.ndarray | None = None) -> Sampled:
+        if self._plain_greedy and allowed is None:
+            x = raw[: self.vocab_size]
+            if len(self._banned):
+                x = x.copy()
+                x[self._banned] = NEG_INF
+            token = int(np.argmax(x))
+            return Sampled(token, np.array([token]), np.ones(1))
         ids, probs = self.distribution(raw, allowed)
         i = 0 if len(ids) == 1 else self.draw(probs)
         if self.stateful:  # Mirostat: move mu toward the target surprise tau

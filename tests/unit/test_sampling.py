@@ -28,6 +28,24 @@ def test_greedy_is_argmax_after_bias_and_penalties():
     assert s.sample(LOGITS).token == 5  # 3.0 / 2 = 1.5 < 2.9
 
 
+@pytest.mark.parametrize("params", [
+    {}, {"ignore_eos": True}, {"logit_bias": ((1, float("-inf")), (5, float("-inf")))},
+    {"logit_bias": ((3, 0.5),)}, {"repeat_penalty": 1.5}, {"dry_multiplier": 0.8, "dry_allowed_length": 1},
+])
+def test_greedy_fast_path_picks_what_the_full_distribution_picks(params):
+    """`sample` skips the float64 chain for plain greedy requests; on random rows with
+    exact ties it must still pick the distribution's argmax (the lowest tied id)."""
+    rng = np.random.default_rng(3)
+    history = [1, 2, 1, 2, 1]
+    for _ in range(200):
+        row = rng.integers(-3, 4, V).astype(np.float32)  # small integers: frequent ties
+        s = Sampler(SamplingParams(temperature=0.0, **params), V, [7], 1, history=history)
+        ids, _ = s.distribution(row)
+        picked = s.sample(row)
+        assert picked.token == int(ids[0])
+        assert list(picked.cand_ids) == [picked.token] and list(picked.cand_probs) == [1.0]
+
+
 def test_repeat_penalty_divides_positive_multiplies_negative():
     s = Sampler(SamplingParams(repeat_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25), V, [7], 1,
                 history=[1, 3, 3])
