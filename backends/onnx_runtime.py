@@ -202,7 +202,8 @@ class OnnxBackend(Backend):
             order = [singles[r] for r in rows]
             pos = np.array([steps[i].pos for i in order], np.int64)
             ids = [steps[i].tokens[0] for i in order]
-            if len(rows) == hi - lo:  # every row of the span steps (one stream; packed slots)
+            full = len(rows) == hi - lo
+            if full:  # every row of the span steps (one stream; packed slots)
                 sel = slice(None)
                 totals = pos + 1
                 call.positions[:, 0] = pos
@@ -217,11 +218,14 @@ class OnnxBackend(Backend):
                 call.ids[:, 0] = DUMMY_TOKEN
                 call.ids[sel, 0] = ids
             np.less(call.columns, totals[:, None], out=call.mask, casting="unsafe")
-            self._run(call.binding, f"decode of rows {lo}..{hi - 1}")
+            self._run(call.binding, "decode of rows %d..%d", lo, hi - 1)
             logits = call.logits[sel].astype(np.float32)  # [n, 1, vocab], a copy
             for j, i in enumerate(order):
                 out[i] = logits[j]
-            self._high[rows] = pos + 1
+            if full:
+                self._high[lo:hi] = totals
+            else:
+                self._high[rows] = totals[sel]
 
     def _spans(self, rows: list[int]) -> list[tuple[int, int]]:
         """Contiguous row spans [lo, hi) covering the sorted `rows`, split at idle rows too
@@ -287,7 +291,7 @@ class OnnxBackend(Backend):
             call.ids[0] = tokens
             call.mask[:] = 1
             call.positions[0] = np.arange(p, p + n)
-            self._run(call.binding, f"{n}-token step on row {r}")
+            self._run(call.binding, "%d-token step on row %d", n, r)
             logits = call.logits[0]
         else:
             spec = self._spec
@@ -304,11 +308,13 @@ class OnnxBackend(Backend):
         self._high[r] = p + n
         return logits
 
-    def _run(self, binding, what: str) -> None:
+    def _run(self, binding, what: str, *args) -> None:
+        """Run a bound call; `what % args` names it in the error (formatted only then: this
+        runs once per token)."""
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime raises its own pybind11 exception types
-            raise BackendError(f"onnxruntime failed on the {what}: {exc}") from exc
+            raise BackendError(f"onnxruntime failed on the {what % args}: {exc}") from exc
         self.n_calls += 1
 
     def _run_plain(self, feeds: dict, what: str) -> list[np.ndarray]:

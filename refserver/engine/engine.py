@@ -344,7 +344,7 @@ class Engine:
         if self.drafter is not None:
             pre = [s for s in steps if s.row in before and self.slots_[s.row].task.spec is not None]
             self.drafter.mirror(pre, before)
-        n_prompt = sum(len(s.tokens) for s in steps if s.row in before)
+        n_prompt = sum(len(s.tokens) for s in steps if s.row in before) if before else 0
         n_gen = len(steps) - len(before)
         if n_prompt:
             self._stats["prompt_tokens_seconds"] += dt * n_prompt / (n_prompt + n_gen)

@@ -23,6 +23,8 @@ from refserver.engine.dry import dry_penalties
 from refserver.engine.types import SamplingParams
 
 NEG_INF = float("-inf")
+_CERTAIN = np.ones(1)  # the candidate probabilities of a greedy pick (shared: read-only)
+_CERTAIN.flags.writeable = False
 LOWEST = float(np.finfo(np.float32).min)  # reported instead of -inf
 
 
@@ -80,6 +82,7 @@ class Sampler:
         # float64 copy of the vocabulary (this runs once per generated token).
         only_bans = bool(np.all((bias == 0) | (bias == NEG_INF)))
         self._banned = np.flatnonzero(bias == NEG_INF)
+        self._banned_set = frozenset(self._banned.tolist())
         self._plain_greedy = (self.greedy and only_bans and not self._penalties_active()
                               and not ("dry" in self.chain_names and params.dry_multiplier > 0))
 
@@ -270,11 +273,12 @@ class Sampler:
     def sample(self, raw: np.ndarray, allowed: np.ndarray | None = None) -> Sampled:
         if self._plain_greedy and allowed is None:
             x = raw[: self.vocab_size]
-            if len(self._banned):
+            token = int(np.argmax(x))
+            if token in self._banned_set:  # rare: copy the row only then
                 x = x.copy()
                 x[self._banned] = NEG_INF
-            token = int(np.argmax(x))
-            return Sampled(token, np.array([token]), np.ones(1))
+                token = int(np.argmax(x))
+            return Sampled(token, np.array([token]), _CERTAIN)
         ids, probs = self.distribution(raw, allowed)
         i = 0 if len(ids) == 1 else self.draw(probs)
         if self.stateful:  # Mirostat: move mu toward the target surprise tau
