@@ -121,8 +121,17 @@ class Bench:
                prompts: list | None = None) -> dict:
         m = self.mode
         spec = {"kind": kind, "model": str(model), "prompts": prompts or self.prompts[:m.repeats], "n_new": m.n_new,
-                "threads": self.threads, "ctx": ctx or m.slot_ctx, "ban": [1]}
+                "threads": self.threads, "ctx": ctx or m.slot_ctx, "ban": self.ban(model)}
         return self._run_worker(spec, python)
+
+    def ban(self, model: Path) -> list[int]:
+        """The ids refserver bans under `ignore_eos` for `model` (a model directory, or the
+        bench model's GGUF): its whole end-of-generation set, e.g. `</s>` and `<|im_end|>`.
+        Every engine bans the same ids, or greedy runs part where a banned id would win."""
+        from refserver.tokenizer import TextTokenizer
+
+        directory = model if model.is_dir() else self.model_root / "onnx-fp32"
+        return sorted(TextTokenizer(directory).eog_ids)
 
     def _run_worker(self, spec: dict, python: str = sys.executable) -> dict:
         kind = spec["kind"]
@@ -238,7 +247,7 @@ class Bench:
             self.rows["concurrency"] = {"label": "aggregate decode vs concurrency", "levels": conc}
             self.say("    the ceiling: the backend alone, B rows decoding in one call per token ...")
             spec = {"kind": "raw_batch", "model": str(onnx), "prompts": self.prompts[: max(m.concurrency)],
-                    "n_new": m.n_new, "threads": self.threads, "ctx": m.slot_ctx, "ban": [1],
+                    "n_new": m.n_new, "threads": self.threads, "ctx": m.slot_ctx, "ban": self.ban(onnx),
                     "batches": list(m.concurrency)}
             ceiling = self._run_worker(spec)["levels"]
             self.rows["raw_batch"] = {"label": "raw backend, B rows per decode call", "unit": "tok/s",

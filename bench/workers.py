@@ -12,7 +12,8 @@ the ids in `ban` (end-of-generation tokens) masked as `ignore_eos` does.
 * raw:   refserver's own backend (`backends.load`), `forward` on one row: the floor that
          refserver's overhead is measured against;
 * genai: onnxruntime-genai's `Generator` on the same ONNX directory, intra-op threads set
-         explicitly (its default runs at one-thread speed), EOS held off with min_length;
+         explicitly (its default runs at one-thread speed), the banned ids held off with
+         min_length (they are given to it as its eos_token_id);
 * llama: llama-cpp-python's low-level `eval` on the GGUF of the same weights (runs in the
          interpreter that has llama_cpp, possibly another venv: imports only numpy).
 """
@@ -109,7 +110,8 @@ def genai(spec: dict) -> dict:
     import onnxruntime_genai as og
 
     config = og.Config(spec["model"])
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+    # min_length holds off the ids listed as eos_token_id: list the whole banned set
+    config.overlay(json.dumps({"model": {"eos_token_id": spec.get("ban") or [1], "decoder": {"session_options": {
         "intra_op_num_threads": spec["threads"]}}}}))
     model = og.Model(config)
     load_rss = rss_mib()
