@@ -273,11 +273,11 @@ class Sampler:
     def sample(self, raw: np.ndarray, allowed: np.ndarray | None = None) -> Sampled:
         if self._plain_greedy and allowed is None:
             x = raw[: self.vocab_size]
-            token = int(np.argmax(x))
+            token = int(x.argmax())
             if token in self._banned_set:  # rare: copy the row only then
                 x = x.copy()
                 x[self._banned] = NEG_INF
-                token = int(np.argmax(x))
+                token = int(x.argmax())
             return Sampled(token, np.array([token]), _CERTAIN)
         ids, probs = self.distribution(raw, allowed)
         i = 0 if len(ids) == 1 else self.draw(probs)

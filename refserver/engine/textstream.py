@@ -45,6 +45,8 @@ class TextStream:
         """Add a token's bytes; returns (text to release now, stop string if one matched)."""
         if self.stopped_by is not None:
             return "", self.stopped_by
+        if not self.stops and not self._bytes and not self._held and data and data[-1] < 0x80:
+            return data.decode("utf-8", errors="replace"), None  # the common case, per token
         buf = self._bytes + data
         cut = len(buf) - _incomplete_tail(buf)
         self._bytes = buf[cut:]
