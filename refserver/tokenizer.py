@@ -61,7 +61,7 @@ class TextTokenizer:
         #: text of every added token: llguidance treats all of them as special tokens
         self.added_token_names = frozenset(t["content"] for t in self._added_tokens())
         self._decoder_kind = _decoder_kind(json.loads(self.tok.to_str()).get("decoder") or {})
-        self._pieces = [self._piece_bytes(i) for i in range(self.vocab_size)]
+        self._pieces = tuple(self._piece_bytes(i) for i in range(self.vocab_size))
 
     # ------------------------------------------------------------------ setup
     def _added_tokens(self) -> list[dict]:
@@ -149,14 +149,10 @@ class TextTokenizer:
     def token_bytes_of(self, ids: list[int]) -> bytes:
         return b"".join(self.token_bytes(i) for i in ids)
 
-    def ids_containing(self, strings: tuple[str, ...]) -> frozenset[int]:
-        """Ids of the tokens whose text contains any of `strings` (DRY's sequence breakers;
-        cached, since requests mostly send the same few)."""
-        return self._ids_containing(tuple(s.encode("utf-8", errors="replace") for s in strings if s))
-
-    @lru_cache(maxsize=16)  # noqa: B019 - one tokenizer per server, kept for its lifetime
-    def _ids_containing(self, needles: tuple[bytes, ...]) -> frozenset[int]:
-        return frozenset(i for i, piece in enumerate(self._pieces) if any(n in piece for n in needles))
+    @property
+    def pieces(self) -> tuple[bytes, ...]:
+        """Every token's bytes, by id (what `token_bytes` returns)."""
+        return self._pieces
 
     def piece(self, token_id: int) -> str:
         """The token's text, with invalid UTF-8 replaced (for display in probabilities)."""

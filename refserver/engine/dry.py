@@ -7,16 +7,73 @@ sequence breaker (newline, colon, quote, asterisk by default), and a breaker tok
 is never penalised.  Semantics and defaults are llama.cpp's; the repeat lengths come from
 a Z-array over the reversed window, so one call is linear in the window.
 
-A breaker is matched when one token's text contains it whole; a breaker string split
-over several tokens is not recognised (the default breakers are single characters).
+Breakers are strings, matched on tokens as llama.cpp does: a token whose text contains the
+whole string is a breaker by itself; a token whose text ends with the start of the string
+is a breaker when the tokens after it are the tokenization of the rest.  `breaker_table`
+turns the strings into {head token: (tail, ...)} once per distinct list.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 _LOG_FLOAT_MAX = 88.7228391  # ln(float32 max): base ** exponent must stay finite
+MAX_BREAKER_BYTES = 40  # llama.cpp's limits: longer breakers are cut,
+MAX_TAIL_TOKENS = 20  # and tails too, which keeps the breaker scan linear in the window
+
+#: head token id -> the token sequences that must follow it; () means the head alone
+BreakerTable = Mapping[int, tuple[tuple[int, ...], ...]]
+
+
+def breaker_table(breakers: Iterable[str], pieces: Sequence[bytes],
+                  encode: Callable[[str], list[int]]) -> BreakerTable:
+    """Where each breaker string can appear in a token sequence, given every token's bytes
+    (`pieces[id]`) and a tokenizer for the rest of a breaker that a head token starts."""
+    table: dict[int, list[tuple[int, ...]]] = {}
+    for text in breakers:
+        needle = text.encode("utf-8", errors="replace")[:MAX_BREAKER_BYTES]
+        if not needle:
+            continue
+        tails: dict[bytes, tuple[int, ...]] = {}
+        for token, piece in enumerate(pieces):
+            if needle in piece:
+                _add(table, token, ())
+                continue
+            pos = piece.find(needle[:1])
+            while pos >= 0:  # the piece ends with needle[:k]: the rest must follow
+                k = len(piece) - pos
+                if needle.startswith(piece[pos:]):
+                    rest = needle[k:]
+                    if rest not in tails:
+                        tails[rest] = tuple(encode(rest.decode("utf-8", errors="replace"))[:MAX_TAIL_TOKENS])
+                    _add(table, token, tails[rest])
+                pos = piece.find(needle[:1], pos + 1)
+    return {head: tuple(seqs) for head, seqs in table.items()}
+
+
+def _add(table: dict[int, list[tuple[int, ...]]], token: int, tail: tuple[int, ...]) -> None:
+    seqs = table.setdefault(token, [])
+    if tail not in seqs:
+        seqs.append(tail)
+
+
+def repetition_limit(window: Sequence[int], breakers: BreakerTable) -> int:
+    """How far back from the end a repetition may reach: up to the end of the most recent
+    breaker (the longest of the breakers that end there), or the whole window."""
+    n = len(window)
+    for i in range(n):  # i tokens from the end
+        tails = breakers.get(window[n - 1 - i])
+        if not tails:
+            continue
+        longest = -1
+        for tail in tails:
+            size = len(tail)
+            if longest < size <= i and all(tail[o] == window[n - i + o] for o in range(size)):
+                longest = size
+        if longest >= 0:
+            return i - longest
+    return n
 
 
 def z_array(s: Sequence[int]) -> list[int]:
@@ -37,7 +94,7 @@ def z_array(s: Sequence[int]) -> list[int]:
 
 
 def dry_penalties(history: Sequence[int], multiplier: float, base: float, allowed_length: int,
-                  last_n: int, breakers: frozenset[int]) -> dict[int, float]:
+                  last_n: int, breakers: BreakerTable) -> dict[int, float]:
     """{token id: amount to subtract from its logit} for the next token after `history`.
 
     `last_n`: how many recent tokens to scan (-1: all of `history`, 0: DRY off).
@@ -48,12 +105,7 @@ def dry_penalties(history: Sequence[int], multiplier: float, base: float, allowe
     n = len(window)
     if n <= allowed_length:
         return {}
-    # A repetition may only reach back to the most recent breaker.
-    limit = n
-    for i in range(n):
-        if window[n - 1 - i] in breakers:
-            limit = i
-            break
+    limit = repetition_limit(window, breakers)
     if limit < allowed_length:
         return {}
     z = z_array(window[::-1])
@@ -69,7 +121,7 @@ def dry_penalties(history: Sequence[int], multiplier: float, base: float, allowe
     max_exponent = int(_LOG_FLOAT_MAX / math.log(base)) if base > 1.000001 else 0
     out = {}
     for token, length in longest.items():
-        if token in breakers:
+        if () in breakers.get(token, ()):  # a breaker by itself is never penalised
             continue
         exponent = length - allowed_length
         if max_exponent > 0:

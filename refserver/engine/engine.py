@@ -9,6 +9,7 @@ the HTTP layer hops back to its own loop inside the sink.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import secrets
@@ -23,6 +24,7 @@ import numpy as np
 from backends.base import Backend, KVState, Step
 from refserver import errors
 from refserver.engine.constraints import ConstraintCompiler
+from refserver.engine.dry import BreakerTable, breaker_table
 from refserver.engine.prompt_cache import PromptCache
 from refserver.engine.sampling import Sampled, Sampler, finite, log_softmax, top_logprobs
 from refserver.engine.slots import RequestHandle, Slot, Task, common_prefix
@@ -138,6 +140,13 @@ class Engine:
         else:  # never started: fail what was queued
             self._fail_all(errors.Unavailable("server is shutting down"))
 
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one engine per server, kept for its lifetime
+    def _dry_breakers(self, strings: tuple[str, ...]) -> BreakerTable:
+        """DRY's breaker strings located in the vocabulary (a scan of every token: cached,
+        since requests mostly send the same few lists)."""
+        tok = self.tokenizer
+        return breaker_table(strings, tok.pieces, lambda text: tok.encode(text, parse_special=False))
+
     def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> RequestHandle:
         prompt = request.prompt
         if not prompt:
@@ -151,7 +160,7 @@ class Engine:
         constraint = self.constraints.compile(request.constraint) if request.constraint else None
         s = request.sampling
         seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
-        breakers = self.tokenizer.ids_containing(s.dry_sequence_breakers) if s.dry_multiplier else frozenset()
+        breakers = self._dry_breakers(tuple(s.dry_sequence_breakers)) if s.dry_multiplier else None
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
         if self.draft_backend is not None and constraint is None and not sampler.stateful:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refserver.engine.dry import dry_penalties
+from refserver.engine.dry import BreakerTable, dry_penalties
 from refserver.engine.types import SamplingParams
 
 NEG_INF = float("-inf")
@@ -54,7 +54,7 @@ class Sampler:
     """A request's sampler: its parameters, token history (for penalties) and RNG."""
 
     def __init__(self, params: SamplingParams, vocab_size: int, eog_ids: Sequence[int], seed: int,
-                 history: Sequence[int] = (), dry_breakers: frozenset[int] = frozenset()):
+                 history: Sequence[int] = (), dry_breakers: BreakerTable | None = None):
         self.params = params
         self.vocab_size = vocab_size
         self.seed = seed
@@ -70,7 +70,7 @@ class Sampler:
                     bias[t] = NEG_INF
         self.bias = bias if (params.logit_bias or params.ignore_eos) else None
         self.greedy = params.temperature <= 0
-        self.dry_breakers = dry_breakers  # token ids whose text holds a DRY sequence breaker
+        self.dry_breakers = dry_breakers or {}  # where DRY's sequence breakers occur (dry.py)
         names = list(params.samplers)
         if params.top_n_sigma > 0 and "top_n_sigma" not in names:  # llama.cpp's default place
             names.insert(names.index("dry") + 1 if "dry" in names else 0, "top_n_sigma")

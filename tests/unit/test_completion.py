@@ -328,6 +328,12 @@ def test_dry_bans_what_would_extend_a_repetition(chat_server):
     assert dry[0] != follower
     off = chat_server.ok("/completion", {**data, "dry_multiplier": 2.0, "dry_penalty_last_n": 0})["tokens"]
     assert off == plain, "dry_penalty_last_n 0 turns DRY off"
+    # A breaker that spans tokens (" liked" + " to") and ends the prompt: the repetition
+    # cannot reach back across it, so nothing is penalised (llama.cpp's head + tail match).
+    assert len(chat_server.tokenize(" liked to")) >= 2, "precondition: the breaker spans tokens"
+    broken = chat_server.ok("/completion", {**data, "dry_multiplier": 2.0, "dry_allowed_length": 2,
+                                            "dry_sequence_breakers": [" liked to"]})["tokens"]
+    assert broken == plain
 
 
 @sampling

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refserver.engine.dry import dry_penalties, z_array
+from refserver.engine.dry import breaker_table, dry_penalties, repetition_limit, z_array
 from refserver.engine.sampling import Sampler
 from refserver.engine.types import SamplingParams
 
@@ -139,7 +139,7 @@ def test_dry_penalties_match_definition():
         hist = [int(t) for t in rng.integers(0, 4, size=int(rng.integers(0, 40)))]
         breakers = frozenset({3}) if rng.random() < 0.5 else frozenset()
         allowed = int(rng.integers(0, 4))
-        got = dry_penalties(hist, 0.8, 1.75, allowed, -1, breakers)
+        got = dry_penalties(hist, 0.8, 1.75, allowed, -1, single(breakers))
         want = brute_dry(hist, 0.8, 1.75, allowed, breakers) if len(hist) > allowed else {}
         assert got.keys() == want.keys()
         for t in got:
@@ -150,11 +150,61 @@ def test_dry_example_and_breakers():
     # llama.cpp's worked example: a b c c b c y a b c -> c extends "a b c" (3), b extends "c" (1), y "b c" (2)
     a, b, c, y = 1, 2, 3, 4
     hist = [a, b, c, c, b, c, y, a, b, c]
-    pen = dry_penalties(hist, 1.0, 2.0, 2, -1, frozenset())
+    pen = dry_penalties(hist, 1.0, 2.0, 2, -1, {})
     assert pen == {c: 2.0 ** (3 - 2), y: 2.0 ** (2 - 2)}
-    assert dry_penalties(hist, 1.0, 2.0, 2, -1, frozenset({c})) == {}  # the last token is a breaker
-    assert dry_penalties(hist, 1.0, 2.0, 2, 3, frozenset()) == {}  # window of 3: nothing repeats
-    assert dry_penalties(hist, 0.0, 2.0, 2, -1, frozenset()) == {}  # multiplier 0: off
+    assert dry_penalties(hist, 1.0, 2.0, 2, -1, single({c})) == {}  # the last token is a breaker
+    assert dry_penalties(hist, 1.0, 2.0, 2, 3, {}) == {}  # window of 3: nothing repeats
+    assert dry_penalties(hist, 0.0, 2.0, 2, -1, {}) == {}  # multiplier 0: off
+
+
+# a toy vocabulary: ids 0..6
+PIECES = (b"a", b"b", b"#", b"##", b"x#", b"c#d", b"#y")
+
+
+def toy_encode(text: str) -> list[int]:
+    """Greedy longest-piece tokenizer over PIECES (what a tail is tokenized with)."""
+    data, out = text.encode(), []
+    while data:
+        best = max((i for i, p in enumerate(PIECES) if data.startswith(p)), key=lambda i: len(PIECES[i]))
+        out.append(best)
+        data = data[len(PIECES[best]):]
+    return out
+
+
+def test_breaker_table_finds_whole_and_split_breakers():
+    """As llama.cpp builds it: a token containing the breaker is a breaker alone (empty
+    tail); a token ending with the breaker's start is a head whose tail is the rest,
+    tokenized."""
+    table = breaker_table(["##"], PIECES, toy_encode)
+    assert table[3] == ((),)  # "##" itself
+    assert table[2] == ((2,),)  # "#" then "#"
+    assert table[4] == ((2,),)  # "x#" then "#"
+    assert 5 not in table and 6 not in table  # "c#d", "#y": their "#" is not at their end
+    assert 0 not in table and 1 not in table
+
+
+def test_split_breaker_limits_repetitions_only_when_its_tail_follows():
+    a, b, hash_, xhash = 0, 1, 2, 4
+    table = breaker_table(["##"], PIECES, toy_encode)
+    # "a b x# # a b": the breaker "x#" + "#" ends two tokens before the end
+    assert repetition_limit([a, b, xhash, hash_, a, b], table) == 2
+    # "a b # a b": a lone "#" is no breaker, so a repetition may reach back over it
+    assert repetition_limit([a, b, hash_, a, b], table) == 5
+    # the head is the last token and its tail has not come yet: not a breaker (yet)
+    assert repetition_limit([a, b, a, xhash], table) == 4
+    # "a b a b x# # a b": "a b" repeats, but cannot reach back across the breaker
+    hist = [a, b, a, b, xhash, hash_, a, b]
+    assert dry_penalties(hist, 1.0, 2.0, 2, -1, {}) != {}
+    assert dry_penalties(hist, 1.0, 2.0, 3, -1, table) == {}  # limit 2 < allowed 3
+    # a head with a tail is still penalised when it would extend a repetition (llama.cpp
+    # spares only single-token breakers)
+    hist = [xhash, a, b, xhash, a, b]
+    assert dry_penalties(hist, 1.0, 2.0, 2, -1, table) == {xhash: 2.0 ** (3 - 2)}
+
+
+def single(tokens) -> dict:
+    """A breaker table of single-token breakers."""
+    return {t: ((),) for t in tokens}
 
 
 def test_dry_steers_greedy_away_from_a_repeat():
@@ -166,7 +216,7 @@ def test_dry_steers_greedy_away_from_a_repeat():
     dry = SamplingParams(temperature=0.0, dry_multiplier=2.0, dry_allowed_length=1)
     assert Sampler(dry, V, [7], 1, history=hist).sample(logits).token != 3
     # a breaker token is never penalised
-    assert Sampler(dry, V, [7], 1, history=hist, dry_breakers=frozenset({3})).sample(logits).token == 3
+    assert Sampler(dry, V, [7], 1, history=hist, dry_breakers=single({3})).sample(logits).token == 3
 
 
 def test_top_n_sigma_keeps_logits_within_n_std_of_the_max():
