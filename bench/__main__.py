@@ -198,6 +198,7 @@ class Bench:
 
             def http_round(r: int) -> None:
                 nonlocal n_tok
+                self._warm_up(srv)
                 c0 = srv.cpu()
                 res = self._check(stream_completion(srv.port, completion_body(self.prompts[r], m.n_new,
                                                                               return_tokens=True)))
@@ -314,6 +315,7 @@ class Bench:
             self._check(stream_completion(srv.port, completion_body(self.prompts[-1], 16)))
 
             def http_round(r: int) -> None:
+                self._warm_up(srv)
                 res = self._check(stream_completion(srv.port, completion_body(self.prompts[r], m.n_new)))
                 results.append(res)
                 self.say(f"    round {r + 1}/{m.repeats} refserver HTTP: {res.decode_tok_s:.1f} tok/s")
@@ -370,6 +372,13 @@ class Bench:
         n = max(1, n_tokens)
         return {"ioloop_cpu_ms_per_token": (main - before[0]) * 1e3 / n,
                 "server_cpu_ms_per_token": (total - before[1]) * 1e3 / n}
+
+    def _warm_up(self, srv: Server) -> None:
+        """A short request on an unrelated prompt before a measured one: each in-process
+        loop warms up in its fresh process before it is timed, and the server, idle while
+        the other engines ran, gets the same (no prefix is shared beyond BOS, so the
+        measured prompt is not a cache hit)."""
+        self._check(stream_completion(srv.port, completion_body(self._fresh_prompt(self.mode.prompt_len), 16)))
 
     def _fresh_prompt(self, n: int) -> list[int]:
         return [0] + [self.rng.randrange(self.vocab_lo, self.vocab_hi) for _ in range(n - 1)]
