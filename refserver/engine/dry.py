@@ -59,8 +59,9 @@ def _add(table: dict[int, list[tuple[int, ...]]], token: int, tail: tuple[int, .
 
 
 def repetition_limit(window: Sequence[int], breakers: BreakerTable) -> int:
-    """How far back from the end a repetition may reach: up to the end of the most recent
-    breaker (the longest of the breakers that end there), or the whole window."""
+    """How far back from the end a repetition may reach: to the end of the breaker whose
+    head is nearest the end of `window` (the longest, when several start at that head),
+    or the whole window when no breaker is complete in it."""
     n = len(window)
     for i in range(n):  # i tokens from the end
         tails = breakers.get(window[n - 1 - i])
