@@ -560,6 +560,22 @@ class ServerProcess:
     def metrics(self) -> dict[str, float]:
         return parse_prometheus(self.ok("/metrics"))
 
+    def require_slots(self, n: int) -> None:
+        """Skip the test on an external server (`--server-url`) with fewer than `n` slots:
+        it was started with other flags than the preset's.  A server the harness started
+        itself must have them (its preset sets `-np`), so there a shortfall fails."""
+        total = self.props().get("total_slots", 0)
+        if total < n and self.external:
+            pytest.skip(f"needs a server with at least {n} slots (start it with -np {n}); this one has {total}")
+        assert total >= n, f"the preset asked for at least {n} slots; /props reports {total}"
+
+    def generation_cap(self) -> int:
+        """The most tokens a request may generate when it asks for more: the server's
+        `--n-predict` when set (> 0), else the slot's context size (from /props)."""
+        settings = self.props()["default_generation_settings"]
+        cap = settings.get("params", {}).get("n_predict", -1)
+        return cap if isinstance(cap, int) and cap > 0 else int(settings["n_ctx"])
+
     def wait_slots_idle(self, timeout: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout
         while True:

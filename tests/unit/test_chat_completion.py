@@ -112,6 +112,7 @@ def test_text_parts_join_with_newline(chat_server):
 
 @chat
 def test_multiple_choices(chat_server):
+    chat_server.require_slots(2)
     body = chat_server.ok("/v1/chat/completions", {"messages": messages(), "n": 2, "max_tokens": 6,
                                                    "ignore_eos": True})
     assert len(body["choices"]) == 2

@@ -380,6 +380,7 @@ def test_return_progress(chat_server):
 # --------------------------------------------------------------------------- prompt cache
 @prompt_cache
 def test_prompt_cache_growing_prefixes(chat_server):
+    chat_server.require_slots(2)
     parts = [STORY, " Tom had a red ball.", " One day, he lost it in the garden.", " He looked for it everywhere."]
     prompt = ""
     for part in parts:

@@ -84,6 +84,7 @@ def test_requests_wait_for_a_slot(server_pool):
 @prompt_cache
 def test_cache_reused_across_slots(chat_server):
     """A prefix served on slot 0 is reused by a request on slot 1."""
+    chat_server.require_slots(2)
     prefix = ("Once upon a time, in a quiet village by the sea, there lived an old fisherman and his "
               "clever grey cat, who every morning walked with him to the harbour to watch the boats.")
     chat_server.ok("/completion", {"prompt": prefix + " The cat", "n_predict": 2, "id_slot": 0})
