@@ -96,10 +96,6 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def copy_row(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` KV positions of row `src` into row `dst`."""
-
-    @abstractmethod
     def save_row(self, row: int, length: int) -> KVState:
         """Copy the first `length` KV positions of `row` to host memory."""
 

@@ -2,7 +2,7 @@
 
 `FakeBackend` implements the `Backend` interface faithfully: it keeps the token id
 written at every arena position, so the engine's bookkeeping (trims by lowering pos,
-`copy_row`, `save_row`/`load_row`, junk written by idle rows in a batched call) is
+`save_row`/`load_row`, junk written by idle rows in a batched call) is
 actually exercised.  A step that claims positions holding junk or nothing raises.
 Logits are a pure function of the last `context` tokens of the row's history, so they
 do not depend on batching or chunking; `likely` sequences steer generation.
@@ -98,10 +98,6 @@ class FakeBackend(Backend):
                 self.arena[r, self._end[r]] = JUNK
         return out
 
-    def copy_row(self, src: int, dst: int, length: int) -> None:
-        self.arena[dst, :length] = self.arena[src, :length]
-        self._end[dst] = length
-
     def save_row(self, row: int, length: int) -> KVState:
         ids = self.arena[row, :length].astype(np.float32)
         keys = [ids.reshape(1, length, 1).copy() for _ in range(self.info.n_layers)]
@@ -112,7 +108,3 @@ class FakeBackend(Backend):
         n = state.length
         self.arena[row, :n] = state.keys[0][0, :n, 0].astype(np.int64)
         self._end[row] = n
-
-    def row_tokens(self, row: int, length: int) -> list[int]:
-        """Token ids stored in the first `length` positions of `row` (for tests)."""
-        return self.arena[row, :length].tolist()

@@ -152,13 +152,6 @@ class OnnxBackend(Backend):
             self._width = min(self._width, info.context_length)
         self._capacity = min(row_len, info.context_length)
 
-    def copy_row(self, src: int, dst: int, length: int) -> None:
-        self._check_rows(src, dst, length=length)
-        for k, v in zip(self._k, self._v):
-            k[dst, :, :length] = k[src, :, :length]
-            v[dst, :, :length] = v[src, :, :length]
-        self._high[dst] = length
-
     def save_row(self, row: int, length: int) -> KVState:
         self._check_rows(row, length=length)
         return KVState([k[row, :, :length].copy() for k in self._k],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -84,7 +83,6 @@ class Server:
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             "w+", prefix="bench-server-", suffix=".log", delete=False)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.command = cmd
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -105,10 +103,6 @@ class Server:
             return ""
         self._log.flush()
         return Path(self._log.name).read_text(errors="replace")[-n:]
-
-    def get_json(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return json.loads(r.read())
 
     def memory_kib(self) -> dict[str, int]:
         """RSS and peak RSS of the server process (the one refserver runs in)."""

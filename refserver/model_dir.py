@@ -1,8 +1,9 @@
 """Find the model directory and read what the server needs from its JSON files.
 
 A model directory holds `model.onnx` (+ data), `tokenizer.json` and the Hugging Face
-side files: `config.json` (context length, sizes), `generation_config.json` (sampling
-defaults), `tokenizer_config.json` (special tokens, `chat_template`).  With no `-m`, the
+side files: `config.json` (context length, sizes), `tokenizer_config.json` (special
+tokens, `chat_template`) and `generation_config.json` (end-of-generation ids, which the
+tokenizer reads).  With no `-m`, the
 server uses the default model shipped inside the package (`refserver/models/chat`).
 """
 
@@ -24,7 +25,6 @@ class ModelDir:
     path: Path
     alias: str
     config: dict = field(default_factory=dict)
-    generation_config: dict = field(default_factory=dict)
     tokenizer_config: dict = field(default_factory=dict)
     chat_template: str | None = None  # the model's own template, if it has one
 
@@ -38,10 +38,6 @@ class ModelDir:
         if isinstance(value, int) and 0 < value < 10**7:
             return value
         return 0
-
-    def generation_default(self, key: str, default=None):
-        """A sampling default from generation_config.json (e.g. temperature, top_p)."""
-        return self.generation_config.get(key, default)
 
 
 def resolve_model_dir(model: str | None, alias: str | None = None, flag: str = "-m") -> ModelDir:
@@ -68,7 +64,6 @@ def resolve_model_dir(model: str | None, alias: str | None = None, flag: str = "
         path=path,
         alias=alias or path.name,
         config=_read_json(path / "config.json"),
-        generation_config=_read_json(path / "generation_config.json"),
         tokenizer_config=tokenizer_config,
         chat_template=_model_chat_template(path, tokenizer_config),
     )

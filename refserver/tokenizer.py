@@ -57,7 +57,6 @@ class TextTokenizer:
             self.eos_token = self.tok.id_to_token(self.eos_id)
         self.add_bos = bool(self.config.get("add_bos_token", self.bos_id is not None))
         self.eog_ids = frozenset(self._eog_ids(generation, model_config))
-        self.special_ids = frozenset(t["id"] for t in self._added_tokens() if t["special"])
         #: text of every added token: llguidance treats all of them as special tokens
         self.added_token_names = frozenset(t["content"] for t in self._added_tokens())
         self._decoder_kind = _decoder_kind(json.loads(self.tok.to_str()).get("decoder") or {})

@@ -133,6 +133,3 @@ class PromptCache:
                 nxt.extend(n.children.values())
             frontier = nxt
         return None
-
-    def clear(self) -> None:
-        self.__init__(self.max_entries, self.max_bytes)

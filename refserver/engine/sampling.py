@@ -256,14 +256,6 @@ class Sampler:
             n = max(int(over[0]) if len(over) else len(ids), 1)
         return ids[:n], probs[:n] / probs[:n].sum()
 
-    def dense(self, raw: np.ndarray, allowed: np.ndarray | None = None,
-              history: Sequence[int] | None = None) -> np.ndarray:
-        """The distribution as a full-vocabulary vector (speculative verification)."""
-        ids, probs = self.distribution(raw, allowed, history)
-        out = np.zeros(self.vocab_size, dtype=np.float64)
-        out[ids] = probs
-        return out
-
     def draw(self, probs: np.ndarray) -> int:
         """Index drawn from `probs` with the request's RNG."""
         cum = np.cumsum(probs)

@@ -58,10 +58,8 @@ class Task:
     n_decoded: int = 0
     draft_n: int = 0
     draft_accepted: int = 0
-    t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0  # prefill start
     t_prompt_done: float = 0.0
-    checkpoints_saved: bool = False
 
     @property
     def prompt(self) -> list[int]:

@@ -1,9 +1,7 @@
 """What every request schema shares: parsing, the absent/null sentinel, the native
 llama.cpp sampling fields, prompt forms and logit_bias forms.
 
-Null means "use the default", as in llama.cpp (`json_value(body, key, default)`).  Where a
-schema must still tell an absent field from one sent as null, `field_value(model, name)`
-returns `UNSET` for a field the client did not send.
+Null means "use the default", as in llama.cpp (`json_value(body, key, default)`).
 """
 
 from __future__ import annotations
@@ -22,31 +20,6 @@ from refserver.engine.types import (
     SpeculativeParams,
 )
 from refserver.errors import InvalidRequest
-
-
-class _Unset:
-    """Marks a field the client did not send (as opposed to one sent as null)."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Any = _Unset()
-
-
-def field_value(model: BaseModel, name: str) -> Any:
-    """The field's value, or UNSET when the request did not contain it."""
-    return getattr(model, name) if name in model.model_fields_set else UNSET
 
 
 class TokenizerLike(Protocol):
