@@ -7,7 +7,8 @@ same token ids go to `/completion` on both servers with temperature 0, `ignore_e
 `return_tokens`, so the two tokenizers never enter into it.  For every prompt it prints
 whether the ids match, the first diverging position, and there both servers' top
 candidates (`n_probs`), which tells a numeric near-tie from a real disagreement.  The
-last line is `matched K/N prompts, T/M tokens before the first divergence`.
+last line is `matched K/N prompts, T/M tokens before the first divergence`.  `--params`
+adds request fields to every prompt, to compare samplers that act under greedy decoding.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-predict", type=int, default=32)
     ap.add_argument("--n-probs", type=int, default=3)
     ap.add_argument("--json", help="also write the per-prompt results here")
+    ap.add_argument("--params", type=json.loads, default={}, metavar="JSON",
+                    help="more request fields for every prompt, e.g. '{\"repeat_penalty\": 1.5}' "
+                         "(samplers that act under greedy: penalties, DRY, logit_bias)")
     a = ap.parse_args(argv)
 
     matched = tokens_same = tokens_all = 0
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for text in PROMPTS:
         ids = post(a.ref, "/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]
         body = {"prompt": ids, "temperature": 0, "n_predict": a.n_predict, "ignore_eos": True,
-                "return_tokens": True, "n_probs": a.n_probs, "cache_prompt": False, "seed": 0}
+                "return_tokens": True, "n_probs": a.n_probs, "cache_prompt": False, "seed": 0, **a.params}
         ref, other = post(a.ref, "/completion", body), post(a.other, "/completion", body)
         r_ids, o_ids = ref["tokens"], other["tokens"]
         div = next((i for i, (x, y) in enumerate(zip(r_ids, o_ids, strict=False)) if x != y),
