@@ -24,7 +24,7 @@ import numpy as np
 from backends.base import Backend, KVState, Step
 from refserver import errors
 from refserver.engine.constraints import ConstraintCompiler
-from refserver.engine.dry import BreakerTable, breaker_table
+from refserver.engine.dry import BreakerTable, VocabularyIndex, breaker_table
 from refserver.engine.prompt_cache import PromptCache
 from refserver.engine.sampling import Sampled, Sampler, finite, log_softmax, top_logprobs
 from refserver.engine.slots import RequestHandle, Slot, Task, common_prefix
@@ -140,12 +140,16 @@ class Engine:
         else:  # never started: fail what was queued
             self._fail_all(errors.Unavailable("server is shutting down"))
 
+    @functools.cached_property
+    def _vocabulary(self) -> VocabularyIndex:
+        return VocabularyIndex(self.tokenizer.pieces)
+
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one engine per server, kept for its lifetime
     def _dry_breakers(self, strings: tuple[str, ...]) -> BreakerTable:
-        """DRY's breaker strings located in the vocabulary (a scan of every token: cached,
-        since requests mostly send the same few lists)."""
+        """DRY's breaker strings located in the vocabulary (cached: requests mostly send the
+        same few lists)."""
         tok = self.tokenizer
-        return breaker_table(strings, tok.pieces, lambda text: tok.encode(text, parse_special=False))
+        return breaker_table(strings, self._vocabulary, lambda text: tok.encode(text, parse_special=False))
 
     def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> RequestHandle:
         prompt = request.prompt

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from refserver.engine.dry import MAX_BREAKERS
 from refserver.engine.types import (
     DEFAULT_SAMPLERS,
     Constraint,
@@ -131,7 +132,7 @@ class NativeParams(RequestModel):
     dry_base: Number | None = None
     dry_allowed_length: Annotated[int, Field(ge=0)] | None = None
     dry_penalty_last_n: Annotated[int, Field(ge=-1)] | None = None
-    dry_sequence_breakers: list[str] | None = None
+    dry_sequence_breakers: Annotated[list[str], Field(max_length=MAX_BREAKERS)] | None = None
     mirostat: Annotated[int, Field(ge=0, le=2)] | None = None
     mirostat_tau: Number | None = None
     mirostat_eta: Number | None = None

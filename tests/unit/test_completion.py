@@ -337,6 +337,20 @@ def test_dry_bans_what_would_extend_a_repetition(chat_server):
 
 
 @sampling
+@pytest.mark.extension
+def test_dry_breaker_count_is_bounded(chat_server):
+    """Each breaker is looked up in the whole vocabulary when a list is first seen: more
+    than 64 is a 400 that names the field, not a stalled server."""
+    data = {"prompt": STORY, "n_predict": 1, "dry_multiplier": 0.8}
+    res = chat_server.post("/completion", {**data, "dry_sequence_breakers": [f"b{i}" for i in range(65)]})
+    assert res.status_code == 400 and "dry_sequence_breakers" in error_of(res)["message"]
+    chat_server.ok("/completion", {**data, "dry_sequence_breakers": [f"b{i}" for i in range(64)]})
+    res = chat_server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+                                                    "dry_sequence_breakers": ["x"] * 65})
+    assert res.status_code == 400
+
+
+@sampling
 def test_samplers_field_is_echoed(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 2, "samplers": ["top_k", "temperature"]})
     assert list(body["generation_settings"]["samplers"]) == ["top_k", "temperature"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refserver.engine.dry import breaker_table, dry_penalties, repetition_limit, z_array
+from refserver.engine.dry import VocabularyIndex, breaker_table, dry_penalties, repetition_limit, z_array
 from refserver.engine.sampling import Sampler
 from refserver.engine.types import SamplingParams
 
@@ -157,8 +157,8 @@ def test_dry_example_and_breakers():
     assert dry_penalties(hist, 0.0, 2.0, 2, -1, {}) == {}  # multiplier 0: off
 
 
-# a toy vocabulary: ids 0..6
-PIECES = (b"a", b"b", b"#", b"##", b"x#", b"c#d", b"#y")
+# a toy vocabulary: ids 0..10 (every single letter, so any string over them tokenizes)
+PIECES = (b"a", b"b", b"#", b"##", b"x#", b"c#d", b"#y", b"x", b"c", b"d", b"y")
 
 
 def toy_encode(text: str) -> list[int]:
@@ -175,7 +175,7 @@ def test_breaker_table_finds_whole_and_split_breakers():
     """As llama.cpp builds it: a token containing the breaker is a breaker alone (empty
     tail); a token ending with the breaker's start is a head whose tail is the rest,
     tokenized."""
-    table = breaker_table(["##"], PIECES, toy_encode)
+    table = breaker_table(["##"], VocabularyIndex(PIECES), toy_encode)
     assert table[3] == ((),)  # "##" itself
     assert table[2] == ((2,),)  # "#" then "#"
     assert table[4] == ((2,),)  # "x#" then "#"
@@ -183,9 +183,35 @@ def test_breaker_table_finds_whole_and_split_breakers():
     assert 0 not in table and 1 not in table
 
 
+def brute_breaker_table(breakers, pieces, encode):
+    """llama.cpp's definition, scanned piece by piece: a piece containing the breaker is one
+    by itself; a piece whose tail from some position is a proper prefix of the breaker is a
+    head, followed by the tokenized rest."""
+    table = {}
+    for text in breakers:
+        needle = text.encode()
+        for token, piece in enumerate(pieces):
+            if needle in piece:
+                table.setdefault(token, set()).add(())
+                continue
+            for pos in range(len(piece)):
+                if needle.startswith(piece[pos:]):
+                    table.setdefault(token, set()).add(tuple(encode(needle[len(piece) - pos:].decode())))
+    return table
+
+
+def test_breaker_table_matches_a_piece_by_piece_scan():
+    rng = np.random.default_rng(4)
+    vocab = VocabularyIndex(PIECES)
+    for _ in range(200):
+        breakers = ["".join(rng.choice(list("ab#xcdy"), size=int(rng.integers(1, 6)))) for _ in range(2)]
+        got = {t: set(tails) for t, tails in breaker_table(breakers, vocab, toy_encode).items()}
+        assert got == brute_breaker_table(breakers, PIECES, toy_encode), breakers
+
+
 def test_split_breaker_limits_repetitions_only_when_its_tail_follows():
     a, b, hash_, xhash = 0, 1, 2, 4
-    table = breaker_table(["##"], PIECES, toy_encode)
+    table = breaker_table(["##"], VocabularyIndex(PIECES), toy_encode)
     # "a b x# # a b": the breaker "x#" + "#" ends two tokens before the end
     assert repetition_limit([a, b, xhash, hash_, a, b], table) == 2
     # "a b # a b": a lone "#" is no breaker, so a repetition may reach back over it
