@@ -3,8 +3,8 @@
 A model directory holds `model.onnx` (+ data), `tokenizer.json` and the Hugging Face
 side files: `config.json` (context length, sizes), `tokenizer_config.json` (special
 tokens, `chat_template`) and `generation_config.json` (end-of-generation ids, which the
-tokenizer reads).  With no `-m`, the
-server uses the default model shipped inside the package (`refserver/models/chat`).
+tokenizer reads).  With no `-m`, the server uses the default model shipped inside the
+package (`refserver/models/chat`).
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ BreakerTable = Mapping[int, tuple[tuple[int, ...], ...]]
 class VocabularyIndex:
     """Every token's bytes, indexed for `breaker_table`: one joined blob that `bytes.find`
     searches for the tokens containing a string, and the tokens grouped by their last byte
-    for those ending with one (a scan of every piece in Python per breaker took ~100 ms on a
-    150k vocabulary)."""
+    for those ending with one.  On a 164k-token vocabulary the four default breakers take
+    5 ms this way, 0.28 s by a Python scan of every piece."""
 
     def __init__(self, pieces: Sequence[bytes]):
         self.pieces = pieces

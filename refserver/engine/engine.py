@@ -165,7 +165,7 @@ class Engine:
         constraint = self.constraints.compile(request.constraint) if request.constraint else None
         s = request.sampling
         seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
-        breakers = self._dry_breakers(tuple(s.dry_sequence_breakers)) if s.dry_multiplier else None
+        breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
         if self.draft_backend is not None and constraint is None and not sampler.stateful:

@@ -157,8 +157,8 @@ class ChatHandler(BaseHandler):
                 if self.reqs[i].return_progress:
                     c.sent_role = True
                     send(i, {"role": "assistant", "content": None},
-                               prompt_progress={"total": event.total, "cache": event.cache,
-                                                "processed": event.processed, "time_ms": event.time_ms})
+                         prompt_progress={"total": event.total, "cache": event.cache,
+                                          "processed": event.processed, "time_ms": event.time_ms})
                 continue
             if not c.sent_role:
                 c.sent_role = True

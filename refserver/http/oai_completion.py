@@ -56,7 +56,7 @@ class OAICompletionHandler(BaseHandler):
                     continue
                 lp = oai_completion_logprobs([event.probs], self.top_n) if self.top_n and event.probs else None
                 self.sse_send(self.envelope([{"text": event.text, "index": i, "logprobs": lp,
-                                                    "finish_reason": None}]))
+                                              "finish_reason": None}]))
             elif isinstance(event, Finished):
                 c.finish(event)
                 self.n_predicted_tokens += event.tokens_predicted
