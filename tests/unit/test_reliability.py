@@ -268,6 +268,7 @@ def test_prompt_longer_than_the_slot_is_400(limited):
                                    pytest.param(True, marks=pytest.mark.extension), 10**30, 2**63])
 def test_n_predict_bounds(limited, value):
     cap = limited.generation_cap()  # the preset's -n 4; an external server's own -n or context
+    assert limited.external or cap == 4, f"/props reports n_predict {cap}; the preset sets -n 4"
     for path, key in (("/completion", "n_predict"), ("/v1/completions", "max_tokens")):
         res = limited.post(path, {"prompt": "Once", key: value})
         if res.status_code == 200:  # a huge value is capped by --n-predict / the context
