@@ -51,7 +51,7 @@ class EngineConfig:
     n_slots: int = 1
     n_ctx: int = 0  # total context; each slot gets n_ctx // n_slots (0: the model's context_length)
     n_batch: int = 2048  # max prompt tokens per step per slot (chunked prefill)
-    n_predict: int = -1  # server cap; effective = min(request, cap), -1 = unlimited
+    n_predict: int = -1  # for requests that give none (-n); -1 = until EOS or the context is full
     seed: int = -1
     cache_ram_mib: int = 256  # cross-slot prompt cache byte bound (0 disables)
     prompt_cache_size: int = 10
@@ -86,12 +86,6 @@ class CachedKV:
 
     def trimmed(self, n: int) -> CachedKV:
         return CachedKV(self.main.trimmed(n), self.draft.trimmed(n) if self.draft else None)
-
-
-def effective_n_predict(request: int, cap: int) -> int:
-    if request < 0:
-        return cap
-    return request if cap < 0 else min(request, cap)
 
 
 class Engine:
@@ -174,7 +168,7 @@ class Engine:
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    effective_n_predict(request.n_predict, self.config.n_predict), seed, constraint, spec)
+                    self.n_predict_for(request), seed, constraint, spec)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -183,6 +177,11 @@ class Engine:
             self._queue.append(task)
             self._lock.notify_all()
         return task.handle
+
+    def n_predict_for(self, request: GenerationRequest) -> int:
+        """The request's own n_predict, else the server's -n (llama.cpp's current rule: -n
+        is a default, not a cap); -1 means until EOS or the slot's context is full."""
+        return self.config.n_predict if request.n_predict is None else request.n_predict
 
     def slots(self) -> list[dict]:
         out = []

@@ -75,7 +75,7 @@ class ChatHandler(BaseHandler):
         n_probs, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)
         n = req.n_choices(state.defaults)
-        n_predict = req.chat_n_predict(state.defaults)
+        n_predict = req.requested_n_predict()
         reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
                                        constraint=constraint, n_probs=n_probs) for _ in range(n)]
         if req.tools and req.tool_choice == "none":

@@ -37,7 +37,7 @@ def native_final(state, req, choice: ChoiceStream, stream: bool) -> dict:
         "tokens_predicted": fin.tokens_predicted,
         "tokens_evaluated": fin.tokens_evaluated,
         "generation_settings": req.generation_settings(
-            gen.sampling, gen.n_predict, fin.seed, bool(req.stream), gen.stop, tok, state.defaults),
+            gen.sampling, state.engine.n_predict_for(gen), fin.seed, bool(req.stream), gen.stop, tok, state.defaults),
         "prompt": tok.decode(gen.prompt),
         "has_new_line": "\n" in result.raw_text,
         "truncated": fin.truncated,

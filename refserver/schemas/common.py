@@ -162,15 +162,10 @@ class NativeParams(RequestModel):
     speculative_p_min: Prob | None = Field(None, alias="speculative.p_min")
 
     # -------------------------------------------------------------- conversion
-    def effective_n_predict(self, defaults: ServerDefaults, request_value: int | None = None) -> int:
-        """min(request, server --n-predict), -1 meaning unlimited on either side."""
-        req = request_value
-        if req is None:
-            req = self.n_predict if self.n_predict is not None else self.max_tokens
-        req = -1 if req is None else req
-        if defaults.n_predict < 0:
-            return req
-        return defaults.n_predict if req < 0 else min(req, defaults.n_predict)
+    def requested_n_predict(self) -> int | None:
+        """The request's own token limit (`n_predict`, else `max_tokens`); None leaves it to
+        the engine, which applies the server's -n."""
+        return self.n_predict if self.n_predict is not None else self.max_tokens
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -228,7 +223,7 @@ class NativeParams(RequestModel):
             raise InvalidRequest("'lora': this server has no LoRA adapters; send [] or leave it out")
 
     def generation_request(self, prompt: list[int], tokenizer: TokenizerLike, defaults: ServerDefaults, *,
-                           n_predict: int, constraint: Constraint | None = None,
+                           n_predict: int | None, constraint: Constraint | None = None,
                            n_probs: int | None = None, stop: tuple[str, ...] | None = None,
                            checkpoints: tuple = ()) -> GenerationRequest:
         return GenerationRequest(
