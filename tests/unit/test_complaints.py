@@ -21,7 +21,7 @@ WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 def one_slot(server_pool):
     def make():
         server = ServerPreset.one_slot()
-        server.n_ctx, server.n_predict, server.keepalive = 2048, 1500, 1
+        server.n_ctx, server.n_predict, server.keepalive, server.context_shift = 2048, -1, 1, True
         return server
     return server_pool("one-slot", make)
 
@@ -41,9 +41,7 @@ def test_01_disconnect_stops_generation(one_slot):
 @pytest.mark.needs_flags
 def test_02_waiting_stream_gets_keepalives(one_slot):
     """A stream that waits (queue or prefill) receives comment lines, so clients never time out."""
-    busy = one_slot.make_stream_request("POST", "/completion", {
-        "prompt": STORY, "n_predict": 1500, "ignore_eos": True, "stream": True})
-    next(iter(busy))
+    busy = one_slot.hold_slot()
     timer = threading.Timer(3.0, busy.close)
     timer.start()
     try:
