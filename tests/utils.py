@@ -806,6 +806,11 @@ def assemble_chat_stream(stream: EventStream) -> dict:
     return out
 
 
+def deferred_requests(server: ServerProcess) -> float:
+    """Requests waiting for a slot (`/metrics`), whatever prefix the server puts on the name."""
+    return max((v for k, v in server.metrics().items() if k.endswith(":requests_deferred")), default=0)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while True:

@@ -32,7 +32,7 @@ def test_01_disconnect_stops_generation(one_slot):
     """A non-streaming client that disconnects frees its slot: generation does not run on."""
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(f"{one_slot.url}/v1/chat/completions", json={
-            "messages": CHAT, "max_tokens": 1500, "ignore_eos": True}, timeout=(5, 0.5))
+            "messages": CHAT, "ignore_eos": True}, timeout=(5, 0.5))  # endless on this server
     time.sleep(0.2)
     assert one_slot.wait_slots_idle(1.0), "generation kept running after the client left"
 

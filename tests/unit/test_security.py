@@ -11,7 +11,15 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from utils import TARGET, ServerError, ServerPreset, client_error_status_ok, error_of, wait_until
+from utils import (
+    TARGET,
+    ServerError,
+    ServerPreset,
+    client_error_status_ok,
+    deferred_requests,
+    error_of,
+    wait_until,
+)
 
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
@@ -184,11 +192,6 @@ def test_max_body_mb_flag(server_pool):
     assert server.ok("/tokenize", {"content": "a" * 1000})["tokens"]
 
 
-def _deferred(server) -> float:
-    """Requests waiting for a slot, whatever prefix the server puts on the metric."""
-    return max((v for k, v in server.metrics().items() if k.endswith(":requests_deferred")), default=0)
-
-
 @limits
 @pytest.mark.needs_flags
 def test_full_queue_is_503_with_retry_after():
@@ -203,7 +206,7 @@ def test_full_queue_is_503_with_retry_after():
                          daemon=True)
     t.start()
     try:
-        assert wait_until(lambda: _deferred(server) >= 1, 30), \
+        assert wait_until(lambda: deferred_requests(server) >= 1, 30), \
             "the second request was never queued"
         res = server.post("/completion", {"prompt": "Hi", "n_predict": 1}, timeout=30)
         assert res.status_code == 503, res.body
