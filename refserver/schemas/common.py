@@ -49,9 +49,10 @@ class ServerDefaults:
 
 class RequestModel(BaseModel):
     """Strict JSON types (an int is accepted where a float is expected), unknown keys kept
-    in `model_extra` so `--strict` can name them."""
+    in `model_extra` so `--strict` can name them.  Python reads `1e999` as infinity: no
+    float field takes a non-finite number (it could only come back as invalid JSON)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False)
 
 
 class StreamOptions(RequestModel):
@@ -105,7 +106,10 @@ def or_default(value: Any, default: Any) -> Any:
 
 
 # Shorthand types.  Strict mode: bools are not ints, strings are not numbers.
-Number = float
+# llama.cpp keeps sampling parameters in C floats: beyond float32's range they would be
+# infinite there, so they are refused here.
+FLOAT32_MAX = 3.4028234663852886e38
+Number = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 NPredict = Annotated[int, Field(ge=-1)]
@@ -342,6 +346,15 @@ def _bias_value(value: Any) -> float | None:
     return None
 
 
+def _finite_bias(value: Any, where: str) -> float | None:
+    """`_bias_value`, with numbers outside float32's range (and NaN) refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+        raise InvalidRequest(f"logit_bias{where}: the bias must be a finite number within float32's range "
+                             "(send false to ban a token)")
+    return _bias_value(value)
+
+
 def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, float]]:
     """llama.cpp's logit_bias forms: `[[tok|"str", bias|false], ...]` or `{"tok|str": bias|false}`.
 
@@ -354,7 +367,7 @@ def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, floa
     pairs: list[tuple[int, float]] = []
 
     def add(key: Any, value: Any, where: str) -> None:
-        bias = _bias_value(value)
+        bias = _finite_bias(value, where)
         if bias is None:
             return
         if isinstance(key, bool):
