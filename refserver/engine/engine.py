@@ -520,7 +520,8 @@ class Engine:
         elif word is not None:
             self._finish(slot, task, "word", word)
         elif task.constraint is not None and task.constraint.error is not None:
-            self._send(task, Failed(errors.ServerError(f"constrained decoding failed: {task.constraint.error}")))
+            # the mask allowed the token, so only the grammar's size can fail it: a client error
+            self._send(task, Failed(errors.InvalidRequest(f"constrained decoding failed: {task.constraint.error}")))
             self._release(slot)
         elif task.constraint is not None and task.constraint.done():
             self._finish(slot, task, "eos")

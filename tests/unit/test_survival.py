@@ -271,3 +271,36 @@ def test_inf_logits_take_all_the_probability():
                                      logit_bias=((7, 3e38), (7, 3e38))), 50, [0], seed=1)
     for _ in range(5):
         assert sampler.sample(raw).token == 7
+
+
+# --------------------------------------------------------------------------- grammars
+RECURSIVE_SCHEMA = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+FAILING_GRAMMARS = {
+    "huge_repeat": {"grammar": "start: /a{65535}{65535}/"},
+    "recursive_required_ref": {"json_schema": RECURSIVE_SCHEMA},
+    "recursive_required_defs": {"json_schema": {"$ref": "#/$defs/a", "$defs": {"a": {
+        "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "required": ["x"]}}}},
+}
+
+
+@pytest.mark.feature("structured_output")
+@pytest.mark.extension
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("name", list(FAILING_GRAMMARS))
+def test_grammar_failing_at_its_first_token_is_a_short_400(target, name, stream):
+    body = {"prompt": "Hi", "n_predict": 4, "stream": stream, **FAILING_GRAMMARS[name]}
+    res = requests.post(f"{target.url}/completion", json=body, timeout=120)
+    assert res.status_code == 400, res.text[:500]
+    message = response_error(res, name)["message"]
+    assert "grammar" in message and "<state>" not in message and len(message) < 500, message
+    assert_serving(target)
+
+
+@pytest.mark.feature("structured_output")
+@pytest.mark.extension
+def test_recursive_schema_in_response_format_is_a_400(target):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": RECURSIVE_SCHEMA}}}
+    res = requests.post(f"{target.url}/v1/chat/completions", json=body, timeout=120)
+    assert res.status_code == 400, res.text[:500]
+    assert "<state>" not in response_error(res)["message"]
