@@ -304,3 +304,50 @@ def test_recursive_schema_in_response_format_is_a_400(target):
     res = requests.post(f"{target.url}/v1/chat/completions", json=body, timeout=120)
     assert res.status_code == 400, res.text[:500]
     assert "<state>" not in response_error(res)["message"]
+
+
+# --------------------------------------------------------------------------- bounds
+BOUNDS = {  # request -> (route, the field and the bound its 400 must name)
+    "prompts": ("/completion", {"prompt": ["x"] * 20000, "n_predict": 1}, "prompt", "1024"),
+    "prompts_v1": ("/v1/completions", {"prompt": ["x"] * 1025, "max_tokens": 1}, "prompt", "1024"),
+    "logit_bias_entries": ("/completion", {"prompt": "x", "n_predict": 1,
+                                           "logit_bias": {f"w{i}": 1.0 for i in range(200_000)}}, "logit_bias", "4096"),
+    "logit_bias_pairs": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1,
+                                                  "logit_bias": [[i % 300, 1.0] for i in range(4097)]},
+                         "logit_bias", "4096"),
+    "logit_bias_tokens": ("/completion", {"prompt": "x", "n_predict": 1,
+                                          "logit_bias": {"a b c d " * 2000: 1.0}}, "logit_bias", "4096"),
+    "n_probs": ("/completion", {"prompt": "x", "n_predict": 1, "n_probs": 257}, "n_probs", "256"),
+    "stop_count": ("/completion", {"prompt": "x", "n_predict": 1, "stop": ["s"] * 65}, "stop", "64"),
+    "stop_length": ("/v1/completions", {"prompt": "x", "max_tokens": 1, "stop": ["s" * 1025]}, "stop", "1024"),
+    "samplers": ("/completion", {"prompt": "x", "n_predict": 1, "samplers": ["top_k"] * 65}, "samplers", "64"),
+    "tokenize_size": ("/tokenize", {"content": "a" * ((1 << 20) + 1)}, "content", "1048576"),
+    "tokenize_pieces": ("/tokenize", {"content": " ".join(f"{i:x}" for i in range(40000)), "with_pieces": True},
+                        "with_pieces", "65536"),
+    "detokenize": ("/detokenize", {"tokens": [1] * ((1 << 20) + 1)}, "tokens", "1048576"),
+}
+
+
+@limits
+@pytest.mark.extension
+@pytest.mark.parametrize("name", list(BOUNDS))
+def test_request_bounds_are_a_400_naming_the_bound(target, name):
+    route, body, field, bound = BOUNDS[name]
+    res = requests.post(f"{target.url}{route}", json=body, timeout=120)
+    assert res.status_code == 400, f"{name}: {res.status_code} {res.text[:300]}"
+    message = response_error(res, name)["message"]
+    assert field in message and bound in message, message
+    assert_serving(target)
+
+
+@limits
+@pytest.mark.extension
+def test_just_within_the_bounds_is_served(target):
+    body = {"prompt": ["x"] * 8, "n_predict": 1, "logit_bias": [[i % 300, 0.5] for i in range(4096)],
+            "stop": ["s" * 1024] * 64, "n_probs": 256}
+    res = requests.post(f"{target.url}/completion", json=body, timeout=120)
+    assert res.status_code == 200, res.text[:300]
+    assert len(strict_json(res.text)) == 8
+    pieces = requests.post(f"{target.url}/tokenize", json={"content": "Once upon a time", "with_pieces": True},
+                           timeout=30)
+    assert pieces.status_code == 200 and pieces.json()["tokens"][0]["piece"]
