@@ -45,8 +45,9 @@ class ReasoningParser:
         self.reasoning = ""  # all reasoning text so far
 
     @property
-    def in_reasoning(self) -> bool:
-        return self._state in ("reasoning", "head")
+    def in_block(self) -> bool:
+        """Inside the reasoning block (its text counts as reasoning tokens)."""
+        return self._state == "reasoning"
 
     def feed(self, text: str) -> list[ContentDelta | ReasoningDelta]:
         self._buf += text

@@ -289,6 +289,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.write(b"data: " + dumps(obj) + b"\n\n")
         self._unflushed = True
 
+    def sse_event(self, obj: dict) -> None:
+        """Write one typed event (`event: <type>` + `data:`), as the Responses and
+        Anthropic streams carry them."""
+        self.start_sse()
+        self.write(b"event: " + obj["type"].encode() + b"\ndata: " + dumps(obj) + b"\n\n")
+        self._unflushed = True
+
     def sse_done_line(self) -> None:
         self.write("data: [DONE]\n\n")
         self._unflushed = True
