@@ -20,10 +20,10 @@ from tornado.httpserver import HTTPServer
 from .cli import ServerConfig
 from .errors import RefserverError
 from .http.app import make_app
-from .http.bridge import EventBridge
 from .http.state import AppState, ModelSummary
 from .model_dir import ModelDir, ModelDirError, resolve_model_dir
 from .schemas.common import ServerDefaults
+from .stream.bridge import EventBridge
 
 log = logging.getLogger("refserver")
 

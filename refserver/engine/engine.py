@@ -318,6 +318,7 @@ class Engine:
             dt = self.drafter.tokens[slot.id]
             self.drafter.tokens[slot.id] = dt[:min(common_prefix(dt, prompt), own)]
         slot.task = task
+        task.handle.id_slot = slot.id
         task.n_cached = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
