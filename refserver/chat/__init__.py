@@ -6,7 +6,7 @@ Jinja with Hugging Face semantics, plus llama.cpp's named built-ins), tool-call 
 from refserver.chat.grammars import response_format_constraint, tools_constraint, validate_constraint
 from refserver.chat.messages import normalize_messages
 from refserver.chat.named_templates import NAMED_TEMPLATES
-from refserver.chat.reasoning import OutputParser, ReasoningDelta, ReasoningParser
+from refserver.chat.reasoning import ReasoningParser
 from refserver.chat.templates import ChatTemplate, detect_named_template, resolve_chat_template
 from refserver.chat.tool_calls import (
     ContentDelta,
@@ -22,8 +22,6 @@ __all__ = [
     "ChatTemplate",
     "ContentDelta",
     "HermesToolCallParser",
-    "OutputParser",
-    "ReasoningDelta",
     "ReasoningParser",
     "ToolCall",
     "ToolCallDelta",

@@ -11,22 +11,18 @@ starts inside it (`opened_by_prompt`).  Rules, with the protocol of `tool_calls.
   a marker is held back until the next text decides it.
 - Whitespace right after the start marker and between `</think>` and the answer is
   dropped; a block never closed (cut by max_tokens) stays reasoning.
-`ReasoningDelta`s carry reasoning text; `ContentDelta`s carry the rest, which callers feed
-on to a tool-call parser (`OutputParser`).
+`ReasoningDelta`s carry reasoning text; `TextDelta`s carry the rest, which a `ParserChain`
+feeds on to the tool-call parser.  `in_block` tells whether the text fed last ended inside
+the block (the core counts such tokens as reasoning tokens).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from refserver.stream.deltas import ReasoningDelta, TextDelta
 
-from .tool_calls import ContentDelta, ToolCallDelta, _partial_suffix
+from .tool_calls import _partial_suffix
 
 THINK_START, THINK_END = "<think>", "</think>"
-
-
-@dataclass(frozen=True)
-class ReasoningDelta:
-    text: str
 
 
 def opened_by_prompt(prompt: str, start: str = THINK_START) -> bool:
@@ -49,15 +45,15 @@ class ReasoningParser:
         """Inside the reasoning block (its text counts as reasoning tokens)."""
         return self._state == "reasoning"
 
-    def feed(self, text: str) -> list[ContentDelta | ReasoningDelta]:
+    def feed(self, text: str) -> list[TextDelta | ReasoningDelta]:
         self._buf += text
-        out: list[ContentDelta | ReasoningDelta] = []
+        out: list[TextDelta | ReasoningDelta] = []
         while self._step(out):
             pass
         return out
 
-    def finish(self) -> list[ContentDelta | ReasoningDelta]:
-        out: list[ContentDelta | ReasoningDelta] = []
+    def finish(self) -> list[TextDelta | ReasoningDelta]:
+        out: list[TextDelta | ReasoningDelta] = []
         rest, self._buf = self._buf, ""
         if self._state == "head":
             self._content(out, rest)  # too short to be a marker: plain content
@@ -72,7 +68,7 @@ class ReasoningParser:
         """(reasoning or None, content) of a whole output."""
         p = ReasoningParser(self._opened_by_prompt, self.start, self.end)
         deltas = p.feed(text) + p.finish()
-        content = "".join(d.text for d in deltas if isinstance(d, ContentDelta))
+        content = "".join(d.text for d in deltas if isinstance(d, TextDelta))
         return (p.reasoning or None), content
 
     # -- states ---------------------------------------------------------------------------
@@ -121,31 +117,4 @@ class ReasoningParser:
     @staticmethod
     def _content(out: list, text: str) -> None:
         if text:
-            out.append(ContentDelta(text))
-
-
-OutputDelta = ContentDelta | ReasoningDelta | ToolCallDelta
-
-
-class OutputParser:
-    """Reasoning first, then tool calls in what is left (either may be absent)."""
-
-    def __init__(self, reasoning: ReasoningParser | None, tools=None):
-        self.reasoning = reasoning
-        self.tools = tools
-
-    def feed(self, text: str) -> list[OutputDelta]:
-        return self._chain(self.reasoning.feed(text) if self.reasoning else [ContentDelta(text)], False)
-
-    def finish(self) -> list[OutputDelta]:
-        return self._chain(self.reasoning.finish() if self.reasoning else [], True)
-
-    def _chain(self, deltas: list, final: bool) -> list[OutputDelta]:
-        if self.tools is None:
-            return [d for d in deltas if d.text]
-        out: list[OutputDelta] = []
-        for d in deltas:
-            out += [d] if isinstance(d, ReasoningDelta) else self.tools.feed(d.text)
-        if final:
-            out += self.tools.finish()
-        return out
+            out.append(TextDelta(text))

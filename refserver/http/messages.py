@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from refserver.engine.types import Finished, TokenOut
 from refserver.errors import RefserverError
 from refserver.schemas.common import encode_text, parse_request
 from refserver.schemas.messages import CountTokensRequest, MessagesRequest
+from refserver.stream.deltas import FinishDelta
+from refserver.stream.generation import ClientGone
 
-from .base import BaseHandler, ClientGone, as_refserver_error, dumps, log
-from .chat_pipeline import DeltaSource, prepare_chat, render_chat_prompt
+from .base import BaseHandler, as_refserver_error, dumps, log
+from .chat_pipeline import prepare_chat, render_prompt
 from .messages_events import MessageRenderer
 
 # refserver's error type → Anthropic's (status, type)
@@ -59,10 +60,10 @@ class AnthropicHandler(BaseHandler):
             log.debug("request %s: could not write the error event", self.request_id)
         self._finish_quietly()
 
-    async def sse_comment(self, text: str = "keepalive") -> None:
+    async def keepalive(self) -> None:
         """The keepalive of an Anthropic stream is a `ping` event."""
         self.sse_event({"type": "ping"})
-        await self._flush()
+        await self.drain()
 
 
 class MessagesHandler(AnthropicHandler):
@@ -71,22 +72,17 @@ class MessagesHandler(AnthropicHandler):
     async def post(self) -> None:
         state = self.state
         req = parse_request(MessagesRequest, self.json_body())
-        gen = prepare_chat(state, req.to_chat(state.config.strict))
-        renderer = MessageRenderer(req.model, len(gen.request.prompt))
-        source = DeltaSource(gen)
-        self.submit([gen.request])
+        chat = prepare_chat(state, req.to_chat(state.config.strict))
+        renderer = MessageRenderer(req.model, len(chat.requests[0].prompt))
+        gen = self.start_generation(chat.requests, parsers=chat.parsers)
         emit = self._emit if req.stream else (lambda events: None)
         emit(renderer.start())
-        async for _, event in self.events(keepalive=bool(req.stream)):
-            if isinstance(event, TokenOut):
-                for d in source.token(event.text):
-                    emit(renderer.delta(d))
-            elif isinstance(event, Finished):
-                self.n_predicted_tokens = event.tokens_predicted
-                for d in source.end(event.text):
-                    emit(renderer.delta(d))
-                emit(renderer.finish(event.stop_type, event.stopping_word, event.tokens_predicted,
-                                     int(event.timings.get("cache_n", 0))))
+        async for _choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
+            emit(renderer.deltas(deltas))
+            if isinstance(deltas[-1], FinishDelta):
+                fin = deltas[-1].finished
+                emit(renderer.finish(fin.stop_type, fin.stopping_word, fin.tokens_predicted,
+                                     int(fin.timings.get("cache_n", 0))))
         if req.stream:
             self.finish()
         else:
@@ -103,6 +99,7 @@ class CountTokensHandler(AnthropicHandler):
     async def post(self) -> None:
         req = parse_request(CountTokensRequest, self.json_body())
         chat = req.to_chat(self.state.config.strict)
-        text = render_chat_prompt(self.state, chat)
+        chat.check_tools(self.state.config.jinja)
+        text = render_prompt(self.state, chat)
         tokens = encode_text(self.state.tokenizer, text, True, where="the rendered chat prompt")
         self.write_json({"input_tokens": len(tokens)})

@@ -1,6 +1,6 @@
 """One generation rendered as an Anthropic message and its stream events.
 
-`MessageRenderer` turns a choice's output deltas into `content_block_start` /
+`MessageRenderer` turns a choice's deltas (`refserver.stream`) into `content_block_start` /
 `content_block_delta` (`thinking_delta`, `text_delta`, `input_json_delta`) /
 `content_block_stop`, between `message_start` and `message_delta` + `message_stop`.
 A non-streamed request runs the same renderer and returns `message()`.
@@ -12,8 +12,7 @@ import json
 import secrets
 import string
 
-from refserver.chat.reasoning import ReasoningDelta
-from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
+from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -34,7 +33,7 @@ def stop_reason(stop_type: str, stopping_word: str, has_calls: bool) -> tuple[st
 
 
 class _Block:
-    def __init__(self, kind: str, call: ToolCallDelta | None = None):
+    def __init__(self, kind: str, call: ToolCallStart | None = None):
         self.kind, self.call, self.text = kind, call, ""
 
     def start(self) -> dict:
@@ -78,30 +77,32 @@ class MessageRenderer:
     def start(self) -> list[dict]:
         return [{"type": "message_start", "message": self.message()}]
 
-    def delta(self, d: ContentDelta | ReasoningDelta | ToolCallDelta) -> list[dict]:
+    def deltas(self, deltas: list) -> list[dict]:
+        """The events of a choice's deltas (token, progress and finish deltas add none)."""
         out: list[dict] = []
-        if isinstance(d, ReasoningDelta):
-            self._ensure(out, "thinking")
-            text = d.text
-        elif isinstance(d, ContentDelta):
-            if not self._is_open("text") and not (self.pending_space + d.text).strip():
-                self.pending_space += d.text
-                return out
-            text, self.pending_space = self.pending_space + d.text, ""
-            self._ensure(out, "text")
-        elif d.id is not None:
-            self._close(out)
-            self._begin(out, _Block("tool_use", d))
-            text = d.arguments
-        elif self._is_open("tool_use"):
-            text = d.arguments
-        else:
-            return out
+        for d in deltas:
+            if isinstance(d, ReasoningDelta):
+                self._ensure(out, "thinking")
+                self._append(out, d.text)
+            elif isinstance(d, TextDelta):
+                if not self._is_open("text") and not (self.pending_space + d.text).strip():
+                    self.pending_space += d.text  # whitespace alone opens no text block
+                    continue
+                text, self.pending_space = self.pending_space + d.text, ""
+                self._ensure(out, "text")
+                self._append(out, text)
+            elif isinstance(d, ToolCallStart):
+                self._close(out)
+                self._begin(out, _Block("tool_use", d))
+            elif isinstance(d, ToolCallArgs) and self._is_open("tool_use"):
+                self._append(out, d.text)
+        return out
+
+    def _append(self, out: list[dict], text: str) -> None:
         if text:
             block = self.blocks[-1]
             block.text += text
             out.append({"type": "content_block_delta", "index": len(self.blocks) - 1, "delta": block.delta(text)})
-        return out
 
     def finish(self, stop_type: str, stopping_word: str, output_tokens: int, cached: int) -> list[dict]:
         out: list[dict] = []

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from refserver.engine.types import Finished, TokenOut
 from refserver.errors import InvalidRequest
 from refserver.schemas.common import parse_request
 from refserver.schemas.responses import ResponsesRequest, input_messages
+from refserver.stream.deltas import FinishDelta
+from refserver.stream.generation import ClientGone
 
-from .base import BaseHandler, ClientGone, log
-from .chat_pipeline import DeltaSource, prepare_chat
+from .base import BaseHandler, log
+from .chat_pipeline import prepare_chat
 from .response_store import StoredResponse
 from .responses_events import ResponseRenderer, new_id, response_usage
 
@@ -78,23 +79,18 @@ class ResponsesHandler(BaseHandler):
         req = parse_request(ResponsesRequest, self.json_body())
         history = state.responses.get(req.previous_response_id).messages if req.previous_response_id else []
         chat = req.to_chat(history, state.config.strict)
-        gen = prepare_chat(state, chat)
+        chat_gen = prepare_chat(state, chat)
         self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.temperature), state.model.alias)
-        source = DeltaSource(gen)
-        self.submit([gen.request])
+        gen = self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
         emit = self._emit if req.stream else (lambda events: None)
         emit(renderer.start())
-        async for _, event in self.events(keepalive=bool(req.stream)):
-            if isinstance(event, TokenOut):
-                for d in source.token(event.text):
-                    emit(renderer.delta(d))
-            elif isinstance(event, Finished):
-                self.n_predicted_tokens = event.tokens_predicted
-                for d in source.end(event.text):
-                    emit(renderer.delta(d))
-                usage = response_usage(event.tokens_evaluated, int(event.timings.get("cache_n", 0)),
-                                       event.tokens_predicted, source.reasoning_tokens)
-                emit(renderer.finish(event.stop_type, usage))
+        async for choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
+            emit(renderer.deltas(deltas))
+            if isinstance(deltas[-1], FinishDelta):
+                fin = deltas[-1].finished
+                usage = response_usage(fin.tokens_evaluated, int(fin.timings.get("cache_n", 0)),
+                                       fin.tokens_predicted, choice.result.reasoning_tokens)
+                emit(renderer.finish(fin.stop_type, usage))
         response = renderer.response()
         if req.store is not False:
             state.responses.put(StoredResponse(response, input_items(req.input),

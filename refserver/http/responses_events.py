@@ -1,7 +1,7 @@
 """One generation rendered as an OpenAI Responses object and its typed stream events.
 
-`ResponseRenderer` takes a choice's output deltas (reasoning, content, tool-call
-fragments) and returns the events they cause, each with its `sequence_number`, in the
+`ResponseRenderer` takes a choice's deltas (`refserver.stream`: reasoning, text, tool-call
+starts and argument fragments) and returns the events they cause, each with its `sequence_number`, in the
 documented order: `response.created`, `response.in_progress`, then per output item
 `output_item.added`, `content_part.added`, the `*.delta`s, their `*.done`,
 `content_part.done`, `output_item.done`, and last `response.completed` (or
@@ -15,8 +15,7 @@ import secrets
 import time
 from typing import Any
 
-from refserver.chat.reasoning import ReasoningDelta
-from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
+from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
 
 
 def new_id(prefix: str) -> str:
@@ -26,7 +25,7 @@ def new_id(prefix: str) -> str:
 class _Item:
     """An output item being streamed: reasoning, message or function_call."""
 
-    def __init__(self, kind: str, index: int, call: ToolCallDelta | None = None):
+    def __init__(self, kind: str, index: int, call: ToolCallStart | None = None):
         self.kind, self.index = kind, index
         self.id = new_id({"reasoning": "rs_", "message": "msg_", "function_call": "fc_"}[kind])
         self.text = ""
@@ -72,28 +71,30 @@ class ResponseRenderer:
         return [self._event("response.created", response=self.response()),
                 self._event("response.in_progress", response=self.response())]
 
-    def delta(self, d: ContentDelta | ReasoningDelta | ToolCallDelta) -> list[dict]:
+    def deltas(self, deltas: list) -> list[dict]:
+        """The events of a choice's deltas (token, progress and finish deltas add none)."""
         out: list[dict] = []
-        if isinstance(d, ReasoningDelta):
-            self._ensure(out, "reasoning")
-            out.append(self._text(self.open, d.text, "response.reasoning_text.delta"))
-        elif isinstance(d, ContentDelta):
-            if self.open is None or self.open.kind != "message":
-                if not (self.pending_space + d.text).strip():
-                    self.pending_space += d.text
-                    return out
-                d = ContentDelta(self.pending_space + d.text)
-                self.pending_space = ""
-            self._ensure(out, "message")
-            out.append(self._text(self.open, d.text, "response.output_text.delta"))
-        elif d.id is not None:
-            self._close(out)
-            self._add(out, _Item("function_call", len(self.items), d))
-            if d.arguments:
-                out.append(self._text(self.open, d.arguments, "response.function_call_arguments.delta"))
-        elif self.open is not None and self.open.kind == "function_call":
-            out.append(self._text(self.open, d.arguments, "response.function_call_arguments.delta"))
+        for d in deltas:
+            if isinstance(d, ReasoningDelta):
+                self._ensure(out, "reasoning")
+                out.append(self._text(self.open, d.text, "response.reasoning_text.delta"))
+            elif isinstance(d, TextDelta):
+                self._content(out, d.text)
+            elif isinstance(d, ToolCallStart):
+                self._close(out)
+                self._add(out, _Item("function_call", len(self.items), d))
+            elif isinstance(d, ToolCallArgs) and self.open is not None and self.open.kind == "function_call":
+                out.append(self._text(self.open, d.text, "response.function_call_arguments.delta"))
         return out
+
+    def _content(self, out: list[dict], text: str) -> None:
+        if self.open is None or self.open.kind != "message":
+            if not (self.pending_space + text).strip():
+                self.pending_space += text  # whitespace alone opens no message item
+                return
+            text, self.pending_space = self.pending_space + text, ""
+        self._ensure(out, "message")
+        out.append(self._text(self.open, text, "response.output_text.delta"))
 
     def finish(self, stop_type: str, usage: dict) -> list[dict]:
         out: list[dict] = []

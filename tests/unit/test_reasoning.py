@@ -3,21 +3,23 @@ chunking equal to the whole-text parse, markers never leaked, composed with tool
 
 import pytest
 
-from refserver.chat import ContentDelta, HermesToolCallParser, ToolCallDelta
-from refserver.chat.reasoning import OutputParser, ReasoningDelta, ReasoningParser, opened_by_prompt
+from refserver.chat import HermesToolCallParser
+from refserver.chat.reasoning import ReasoningParser, opened_by_prompt
+from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
+from refserver.stream.parsers import ParserChain
 
 pytestmark = pytest.mark.feature("reasoning")
 
 
 def run(text, chunk, in_reasoning=False, tools=False):
-    p = OutputParser(ReasoningParser(in_reasoning), HermesToolCallParser() if tools else None)
+    p = ParserChain([ReasoningParser(in_reasoning)] + ([HermesToolCallParser()] if tools else []))
     out = []
     for i in range(0, len(text), chunk):
         out += p.feed(text[i:i + chunk])
     out += p.finish()
     reasoning = "".join(d.text for d in out if isinstance(d, ReasoningDelta))
-    content = "".join(d.text for d in out if isinstance(d, ContentDelta))
-    return reasoning, content, [d for d in out if isinstance(d, ToolCallDelta)]
+    content = "".join(d.text for d in out if isinstance(d, TextDelta))
+    return reasoning, content, [d for d in out if isinstance(d, (ToolCallStart, ToolCallArgs))]
 
 
 CASES = [
@@ -59,7 +61,7 @@ def test_reasoning_then_tool_call(chunk):
     assert reasoning == "need weather"
     assert content == ""
     assert calls[0].name == "get_weather"
-    assert "".join(c.arguments for c in calls) == '{"city": "Oslo"}'
+    assert "".join(c.text for c in calls[1:]) == '{"city": "Oslo"}'
 
 
 def test_think_markup_inside_a_call_is_not_reasoning():
