@@ -131,3 +131,20 @@ def test_api_key_as_x_api_key(server_pool):
     ok = anthropic.Anthropic(base_url=server.url, api_key="sk-anthropic", max_retries=0)
     assert ok.messages.create(model="m", max_tokens=2, messages=QUESTION).type == "message"
     assert ok.messages.count_tokens(model="m", messages=QUESTION).input_tokens > 0
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"{not json", b"[]", b'"x"', b"null", b'{"model": 1, "max_tokens": "2", "messages": {}}',
+    b'{"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "\\ud800"}]}',
+    b'{"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}',
+    b'{"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}], "tools": [{}]}',
+    b'{"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}], "thinking": "on"}',
+    b'{"model": "m", "max_tokens": 2, "messages": [' + b"[" * 50000 + b"]" * 50000 + b"]}",
+])
+def test_malformed_bodies_are_4xx_in_anthropic_shape(chat_server, raw):
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        res = chat_server.make_request("POST", path, raw=raw, timeout=60)
+        assert 400 <= res.status_code < 500, (path, res.status_code, res.body)
+        assert res.body["type"] == "error" and res.body["error"]["type"] == "invalid_request_error"
+        assert isinstance(res.body["error"]["message"], str) and res.body["error"]["message"]
+    assert chat_server.get("/health").status_code == 200
