@@ -90,6 +90,7 @@ def _queue_full_server():
 
 
 @pytest.mark.feature("responses")
+@pytest.mark.extension
 def test_full_queue_responses_is_503():
     server, held = _queue_full_server()
     try:
@@ -103,6 +104,7 @@ def test_full_queue_responses_is_503():
 
 
 @pytest.mark.feature("messages")
+@pytest.mark.extension
 def test_full_queue_messages_is_overloaded():
     server, held = _queue_full_server()
     try:
@@ -122,23 +124,18 @@ def keyed_server(server_pool):
     def make():
         server = ServerPreset.chat()
         server.api_key = "sk-test"
-        server.responses_store_size = 1
         return server
     return server_pool("keyed", make)
 
 
 @pytest.mark.feature("responses")
-def test_responses_api_key_cors_and_store_bound(keyed_server):
+def test_responses_api_key_and_cors(keyed_server):
     bad = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.responses.create(model="m", input="Hi", max_output_tokens=2)
     client = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="sk-test", max_retries=0)
-    first = client.responses.create(model="m", input="Hi", max_output_tokens=2)
-    second = client.responses.create(model="m", input="Hello", max_output_tokens=2)
-    assert client.responses.retrieve(second.id).id == second.id
-    with pytest.raises(openai.NotFoundError):  # --responses-store-size 1: the older one is evicted
-        client.responses.retrieve(first.id)
-    for path in ("/v1/responses", f"/v1/responses/{second.id}", "/v1/messages", "/v1/messages/count_tokens"):
+    assert client.responses.create(model="m", input="Hi", max_output_tokens=2).status
+    for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens"):
         pre = requests.options(f"{keyed_server.url}{path}", headers={
             "Origin": "http://example.com", "Access-Control-Request-Method": "POST"}, timeout=10)
         assert pre.status_code == 200 and pre.headers["Access-Control-Allow-Origin"] == "http://example.com"
@@ -154,3 +151,20 @@ def test_messages_api_key_and_cors(keyed_server):
                         json={"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]},
                         timeout=60)
     assert res.status_code == 200 and res.headers["Access-Control-Allow-Origin"] == "http://a.b"
+
+
+@pytest.mark.feature("responses")
+@pytest.mark.extension
+def test_store_is_bounded(server_pool):
+    def make():
+        server = ServerPreset.chat()
+        server.responses_store_size = 1
+        return server
+
+    server = server_pool("store1", make)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+    first = client.responses.create(model="m", input="Hi", max_output_tokens=2)
+    second = client.responses.create(model="m", input="Hello", max_output_tokens=2)
+    assert client.responses.retrieve(second.id).id == second.id
+    with pytest.raises(openai.NotFoundError):  # --responses-store-size 1: the older one is evicted
+        client.responses.retrieve(first.id)
