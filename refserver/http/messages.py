@@ -55,14 +55,14 @@ class AnthropicHandler(BaseHandler):
             super().send_error(status_code, **kwargs)
             return
         try:
-            self.sse_event(anthropic_error(as_refserver_error(exc, status_code))[1])
+            self.sse_events([anthropic_error(as_refserver_error(exc, status_code))[1]])
         except Exception:  # noqa: BLE001 - the connection is gone
             log.debug("request %s: could not write the error event", self.request_id)
         self._finish_quietly()
 
     async def keepalive(self) -> None:
         """The keepalive of an Anthropic stream is a `ping` event."""
-        self.sse_event({"type": "ping"})
+        self.sse_events([{"type": "ping"}])
         await self.drain()
 
 
@@ -75,7 +75,7 @@ class MessagesHandler(AnthropicHandler):
         chat = prepare_chat(state, req.to_chat(state.config.strict))
         renderer = MessageRenderer(req.model, len(chat.requests[0].prompt))
         gen = self.start_generation(chat.requests, parsers=chat.parsers)
-        emit = self._emit if req.stream else (lambda events: None)
+        emit = self.sse_events if req.stream else (lambda events: None)
         emit(renderer.start())
         async for _choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
             emit(renderer.deltas(deltas))
@@ -87,10 +87,6 @@ class MessagesHandler(AnthropicHandler):
             self.finish()
         else:
             self.write_json(renderer.message())
-
-    def _emit(self, events: list[dict]) -> None:
-        for event in events:
-            self.sse_event(event)
 
 
 class CountTokensHandler(AnthropicHandler):

@@ -82,7 +82,7 @@ class ResponsesHandler(BaseHandler):
         chat_gen = prepare_chat(state, chat)
         self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.temperature), state.model.alias)
         gen = self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
-        emit = self._emit if req.stream else (lambda events: None)
+        emit = self.sse_events if req.stream else (lambda events: None)
         emit(renderer.start())
         async for choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
             emit(renderer.deltas(deltas))
@@ -100,10 +100,6 @@ class ResponsesHandler(BaseHandler):
         else:
             self.write_json(response)
 
-    def _emit(self, events: list[dict]) -> None:
-        for event in events:
-            self.sse_event(event)
-
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         """Once the stream is out, an error ends it with `response.failed`."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -112,7 +108,7 @@ class ResponsesHandler(BaseHandler):
             super().send_error(status_code, **kwargs)
             return
         try:
-            self._emit(renderer.fail(str(exc) if exc is not None else "generation failed"))
+            self.sse_events(renderer.fail(str(exc) if exc is not None else "generation failed"))
         except Exception:  # noqa: BLE001 - the connection is gone
             log.debug("request %s: could not write response.failed", self.request_id)
         self._finish_quietly()

@@ -5,6 +5,7 @@ queued, and the bounded response store."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 
@@ -168,3 +169,25 @@ def test_store_is_bounded(server_pool):
     assert client.responses.retrieve(second.id).id == second.id
     with pytest.raises(openai.NotFoundError):  # --responses-store-size 1: the older one is evicted
         client.responses.retrieve(first.id)
+
+
+@pytest.mark.feature("responses")
+@pytest.mark.extension
+def test_shutdown_ends_streams_in_each_apis_shape():
+    """SIGTERM past --shutdown-grace: a Responses stream ends with `response.failed`, a
+    Messages stream with an `error` event."""
+    server = ServerPreset.chat()  # endless streams (no -n, context shift) outlive the grace
+    server.n_ctx, server.n_slots, server.n_predict, server.shutdown_grace = 2048, 2, -1, 0.5
+    server.context_shift = True
+    server.start()
+    streams = [server.make_stream_request("POST", path, {**body, "stream": True}) for path, body in (RESPONSES, MESSAGES)]
+    iters = [iter(s) for s in streams]
+    for it in iters:
+        for _ in range(4):
+            next(it)
+    server.send_signal(signal.SIGTERM)
+    responses_tail, messages_tail = (list(it)[-1] for it in iters)
+    assert responses_tail["type"] == "response.failed"
+    assert responses_tail["response"]["status"] == "failed" and responses_tail["response"]["error"]["message"]
+    assert messages_tail["type"] == "error" and messages_tail["error"]["type"] == "overloaded_error"
+    assert server.process.wait(timeout=10) == 0
