@@ -133,3 +133,23 @@ def test_messages_max_tokens_required_but_not_for_count_tokens():
         parse_request(MessagesRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     req = parse_request(CountTokensRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     assert req.to_chat().messages == [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.feature("messages")
+def test_messages_tool_result_error_and_string_content():
+    chat = messages({"messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": True}]},
+    ]})
+    assert chat.messages[-1] == {"role": "tool", "tool_call_id": "t1", "content": "Error: boom"}
+    assert chat.messages[1]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+@pytest.mark.feature("responses")
+def test_responses_output_parts_and_effort_none():
+    chat = responses({"input": [{"type": "function_call_output", "call_id": "c",
+                                 "output": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]}],
+                      "reasoning": {"effort": "none"}})
+    assert chat.messages == [{"role": "tool", "tool_call_id": "c", "content": "a\nb"}]
+    assert chat.chat_template_kwargs == {"enable_thinking": False}
