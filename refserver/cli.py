@@ -58,7 +58,7 @@ class ServerConfig:
     props: bool = False
     reasoning_format: str = "auto"  # none | deepseek | auto: split <think> off content
     reasoning: str = "auto"  # on | off | auto: the template's enable_thinking
-    reasoning_budget: int = -1  # -1: unlimited; 0: thinking off
+    reasoning_budget: int = -1  # -1: unlimited; 0: thinking off; N: </think> forced after N tokens
     responses_store_size: int = 256
     context_shift: bool = False
 
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reasoning", choices=["on", "off", "auto"], default="auto",
                    help="thinking for templates that support it (enable_thinking); auto: the template's default")
     g.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
-                   help="-1: unlimited thinking; 0: thinking off (enable_thinking false)")
+                   help="-1: unlimited thinking; 0: thinking off (enable_thinking false); N: </think> is forced "
+                        "after N reasoning tokens")
     g.add_argument("--responses-store-size", type=int, default=256, metavar="N",
                    help="most responses kept for store: true / previous_response_id (LRU; 0: none)")
     return p
@@ -172,8 +173,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         # a negative value would make the engine's queue always "full" (every request 503)
         (a.max_queue is not None and a.max_queue < 0, "--max-queue must be 0 (no limit) or more"),
         (a.threads < 0, "--threads must be 0 (all cores) or more"),
-        (a.reasoning_budget not in (-1, 0), ("--reasoning-budget must be -1 (unlimited) or 0 (thinking off); "
-                                            "a token budget is not supported yet")),
+        (a.reasoning_budget < -1, "--reasoning-budget must be -1 (unlimited), 0 (thinking off) or a token count"),
         (a.responses_store_size < 0, "--responses-store-size must be 0 or more"),
         (a.threads_draft < 0, "--threads-draft must be 0 (all cores) or more"),
         (a.draft_max < 0 or a.draft_min < 0, "--draft-max/--draft-min must be 0 or more"),

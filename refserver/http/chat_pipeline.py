@@ -4,7 +4,9 @@ requests and the per-choice output parsers (reasoning, then tool calls) of their
 
 Reasoning settings: `--reasoning-format` (or the request's `reasoning_format`) "none"
 leaves `<think>` text in content; `--reasoning on|off` and `--reasoning-budget 0` set the
-template's `enable_thinking` unless the request's `chat_template_kwargs` does.  A prompt
+template's `enable_thinking` unless the request's `chat_template_kwargs` does; a budget
+N > 0 (`--reasoning-budget`, a request's `reasoning_budget`, Anthropic's
+`thinking.budget_tokens`) makes the engine force `</think>` after N reasoning tokens.  A prompt
 that ends inside an open `<think>` block (templates that open it themselves) starts the
 parser in reasoning.
 """
@@ -15,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
-from refserver.chat.reasoning import opened_by_prompt
+from refserver.chat.reasoning import THINK_END, THINK_START, opened_by_prompt
+from refserver.engine.budget import SpanBudget
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
@@ -32,10 +35,12 @@ class ChatGeneration:
 
 
 def template_kwargs(config, req: ChatRequest) -> dict | None:
-    """The request's chat_template_kwargs, with enable_thinking from --reasoning when unset."""
+    """The request's chat_template_kwargs, with enable_thinking from --reasoning (or a
+    reasoning budget of 0) when unset."""
     kwargs = dict(req.chat_template_kwargs or {})
+    budget = config.reasoning_budget if req.reasoning_budget is None else req.reasoning_budget
     if "enable_thinking" not in kwargs:
-        if config.reasoning == "off" or config.reasoning_budget == 0:
+        if config.reasoning == "off" or budget == 0:
             kwargs["enable_thinking"] = False
         elif config.reasoning == "on":
             kwargs["enable_thinking"] = True
@@ -86,6 +91,12 @@ def prepare_chat(state, req: ChatRequest, n: int = 1, n_probs: int | None = None
                                    constraint=constraint, n_probs=n_probs) for _ in range(n)]
     if req.tools and req.tool_choice == "none":
         reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
-    parsers = select_parsers(tools=use_tools, reasoning_format=req.reasoning_format or state.config.reasoning_format,
-                             reasoning_opened=opened_by_prompt(text))
+    fmt = req.reasoning_format or state.config.reasoning_format
+    opened = opened_by_prompt(text)
+    budget = state.config.reasoning_budget if req.reasoning_budget is None else req.reasoning_budget
+    if budget > 0 and fmt != "none":
+        span = SpanBudget(tuple(state.tokenizer.encode(THINK_START)), tuple(state.tokenizer.encode(THINK_END)),
+                          budget, opened)
+        reqs = [replace(r, budget=span) for r in reqs]
+    parsers = select_parsers(tools=use_tools, reasoning_format=fmt, reasoning_opened=opened)
     return ChatGeneration(text, reqs, parsers, use_tools)

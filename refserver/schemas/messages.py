@@ -60,6 +60,8 @@ class MessagesRequest(RequestModel):
         thinking = thinking_enabled(self.thinking)
         if thinking is not None:
             body["chat_template_kwargs"] = {**(body.get("chat_template_kwargs") or {}), "enable_thinking": thinking}
+        if thinking:
+            body["reasoning_budget"] = self.thinking["budget_tokens"]
         return parse_request(ChatRequest, {k: v for k, v in body.items() if v is not None}, strict)
 
 

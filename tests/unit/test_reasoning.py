@@ -5,6 +5,7 @@ import pytest
 
 from refserver.chat import HermesToolCallParser
 from refserver.chat.reasoning import ReasoningParser, opened_by_prompt
+from refserver.engine.budget import BudgetState, SpanBudget
 from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
 from refserver.stream.parsers import ParserChain
 
@@ -77,3 +78,29 @@ def test_think_markup_inside_a_call_is_not_reasoning():
 ])
 def test_opened_by_prompt(prompt, opened):
     assert opened_by_prompt(prompt) is opened
+
+
+@pytest.mark.parametrize("opened,tokens,forced_at", [
+    (True, [7, 8, 9], 3),            # opened by the prompt: counting from the first token
+    (False, [5, 1, 2, 7, 8, 9], 6),  # 5 opens the span, then three tokens
+])
+def test_span_budget_forces_the_end(opened, tokens, forced_at):
+    state = BudgetState(SpanBudget(start=(1, 2), end=(3, 4), n=3, opened=opened))
+    for i, t in enumerate(tokens):
+        assert state.forced() is None, i
+        state.accept(t)
+    assert len(tokens) == forced_at and state.forced() == 3
+    state.accept(3)
+    assert state.forced() == 4
+    state.accept(4)
+    assert state.forced() is None and state.closed
+    state.accept(7)
+    assert state.forced() is None
+
+
+def test_span_budget_not_forced_when_the_model_closes():
+    state = BudgetState(SpanBudget(start=(1,), end=(3, 4), n=3, opened=True))
+    for t in (7, 3, 4, 8, 8, 8):
+        state.accept(t)
+        assert state.forced() is None
+    assert state.closed

@@ -137,3 +137,24 @@ def test_reasoning_off_flags(server_pool, flags):
     assert prompt.endswith("<think>\n\n</think>\n\n")
     on = server.ok("/apply-template", {"messages": QUESTION, "chat_template_kwargs": {"enable_thinking": True}})
     assert on["prompt"].endswith("<think>\n")
+
+
+def test_reasoning_budget_forces_the_block_closed(thinking_server):
+    """A budget of 6 tokens: the engine writes </think> after them, the answer follows;
+    Anthropic's thinking.budget_tokens is the same budget."""
+    n_end = len(thinking_server.tokenize("</think>"))
+    body = {"messages": QUESTION, "max_tokens": 30, "temperature": 0, "ignore_eos": True, "reasoning_budget": 6}
+    res = thinking_server.ok("/v1/chat/completions", body)
+    message = res["choices"][0]["message"]
+    assert_split(message["reasoning_content"], message["content"])
+    assert res["usage"]["completion_tokens_details"]["reasoning_tokens"] == 6 + n_end
+    events = thinking_server.make_stream_request("POST", "/v1/chat/completions", {**body, "stream": True}).read_all()
+    deltas = [c["choices"][0]["delta"] for c in events if c.get("choices")]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == message["reasoning_content"]
+    assert "".join(d.get("content") or "" for d in deltas) == message["content"]
+    client = anthropic.Anthropic(base_url=thinking_server.url, api_key="x", max_retries=0, timeout=120)
+    msg = client.messages.create(model="m", max_tokens=30, messages=QUESTION,
+                                 thinking={"type": "enabled", "budget_tokens": 6},
+                                 extra_body={"temperature": 0, "ignore_eos": True})
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert msg.content[0].thinking == message["reasoning_content"]
