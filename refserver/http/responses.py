@@ -129,18 +129,24 @@ class InputItemsHandler(BaseHandler):
     route = "/v1/responses/{id}/input_items"
 
     async def get(self, rid: str) -> None:
+        """A page of the stored input items (`order`, `limit`, `after` as on OpenAI)."""
         items = self.state.responses.get(rid).input_items
         order = self.get_query_argument("order", "desc")
         if order not in ("asc", "desc"):
             raise InvalidRequest("'order' must be 'asc' or 'desc'")
         items = items if order == "asc" else items[::-1]
+        after = self.get_query_argument("after", None)
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise InvalidRequest(f"'after': no input item {after!r} in response {rid!r}")
+            items = items[ids.index(after) + 1:]
         try:
             limit = int(self.get_query_argument("limit", "20"))
         except ValueError:
-            raise InvalidRequest("'limit' must be an integer from 1 to 100") from None
+            limit = 0
         if not 1 <= limit <= 100:
             raise InvalidRequest("'limit' must be an integer from 1 to 100")
         page = items[:limit]
         self.write_json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                          "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
-

@@ -160,3 +160,14 @@ def test_strict_rejects_unknown_fields(server_pool):
     ok = server.post("/v1/responses", {"input": "x", "max_output_tokens": 2, "seed": 1,
                                                            "metadata": {"k": "v"}, "include": []})
     assert ok.status_code == 200, ok.body
+
+
+def test_input_items_pages(client):
+    items = [{"role": "user", "content": f"Message {i}."} for i in range(5)]
+    res = client.responses.create(model="any", input=items, max_output_tokens=2)
+    page = client.responses.input_items.list(res.id, limit=2, order="asc")
+    assert [i.content[0].text for i in page.data] == ["Message 0.", "Message 1."] and page.has_more
+    every = [i.content[0].text for i in client.responses.input_items.list(res.id, limit=2, order="asc")]
+    assert every == [f"Message {i}." for i in range(5)]  # the SDK follows `after` across pages
+    newest = client.responses.input_items.list(res.id)
+    assert newest.data[0].content[0].text == "Message 4." and not newest.has_more
