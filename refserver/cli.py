@@ -56,6 +56,10 @@ class ServerConfig:
     max_queue: int | None = None
     shutdown_grace: float = 3.0
     props: bool = False
+    reasoning_format: str = "auto"  # none | deepseek | auto: split <think> off content
+    reasoning: str = "auto"  # on | off | auto: the template's enable_thinking
+    reasoning_budget: int = -1  # -1: unlimited; 0: thinking off; N: </think> forced after N tokens
+    responses_store_size: int = 256
     context_shift: bool = False
 
     @property
@@ -133,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the Jinja chat template engine (needed for tools; default on)")
     g.add_argument("--chat-template", metavar="NAME|JINJA", help="named or inline chat template")
     g.add_argument("--chat-template-file", metavar="FILE", help="chat template file")
+    g.add_argument("--reasoning-format", choices=["none", "deepseek", "auto"], default="auto",
+                   help="where <think> reasoning goes: none leaves it in content; deepseek and auto put it in "
+                        "reasoning_content (chat), reasoning items (Responses), thinking blocks (Messages)")
+    g.add_argument("--reasoning", choices=["on", "off", "auto"], default="auto",
+                   help="thinking for templates that support it (enable_thinking); auto: the template's default")
+    g.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
+                   help="-1: unlimited thinking; 0: thinking off (enable_thinking false); N: </think> is forced "
+                        "after N reasoning tokens")
+    g.add_argument("--responses-store-size", type=int, default=256, metavar="N",
+                   help="most responses kept for store: true / previous_response_id (LRU; 0: none)")
     return p
 
 
@@ -159,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         # a negative value would make the engine's queue always "full" (every request 503)
         (a.max_queue is not None and a.max_queue < 0, "--max-queue must be 0 (no limit) or more"),
         (a.threads < 0, "--threads must be 0 (all cores) or more"),
+        (a.reasoning_budget < -1, "--reasoning-budget must be -1 (unlimited), 0 (thinking off) or a token count"),
+        (a.responses_store_size < 0, "--responses-store-size must be 0 or more"),
         (a.threads_draft < 0, "--threads-draft must be 0 (all cores) or more"),
         (a.draft_max < 0 or a.draft_min < 0, "--draft-max/--draft-min must be 0 or more"),
         (a.chat_template_file is not None and not Path(a.chat_template_file).is_file(),
@@ -178,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,
         shutdown_grace=a.shutdown_grace, props=a.props, context_shift=a.context_shift,
+        reasoning_format=a.reasoning_format, reasoning=a.reasoning, reasoning_budget=a.reasoning_budget,
+        responses_store_size=a.responses_store_size,
     )
 
 

@@ -137,6 +137,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_body_mb", "--max-body-mb", refserver_only=True),
     Flag("max_queue", "--max-queue", refserver_only=True),
     Flag("shutdown_grace", "--shutdown-grace", refserver_only=True),
+    Flag("reasoning_format", "--reasoning-format"),
+    Flag("reasoning", "--reasoning"),
+    Flag("reasoning_budget", "--reasoning-budget"),
+    Flag("responses_store_size", "--responses-store-size", refserver_only=True),
 )
 
 
@@ -348,6 +352,10 @@ class ServerProcess:
     max_body_mb: float | None = None
     max_queue: int | None = None
     shutdown_grace: float | None = None
+    reasoning_format: str | None = None
+    reasoning: str | None = None
+    reasoning_budget: int | None = None
+    responses_store_size: int | None = None
     # True: owned by a module/session fixture, not stopped at the end of each test
     persistent: bool = False
 

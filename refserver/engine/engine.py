@@ -27,6 +27,7 @@ import numpy as np
 
 from backends.base import Backend, KVState, Step
 from refserver import errors
+from refserver.engine.budget import BudgetState
 from refserver.engine.constraints import ConstraintCompiler
 from refserver.engine.dry import BreakerTable, VocabularyIndex, breaker_table
 from refserver.engine.prompt_cache import PromptCache
@@ -185,13 +186,14 @@ class Engine:
         breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
-        if self.draft_backend is not None and constraint is None and not sampler.stateful:
+        if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
             spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
                                                             self.config.draft_p_min)
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    self.n_predict_for(request), seed, constraint, spec)
+                    self.n_predict_for(request), seed, constraint, spec,
+                    budget=BudgetState(request.budget) if request.budget else None)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -494,6 +496,8 @@ class Engine:
     # ------------------------------------------------------------------ tokens
     def _generate(self, slot: Slot, task: Task, raw: np.ndarray, forced: int | None = None) -> None:
         """Sample (or take `forced`) the next token from `raw`, emit it, make it pending."""
+        if forced is None and task.budget is not None:
+            forced = task.budget.forced()
         if forced is None:
             allowed = task.constraint.allowed() if task.constraint is not None else None
             sampled = task.sampler.sample(raw, allowed)
@@ -507,6 +511,8 @@ class Engine:
         """Send one generated token; returns False when the request finished on it."""
         task.n_decoded += 1
         task.sampler.accept(token)
+        if task.budget is not None:
+            task.budget.accept(token)
         self._stats["tokens_predicted_total"] += 1
         req = task.request
         probs = self._probs(task, token, raw, sampled) if req.sampling.n_probs > 0 else None

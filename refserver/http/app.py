@@ -7,7 +7,9 @@ import tornado.web
 from .chat import ApplyTemplateHandler, ChatHandler
 from .completion import CompletionHandler
 from .info import HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler, PropsHandler, SlotsHandler
+from .messages import CountTokensHandler, MessagesHandler
 from .oai_completion import OAICompletionHandler
+from .responses import InputItemsHandler, ResponsesHandler, StoredResponseHandler
 from .state import AppState
 from .tokenize import DetokenizeHandler, TokenizeHandler
 
@@ -22,6 +24,11 @@ ROUTES = [
     (r"/v1/completions", OAICompletionHandler),
     (r"/chat/completions", ChatHandler),
     (r"/v1/chat/completions", ChatHandler),
+    (r"/v1/responses", ResponsesHandler),
+    (r"/v1/responses/([^/]+)", StoredResponseHandler),
+    (r"/v1/responses/([^/]+)/input_items", InputItemsHandler),
+    (r"/v1/messages", MessagesHandler),
+    (r"/v1/messages/count_tokens", CountTokensHandler),
     (r"/apply-template", ApplyTemplateHandler),
     (r"/tokenize", TokenizeHandler),
     (r"/detokenize", DetokenizeHandler),

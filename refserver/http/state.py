@@ -14,6 +14,8 @@ from refserver import __version__
 from refserver.cli import ServerConfig
 from refserver.schemas.common import ServerDefaults
 
+from .response_store import ResponseStore
+
 BUILD_INFO = f"b{__version__}-refserver"
 SYSTEM_FINGERPRINT = f"b{__version__}"
 
@@ -44,6 +46,10 @@ class AppState:
     defaults: ServerDefaults = field(default_factory=ServerDefaults)
     active: set = field(default_factory=set)  # handlers with generations in flight
     bridge: Any = None  # refserver.http.bridge.EventBridge of the serving loop
+    responses: ResponseStore = field(default_factory=lambda: ResponseStore(0))  # stored Responses
+
+    def __post_init__(self) -> None:
+        self.responses = ResponseStore(self.config.responses_store_size)
 
     @property
     def ready(self) -> bool:

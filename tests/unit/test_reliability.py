@@ -370,6 +370,7 @@ def hostile(server_pool):
 
 
 POST_ROUTES = ["/completion", "/completions", "/v1/completions", "/v1/chat/completions", "/chat/completions",
+               "/v1/responses",
                "/tokenize", "/detokenize", "/apply-template"]
 
 HOSTILE_BODIES = {
