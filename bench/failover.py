@@ -192,10 +192,11 @@ def write_plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 3.2))
     ax.plot(range(len(per)), per, "-", color="tab:blue", label="generated tokens/s (by completion time)")
     kill, term = result["events"]
-    for t, label, color in ((kill["t_kill"], "SIGKILL", "red"), (kill["t_restart"], "restart", "green"),
-                            (term["t_term"], "SIGTERM (drain)", "orange"), (term["t_restart"], "restart", "green")):
+    marks = ((kill["t_kill"], "SIGKILL", "red"), (kill["t_restart"], "restart", "green"),
+             (term["t_term"], "SIGTERM (drain)", "orange"), (term["t_restart"], "restart", "green"))
+    for k, (t, label, color) in enumerate(marks):
         ax.axvline(t, color=color, ls="--", lw=1)
-        ax.text(t, max(per or [1]) * 0.95, f" {label}", color=color, fontsize=8)
+        ax.text(t, max(per or [1]) * (0.95 - 0.12 * (k % 2)), f" {label}", color=color, fontsize=8)
     ax.set_xlabel("seconds")
     ax.set_title(f"3 replicas behind smg: {result['sent']} requests, {result['succeeded']} ok, "
                  f"{result['failed_clean']} failed with an error, {result['lost']} lost", fontsize=10)

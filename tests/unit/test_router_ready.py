@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -68,7 +70,7 @@ def test_llamacpp_metric_types_and_help_texts(chat_server):
 def _router_server():
     server = ServerPreset.chat()
     server.n_slots, server.n_ctx, server.n_predict = 2, 4096, 1500
-    server.server_metrics, server.metrics_compat = True, "vllm"
+    server.metrics_compat = "vllm"  # implies --metrics
     return server
 
 
@@ -156,6 +158,16 @@ def test_throughput_gauges_average_since_the_previous_scrape(server_pool):
     assert busy["llamacpp:predicted_tokens_seconds"] > 0 and busy["llamacpp:prompt_tokens_seconds"] > 0
     quiet = server.metrics()  # nothing ran since the previous scrape
     assert quiet["llamacpp:predicted_tokens_seconds"] == 0 and quiet["llamacpp:prompt_tokens_seconds"] == 0
+
+
+@metrics
+@pytest.mark.needs_flags
+@pytest.mark.extension
+def test_unknown_metrics_compat_is_a_startup_error():
+    proc = subprocess.run([sys.executable, "-m", "refserver", "--metrics-compat", "prometheus", "--port", "0"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--metrics-compat" in proc.stderr and "vllm" in proc.stderr
 
 
 # --------------------------------------------------------------------------- draining
