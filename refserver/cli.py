@@ -43,6 +43,7 @@ class ServerConfig:
     alias: str | None = None
     api_keys: list[str] = field(default_factory=list)
     metrics: bool = False
+    metrics_compat: tuple[str, ...] = ()  # extra metric name sets for routers: "vllm"
     verbose: bool = False
     threads: int = 0
     cache_ram: int | None = None  # MiB
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cors-origins", default="*", metavar="LIST",
                    help="comma-separated origins allowed by CORS, or * for any (default *)")
     g.add_argument("--metrics", action="store_true", help="enable the Prometheus /metrics endpoint")
+    g.add_argument("--metrics-compat", action="append", choices=["vllm"], default=[], metavar="vllm",
+                   help="also publish the metrics routers read under vLLM's names (vllm:num_requests_waiting, "
+                        "vllm:kv_cache_usage_perc, ...), as the Gateway API Inference Extension / llm-d "
+                        "endpoint picker expects by default; implies --metrics")
     g.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                    help="enable the /slots endpoint (default on)")
     g.add_argument("--props", action="store_true", help="allow POST /props")
@@ -188,7 +193,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         draft_min=a.draft_min, draft_p_min=a.draft_p_min, ctx_size=a.ctx_size, parallel=a.parallel,
         batch_size=a.batch_size, n_predict=a.n_predict, temp=a.temp, seed=a.seed, slots=a.slots,
         jinja=a.jinja, chat_template=a.chat_template, chat_template_file=a.chat_template_file,
-        alias=a.alias, api_keys=keys, metrics=a.metrics, verbose=a.verbose, threads=a.threads,
+        alias=a.alias, api_keys=keys, metrics=a.metrics or bool(a.metrics_compat),
+        metrics_compat=tuple(dict.fromkeys(a.metrics_compat)), verbose=a.verbose, threads=a.threads,
         threads_draft=a.threads_draft, cache_ram=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,

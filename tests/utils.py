@@ -125,6 +125,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("alias", "--alias"),
     Flag("api_key", "--api-key"),
     Flag("server_metrics", "--metrics", "switch"),
+    Flag("metrics_compat", "--metrics-compat", refserver_only=True),
     Flag("verbose", "--verbose", "switch"),
     Flag("cache_ram", "--cache-ram"),
     Flag("cors_origins", "--cors-origins"),
@@ -340,6 +341,7 @@ class ServerProcess:
     alias: str | None = None
     api_key: str | list[str] | None = None
     server_metrics: bool = False
+    metrics_compat: str | None = None
     verbose: bool = False
     cache_ram: int | None = None
     cors_origins: str | None = None
