@@ -5,6 +5,11 @@ decode step (or a speculative verify step) for each generating slot plus a promp
 (<= n_batch tokens) for each slot still pre-filling, so a long prompt never stalls the
 others.  Events go to each request's sink from this thread.  No tornado, no asyncio:
 the HTTP layer hops back to its own loop inside the sink.
+
+Context (llama.cpp's unified KV): `n_ctx` is the budget of tokens all slots hold at
+once, and each slot may grow up to the smaller of `n_ctx` and the model's trained
+context.  A request is admitted when its prompt fits in what the busy slots leave free
+(else it waits); a slot that would grow past the budget ends as if its context were full.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ log = logging.getLogger("refserver.engine")
 @dataclass
 class EngineConfig:
     n_slots: int = 1
-    n_ctx: int = 0  # total context; each slot gets n_ctx // n_slots (0: the model's context_length)
+    n_ctx: int = 0  # total context of all slots (0: the model's context_length)
+    kv_unified: bool = True  # slots share n_ctx; False: each gets n_ctx // n_slots
     n_batch: int = 2048  # max prompt tokens per step per slot (chunked prefill)
     n_predict: int = -1  # server cap; effective = min(request, cap), -1 = unlimited
     seed: int = -1
@@ -102,9 +108,15 @@ class Engine:
         self.config = config
         self.draft_backend = draft
         self.vocab_size = backend.info.vocab_size
-        n_ctx = config.n_ctx if config.n_ctx > 0 else backend.info.context_length
-        self._n_ctx_slot = max(1, n_ctx // max(1, config.n_slots))
-        self.slots_ = [Slot(i) for i in range(max(1, config.n_slots))]
+        n_slots = max(1, config.n_slots)
+        trained = backend.info.context_length
+        n_ctx = config.n_ctx if config.n_ctx > 0 else trained
+        per_slot = n_ctx if config.kv_unified else n_ctx // n_slots
+        self._n_ctx_slot = max(1, min(per_slot, trained) if trained > 0 else per_slot)
+        self.n_ctx_total = min(n_ctx, n_slots * self._n_ctx_slot)
+        # The budget binds only when the slots together could hold more than it.
+        self._shared = self.n_ctx_total < n_slots * self._n_ctx_slot
+        self.slots_ = [Slot(i) for i in range(n_slots)]
         self.eog = frozenset(tokenizer.eog_ids)
         self.prompt_cache = (PromptCache(config.prompt_cache_size, config.cache_ram_mib << 20)
                              if config.cache_ram_mib > 0 and config.prompt_cache_size > 0 else None)
@@ -124,6 +136,13 @@ class Engine:
     @property
     def n_ctx_slot(self) -> int:
         return self._n_ctx_slot
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the main model's KV arena (one row of n_ctx_slot + 1 positions per slot)."""
+        info = self.backend.info
+        per_position = 2 * info.n_layers * info.n_kv_heads * info.head_dim * np.dtype(info.kv_dtype).itemsize
+        return per_position * len(self.slots_) * (self._n_ctx_slot + 1)
 
     def start(self) -> None:
         self.backend.allocate(len(self.slots_), self._n_ctx_slot)
@@ -273,10 +292,13 @@ class Engine:
                 return
             queue = list(self._queue)
         taken = []
+        in_use = self._tokens_in_use() if self._shared else 0
         for task in queue:
             idle = [s for s in self.slots_ if not s.busy]
             if not idle:
                 break
+            if self._shared and in_use + len(task.prompt) >= self.n_ctx_total:
+                break  # waits (first in, first out) until running requests free enough context
             if task.request.id_slot >= 0:
                 slot = self.slots_[task.request.id_slot]
                 if slot.busy:
@@ -285,9 +307,22 @@ class Engine:
                 slot = self._pick_slot(idle, task.prompt)
             taken.append(task)
             self._begin(task, slot)
+            in_use += len(task.prompt)
         if taken:
             with self._lock:
                 self._queue = deque(t for t in self._queue if all(t is not x for x in taken))
+
+    def _tokens_in_use(self, exclude: Slot | None = None) -> int:
+        """Context the busy slots hold or were promised: a pre-filling slot its whole
+        prompt, a generating one its cache plus the sampled token still to be written."""
+        return sum(len(s.cache) + 1 if s.task.generating else len(s.task.prompt)
+                   for s in self.slots_ if s.task is not None and s is not exclude)
+
+    def _context_full(self, slot: Slot) -> bool:
+        """Whether `slot` may not write its newest token: llama.cpp stops when prompt +
+        generated tokens reach the slot's context, or here the shared budget."""
+        need = len(slot.cache) + 1
+        return need >= self._n_ctx_slot or self._shared and self._tokens_in_use(slot) + need >= self.n_ctx_total
 
     def _pick_slot(self, idle: list[Slot], prompt: list[int]) -> Slot:
         """The idle slot whose cache shares the longest prefix with `prompt`, least recently
@@ -392,6 +427,8 @@ class Engine:
             if not task.generating or task.spec is None:
                 continue
             room = self._n_ctx_slot - len(slot.cache) - 1
+            if self._shared:
+                room = min(room, self.n_ctx_total - self._tokens_in_use() - 1)
             limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
             limit = min(limit, room)
             if limit > 0:
@@ -484,7 +521,7 @@ class Engine:
             self._finish(slot, task, "eos")
         elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:
             self._finish(slot, task, "limit")
-        elif len(slot.cache) >= self._n_ctx_slot:
+        elif self._context_full(slot):
             self._finish(slot, task, "limit", truncated=True)
         else:
             return True

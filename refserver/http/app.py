@@ -6,7 +6,15 @@ import tornado.web
 
 from .chat import ApplyTemplateHandler, ChatHandler
 from .completion import CompletionHandler
-from .info import HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler, PropsHandler, SlotsHandler
+from .info import (
+    HealthHandler,
+    MetricsHandler,
+    ModelHandler,
+    ModelsHandler,
+    NotFoundHandler,
+    PropsHandler,
+    SlotsHandler,
+)
 from .oai_completion import OAICompletionHandler
 from .state import AppState
 from .tokenize import DetokenizeHandler, TokenizeHandler
@@ -17,6 +25,7 @@ ROUTES = [
     (r"/props", PropsHandler),
     (r"/models", ModelsHandler),
     (r"/v1/models", ModelsHandler),
+    (r"/v1/models/(.+)", ModelHandler),
     (r"/completion", CompletionHandler),
     (r"/completions", CompletionHandler),
     (r"/v1/completions", OAICompletionHandler),

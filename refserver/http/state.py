@@ -23,6 +23,8 @@ class ModelSummary:
     """What /props and /models report about the model (filled in after loading)."""
 
     alias: str = ""
+    aliases: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     path: str = ""
     n_vocab: int = 0
     n_ctx_train: int = 0

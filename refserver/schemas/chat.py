@@ -12,10 +12,12 @@ from pydantic import Field
 
 from refserver.errors import InvalidRequest
 
+from . import documented_fields
 from .common import NativeParams, ServerDefaults, StreamOptions, n_within_slots
 
 
 class ChatRequest(NativeParams):
+    documented_fields = documented_fields.OPENAI_CHAT
     messages: Any = None
     model: str | None = None
     stream: bool | None = None
