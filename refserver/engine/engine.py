@@ -216,9 +216,9 @@ class Engine:
                                "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
                                "stop": list(task.request.stop), "ignore_eos": s.ignore_eos}
                 remain = task.n_predict - task.n_decoded if task.n_predict >= 0 else -1
-                d["next_token"] = {"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}
-            else:
-                d["next_token"] = {"has_next_token": False, "n_remain": -1, "n_decoded": 0}
+                d["next_token"] = [{"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}]
+            else:  # a list, as llama.cpp's (one entry per sequence of the slot)
+                d["next_token"] = [{"has_next_token": False, "n_remain": -1, "n_decoded": 0}]
             out.append(d)
         return out
 

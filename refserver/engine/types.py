@@ -109,6 +109,14 @@ class Progress:
     processed: int
     time_ms: float
 
+    def timings(self) -> dict:
+        """llama.cpp's `timings` of a chunk carrying `prompt_progress`: the prompt so far."""
+        n = self.processed - self.cache
+        return {"cache_n": self.cache, "prompt_n": n, "prompt_ms": self.time_ms,
+                "prompt_per_token_ms": self.time_ms / n if n else 0.0,
+                "prompt_per_second": 1000.0 * n / self.time_ms if self.time_ms > 0 else 0.0,
+                "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_token_ms": 0.0, "predicted_per_second": 0.0}
+
 
 @dataclass(frozen=True)
 class TokenOut:

@@ -119,7 +119,7 @@ class ChatHandler(BaseHandler):
         out = self.envelope(out_choices, chunk=False)
         out["usage"] = usage(choices)
         out["timings"] = choices[-1].finished.timings
-        if self.state.config.verbose:
+        if self.state.config.verbose or req.verbose:
             out["__verbose"] = self.verbose_object(choices[0], stream=False)
         self.write_json(out)
 
@@ -158,7 +158,8 @@ class ChatHandler(BaseHandler):
                     c.sent_role = True
                     send(i, {"role": "assistant", "content": None},
                          prompt_progress={"total": event.total, "cache": event.cache,
-                                          "processed": event.processed, "time_ms": event.time_ms})
+                                          "processed": event.processed, "time_ms": event.time_ms},
+                         timings=event.timings())
                 continue
             if not c.sent_role:
                 c.sent_role = True
@@ -181,7 +182,7 @@ class ChatHandler(BaseHandler):
                     send_deltas(i, parsers[i].finish())
                 has_calls = bool(parsers[i] is not None and parsers[i].calls)
                 extra = {"timings": event.timings}
-                if self.state.config.verbose:
+                if self.state.config.verbose or req.verbose:
                     extra["__verbose"] = self.verbose_object(c, stream=True)
                 send(i, {}, finish_reason_for(event.stop_type, has_calls), **extra)
                 last_timings = event.timings

@@ -116,7 +116,8 @@ class CompletionHandler(BaseHandler):
                         "index": i, "content": "", "tokens": [], "stop": False, "id_slot": c.id_slot,
                         "tokens_predicted": 0, "tokens_evaluated": event.total,
                         "prompt_progress": {"total": event.total, "cache": event.cache,
-                                            "processed": event.processed, "time_ms": event.time_ms}})
+                                            "processed": event.processed, "time_ms": event.time_ms},
+                        "timings": event.timings()})
             elif isinstance(event, Finished):
                 c.finish(event)
                 self.n_predicted_tokens += event.tokens_predicted

@@ -128,6 +128,7 @@ class MetricsHandler(BaseHandler):
         if self.state.metrics is None:
             raise NotSupported("This server does not support metrics endpoint. Start it with `--metrics`")
         self.set_header("Content-Type", CONTENT_TYPE)
+        self.set_header("Process-Start-Time-Unix", str(int(self.state.started_at)))  # as llama-server
         self.finish(self.state.metrics.render())
 
 

@@ -46,6 +46,7 @@ class AppState:
     defaults: ServerDefaults = field(default_factory=ServerDefaults)
     active: set = field(default_factory=set)  # handlers with generations in flight
     bridge: Any = None  # refserver.http.bridge.EventBridge of the serving loop
+    started_at: float = field(default_factory=time.time)  # the server's start (Unix time)
 
     @property
     def ready(self) -> bool:

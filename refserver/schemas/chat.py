@@ -34,6 +34,7 @@ class ChatRequest(NativeParams):
     chat_template_kwargs: dict | None = None
     reasoning_format: str | None = None
     user: str | None = None
+    verbose: bool | None = None  # llama.cpp: `__verbose` (the native final object) in the response
 
     def n_choices(self, defaults: ServerDefaults) -> int:
         return n_within_slots(self.n or 1, defaults)

@@ -301,6 +301,9 @@ class NativeParams(RequestModel):
             "speculative.p_min": spec.p_min,
             "timings_per_token": bool(self.timings_per_token),
             "post_sampling_probs": sampling.post_sampling_probs,
+            # llama.cpp's adaptive-p sampler, which refserver does not have: its neutral settings
+            "adaptive_target": -1.0,
+            "adaptive_decay": 0.9,
             "lora": [],
         }
 
