@@ -82,6 +82,7 @@ class ServerConfig:
     max_body_mb: float = 16.0
     max_queue: int | None = None
     shutdown_grace: float = 3.0
+    timeout: float = 30.0  # seconds a request body may take to arrive
     props: bool = False
 
     @property
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="while tokens keep coming, send a stream's pending tokens together at most "
                         "every MS ms (one SSE event each; first token and end go at once); "
                         "0 sends each token alone (default 25)")
+    g.add_argument("-to", "--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="most seconds a request body may take to arrive (default 30)")
     g.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB",
                    help="largest request body accepted (default 16)")
     g.add_argument("--max-queue", type=int, default=None, metavar="N",
@@ -227,6 +230,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         (a.sse_keepalive <= 0, "--sse-keepalive must be positive"),
         (a.stream_interval_ms < 0, "--stream-interval-ms must be 0 or more"),
         (a.max_body_mb <= 0, "--max-body-mb must be positive"),
+        (a.timeout <= 0, "--timeout must be positive"),
         (a.shutdown_grace < 0, "--shutdown-grace must be 0 or more"),
         # a negative value would make the engine's queue always "full" (every request 503)
         (a.max_queue is not None and a.max_queue < 0, "--max-queue must be 0 (no limit) or more"),
@@ -251,7 +255,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,
-        shutdown_grace=a.shutdown_grace, props=a.props, kv_unified=a.kv_unified, cors_methods=a.cors_methods,
+        shutdown_grace=a.shutdown_grace, props=a.props, timeout=a.timeout, kv_unified=a.kv_unified, cors_methods=a.cors_methods,
         cors_headers=a.cors_headers, webui=a.ui, sampling=sampling, inert_flags=getattr(a, "inert_flags", []),
     )
 

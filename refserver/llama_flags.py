@@ -54,7 +54,7 @@ _VALUED = """
 --image-max-tokens | --mtmd-batch-max-tokens | --video-fps | --video-timestamp-interval
 --video-ffmpeg-dir | --embd-normalize | --path | --api-prefix
 --ui-config --webui-config | --ui-config-file --webui-config-file | --tools | --tools-runtime
---mcp-servers-config | --mcp-servers-json | --chat-template-kwargs | -to --timeout
+--mcp-servers-config | --mcp-servers-json | --chat-template-kwargs
 --sse-ping-interval | --threads-http | --cache-reuse | --slot-save-path | --media-path
 --models-dir | --models-preset | --models-max | --reasoning-format | --reasoning-effort
 --reasoning-budget | --reasoning-budget-message | -sps --slot-prompt-similarity

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
@@ -26,6 +27,7 @@ from .errors import RefserverError
 from .http.app import make_app
 from .http.bridge import EventBridge
 from .http.state import AppState, ModelSummary
+from .http.transport import READ_HEADER_BYTES, RefserverHTTPServer
 from .model_dir import ModelDir, ModelDirError, resolve_model_dir
 from .schemas.common import ServerDefaults
 
@@ -173,7 +175,8 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     limit = int(config.max_body_mb * 1024 * 1024)
     # Oversized bodies (up to 1 GiB or 64x the limit) are read and dropped, so the client
     # gets a clean 413 rather than a reset connection.
-    server = HTTPServer(app, max_body_size=max(64 * limit, 1 << 30), idle_connection_timeout=300)
+    server = RefserverHTTPServer(app, max_body_size=max(64 * limit, 1 << 30), idle_connection_timeout=300,
+                                 body_timeout=config.timeout, max_header_size=READ_HEADER_BYTES)
     try:
         bound = _listen(server, [h.strip() for h in config.host.split(",") if h.strip()], config.port)
     except (OSError, socket.gaierror) as exc:
@@ -182,8 +185,14 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     log.info("listening on %s; loading %s", ", ".join(_url(h, p) for h, p in bound), model.path)
 
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: exit at once, as llama-server does
+            log.warning("second signal: exiting now")
+            _exit_now(1)
+        stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     loaded: asyncio.Future = loop.create_future()
 
@@ -201,8 +210,10 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     stop_wait = asyncio.ensure_future(stop.wait())
     await asyncio.wait([loaded, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     if not loaded.done():
-        server.stop()
-        return 0
+        # The loading thread may be inside ONNX Runtime: finalizing the interpreter under it
+        # aborts the process ("terminate called without an active exception"), so leave now.
+        log.info("stopped while loading the model")
+        _exit_now(0)
     exc = loaded.exception()
     if exc is not None:
         server.stop()
@@ -214,6 +225,15 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     await stop_wait
     await _shutdown(state, server, config.shutdown_grace)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """End the process without interpreter finalization (no atexit, no C++ static
+    destructors racing threads still inside the runtime)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _shutdown(state: AppState, server: HTTPServer, grace: float) -> None:
