@@ -41,6 +41,7 @@ from refserver.engine.types import (
     Finished,
     GenerationRequest,
     Progress,
+    PromptProbs,
     SpeculativeParams,
     TokenOut,
     TokenProb,
@@ -373,7 +374,7 @@ class Engine:
                 steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
             else:
                 chunk = task.prompt[task.next_idx: task.next_idx + self.config.n_batch]
-                steps.append(Step(slot.id, pos, list(chunk)))
+                steps.append(Step(slot.id, pos, list(chunk), all_logits=task.request.prompt_logprobs))
                 before[slot.id] = list(slot.cache)
         t0 = time.perf_counter()
         try:
@@ -450,6 +451,8 @@ class Engine:
         return out
 
     def _after_prefill(self, slot: Slot, task: Task, step: Step, lg: np.ndarray) -> None:
+        if task.request.prompt_logprobs:
+            self._prompt_probs(task, step, lg)
         slot.cache.extend(step.tokens)
         task.next_idx += len(step.tokens)
         self._stats["prompt_tokens_total"] += len(step.tokens)
@@ -460,6 +463,8 @@ class Engine:
         if task.next_idx < total:
             return
         task.t_prompt_done = now
+        if task.request.prompt_logprobs:
+            self._send(task, PromptProbs(tuple(task.prompt_probs)))
         self._save_checkpoints(slot, task)
         if task.n_predict == 0:
             self._finish(slot, task, "limit")
@@ -544,6 +549,20 @@ class Engine:
         lp_all = log_softmax(raw)
         top = [tp(int(i), finite(v)) for i, v in zip(ids, lps)]
         return TokenProbs(tp(token, finite(lp_all[token])), top)
+
+    def _prompt_probs(self, task: Task, step: Step, lg: np.ndarray) -> None:
+        """Row j of a pre-fill chunk's logits predicts the prompt token after the chunk's
+        j-th; the first prompt token has no prediction."""
+        start, prompt, n = task.next_idx, task.prompt, task.request.sampling.n_probs
+        if start == 0:
+            task.prompt_probs.append(None)
+        for j in range(len(step.tokens)):
+            if start + j + 1 < len(prompt):
+                lp = log_softmax(lg[j][: self.vocab_size])
+                token = prompt[start + j + 1]
+                ids = np.argsort(-lp, kind="stable")[:n] if n > 0 else ()
+                top = [self._token_prob(int(i), finite(lp[i])) for i in ids]
+                task.prompt_probs.append(TokenProbs(self._token_prob(token, finite(lp[token])), top))
 
     def _token_prob(self, tid: int, value: float) -> TokenProb:
         return TokenProb(tid, self.tokenizer.piece(tid), list(self.tokenizer.token_bytes(tid)), value)

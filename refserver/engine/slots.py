@@ -60,6 +60,7 @@ class Task:
     draft_accepted: int = 0
     t_start: float = 0.0  # prefill start
     t_prompt_done: float = 0.0
+    prompt_probs: list = field(default_factory=list)  # with request.prompt_logprobs: TokenProbs | None each
 
     @property
     def prompt(self) -> list[int]:

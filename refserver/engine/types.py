@@ -84,6 +84,9 @@ class GenerationRequest:
     # Prompt positions worth keeping in the cross-slot prompt cache, with their kind
     # ("system" prefixes outlive "user" ones, which outlive "assistant" tails on eviction).
     checkpoints: tuple[tuple[int, str], ...] = ()
+    # Log-probabilities of the prompt's own tokens (OpenAI `echo` + `logprobs`): pre-fill
+    # keeps every position's logits and sends a `PromptProbs` event before the first token.
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class PromptProbs:
+    """Each prompt token's log-probability given the tokens before it (with the top
+    `n_probs` alternatives); the first token has none (None)."""
+
+    entries: tuple[TokenProbs | None, ...]
+
+
+@dataclass(frozen=True)
 class Failed:
     error: Exception  # a RefserverError for anything the client should see as such
 
 
-Event = Progress | TokenOut | Finished | Failed
+Event = Progress | PromptProbs | TokenOut | Finished | Failed
