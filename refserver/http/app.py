@@ -18,8 +18,12 @@ from .info import (
 from .oai_completion import OAICompletionHandler
 from .state import AppState
 from .tokenize import DetokenizeHandler, TokenizeHandler
+from .webui import ChatPageHandler, DocsHandler, OpenAPIHandler
 
 ROUTES = [
+    (r"/", ChatPageHandler),
+    (r"/docs", DocsHandler),
+    (r"/openapi.json", OpenAPIHandler),
     (r"/health", HealthHandler),
     (r"/v1/health", HealthHandler),
     (r"/props", PropsHandler),

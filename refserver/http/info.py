@@ -133,7 +133,7 @@ class MetricsHandler(BaseHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    """Unknown paths (and `/`: there is no web UI): a 404 envelope for every method."""
+    """Unknown paths: a 404 envelope for every method."""
 
     route = "unknown"
     public = True
