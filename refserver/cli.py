@@ -84,6 +84,7 @@ class ServerConfig:
     shutdown_grace: float = 3.0
     timeout: float = 30.0  # seconds a request body may take to arrive
     props: bool = False
+    context_shift: bool = False
 
     @property
     def device(self) -> str:
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    action=_NegatableSwitch, default=True,
                    help="slots share the context (default); --no-kv-unified gives each ctx-size/parallel")
     g.add_argument("-b", "--batch-size", type=int, default=2048, help="prompt tokens per model call (default 2048)")
+    g.add_argument("--context-shift", action=argparse.BooleanOptionalAction, default=False,
+                   help="when a slot's context fills, drop the older half of its tokens (after n_keep) "
+                        "and go on generating (default off: the request ends, truncated)")
     g.add_argument("-cram", "--cache-ram", type=int, default=None, metavar="MiB", help="prompt cache size in MiB")
     g.add_argument("--prompt-cache-size", type=int, default=None, metavar="N",
                    help="most entries in the prompt cache")
@@ -172,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and its idle threads would spin against the main model's; 0: all cores)")
     g = p.add_argument_group("sampling and chat")
     g.add_argument("-n", "--n-predict", "--predict", type=int, default=-1,
-                   help="cap on generated tokens (default -1: none)")
+                   help="tokens to generate for requests that give no n_predict/max_tokens; a request's own "
+                        "value wins (default -1: until EOS or the context is full)")
     g.add_argument("--temp", "--temperature", type=float, default=0.8, help="default temperature (0.8)")
     for names, name, kind in SAMPLING_FLAGS:
         g.add_argument(*names, dest=f"sampling_{name}", type=kind, default=argparse.SUPPRESS, metavar="N",
@@ -255,8 +260,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,
-        shutdown_grace=a.shutdown_grace, props=a.props, timeout=a.timeout, kv_unified=a.kv_unified, cors_methods=a.cors_methods,
-        cors_headers=a.cors_headers, webui=a.ui, sampling=sampling, inert_flags=getattr(a, "inert_flags", []),
+        shutdown_grace=a.shutdown_grace, props=a.props, context_shift=a.context_shift, timeout=a.timeout,
+        kv_unified=a.kv_unified, cors_methods=a.cors_methods, cors_headers=a.cors_headers, webui=a.ui,
+        sampling=sampling, inert_flags=getattr(a, "inert_flags", []),
     )
 
 

@@ -23,7 +23,7 @@ _SWITCHES = """
 -cmoe --cpu-moe | --check-tensors | --op-offload --no-op-offload | --log-disable
 --log-jsonl --no-log-jsonl | --offline | --log-prefix --no-log-prefix
 --log-timestamps --no-log-timestamps | -bs --backend-sampling | --cache-idle-slots --no-cache-idle-slots
---context-shift --no-context-shift | -sp --special | --warmup --no-warmup | --spm-infill
+-sp --special | --warmup --no-warmup | --spm-infill
 -cb --cont-batching -nocb --no-cont-batching | --mmproj-auto --no-mmproj --no-mmproj-auto
 --mmproj-offload --no-mmproj-offload | --reuse-port | --cors-credentials --no-cors-credentials
 --ui-mcp-proxy --webui-mcp-proxy --no-ui-mcp-proxy --no-webui-mcp-proxy | -ag --agent -no-ag --no-agent
