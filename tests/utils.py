@@ -113,6 +113,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("draft_min", "--draft-min", renamed="--spec-draft-n-min"),
     Flag("n_ctx", "--ctx-size"),
     Flag("n_slots", "--parallel"),
+    Flag("kv_unified", ("--kv-unified", "--no-kv-unified"), "toggle"),
     Flag("n_batch", "--batch-size"),
     Flag("n_predict", "--n-predict"),
     Flag("temperature", "--temp"),
@@ -329,6 +330,7 @@ class ServerProcess:
     draft_min: int | None = None
     n_ctx: int | None = None
     n_slots: int | None = None
+    kv_unified: bool | None = None
     n_batch: int | None = None
     n_predict: int | None = None
     temperature: float | None = 0.8
@@ -360,6 +362,8 @@ class ServerProcess:
     responses_store_size: int | None = None
     # True: owned by a module/session fixture, not stopped at the end of each test
     persistent: bool = False
+    # argv appended after the flags (a test of the command line itself, e.g. llama-server habits)
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self, **attrs):
         for name, value in attrs.items():
@@ -386,6 +390,7 @@ class ServerProcess:
         help_text = binary_help(TARGET.server_bin) if TARGET.server_bin else None
         for f in FLAGS:
             argv += flag_args(f, getattr(self, f.attr), help_text)
+        argv += list(self.extra_args)
         if self.model_draft and help_text and re.search(r"(^|\s)--spec-type\b", help_text):
             # newer llama-server loads -md but drafts only with a speculative type (default none)
             argv += ["--spec-type", "draft-simple"]
@@ -628,9 +633,10 @@ class ServerPreset:
 
     @staticmethod
     def chat() -> ServerProcess:
-        """The embedded chat model: alias refserver-chat, ctx 1024, 2 slots, batch 32."""
+        """The embedded chat model: alias refserver-chat, 2 slots sharing 1024 tokens of
+        context (unified KV, which llama-server uses with an explicit -np only when told), batch 32."""
         return ServerProcess(
-            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, n_batch=32,
+            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, kv_unified=True, n_batch=32,
             n_predict=64, seed=42, temperature=0.8, jinja=True)
 
     @staticmethod
