@@ -12,6 +12,7 @@ from utils import TARGET, ServerPreset, error_of, metric, parse_prometheus
 basic = pytest.mark.feature("basic")
 metrics = pytest.mark.feature("metrics")
 backend = pytest.mark.feature("backend")
+pytestmark = pytest.mark.profile("openai")
 
 
 @basic
@@ -23,6 +24,7 @@ def test_health(chat_server, path):
 
 
 @basic
+@pytest.mark.profile("llamacpp")
 def test_props_shape(chat_server):
     props = chat_server.props()
     for key in ("default_generation_settings", "total_slots", "model_path", "chat_template"):
@@ -35,6 +37,7 @@ def test_props_shape(chat_server):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_props_reflect_flags(chat_server):
     props = chat_server.props()
     assert props["total_slots"] == chat_server.n_slots
@@ -45,6 +48,7 @@ def test_props_reflect_flags(chat_server):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_props_ctx_split_over_slots():
     """--ctx-size is the total; each of --parallel slots gets ctx/parallel."""
     server = ServerPreset.chat()
@@ -78,6 +82,7 @@ def test_models_id_is_alias(chat_server):
 
 
 @basic
+@pytest.mark.profile("llamacpp")
 def test_slots_listing(chat_server):
     slots = chat_server.slots()
     props = chat_server.props()
@@ -91,6 +96,7 @@ def test_slots_listing(chat_server):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_no_slots_gives_501():
     server = ServerPreset.chat()
     server.server_slots = False
@@ -128,6 +134,7 @@ def test_wrong_method_is_4xx_envelope(chat_server, method, path):
 
 # --------------------------------------------------------------------------- metrics
 @metrics
+@pytest.mark.profile("llamacpp")
 def test_metrics_counts_requests(chat_server):
     before = chat_server.metrics()
     prompt = "Once upon a time, there was a little cat named Tom."
@@ -145,6 +152,7 @@ def test_metrics_counts_requests(chat_server):
 
 
 @metrics
+@pytest.mark.profile("llamacpp")
 def test_metrics_prompt_cache_counter(chat_server):
     prompt = "Once upon a time, there was a little dog named Max who lived in a small house."
     data = {"prompt": prompt, "n_predict": 2, "temperature": 0, "id_slot": 0}
@@ -161,6 +169,7 @@ def test_metrics_prompt_cache_counter(chat_server):
 
 @metrics
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_metrics_has_latency_histogram(chat_server):
     chat_server.ok("/completion", {"prompt": "Hello", "n_predict": 1})
     text = chat_server.ok("/metrics")
@@ -170,6 +179,7 @@ def test_metrics_has_latency_histogram(chat_server):
 
 @metrics
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_metrics_disabled_gives_501():
     server = ServerPreset.one_slot()
     server.server_metrics = False
@@ -212,6 +222,7 @@ def test_missing_model_dir_is_a_startup_error(tmp_path):
 @pytest.mark.needs_flags
 @pytest.mark.golden
 @pytest.mark.parametrize("backend_name", ["onnx-dml", "no-such-backend"])
+@pytest.mark.profile("refserver")
 def test_unavailable_backend_is_a_one_line_error(backend_name):
     """On this Linux machine DirectML is never available: start-up fails naming the fix."""
     proc = _run_cli("--backend", backend_name, "--port", "0")

@@ -22,6 +22,7 @@ templates = pytest.mark.feature("templates")
 structured = pytest.mark.feature("structured_output")
 tools = pytest.mark.feature("tools")
 sampling = pytest.mark.feature("sampling")
+pytestmark = pytest.mark.profile("openai")
 
 SYSTEM = "You are a helpful assistant."
 CAPITAL = "What is the capital of France?"
@@ -53,6 +54,7 @@ def without_bos(server, text: str) -> str:
 @chat
 @pytest.mark.parametrize("parts", [False, True], ids=["string", "parts"])
 @pytest.mark.parametrize("model", [None, "gpt-3.5-turbo"])
+@pytest.mark.profile("llamacpp")
 def test_chat_completion(chat_server, parts, model):
     msgs = messages()
     if parts:
@@ -85,6 +87,7 @@ def test_chat_model_is_alias(chat_server):
 @pytest.mark.golden
 @pytest.mark.parametrize("question,regex", [(CAPITAL, r"Paris"), (SUM, r"\b7\b"),
                                             ("What is the capital of Italy?", r"Rome")])
+@pytest.mark.profile("refserver")
 def test_chat_golden(chat_server, question, regex):
     body = chat_server.ok("/v1/chat/completions", {"messages": messages(question), "temperature": 0,
                                                    "max_tokens": 32})
@@ -102,6 +105,7 @@ def test_chat_alias_path(chat_server):
 
 
 @chat
+@pytest.mark.profile("llamacpp")
 def test_text_parts_join_with_newline(chat_server):
     """Text parts within one message are joined with a newline."""
     joined = chat_server.ok("/apply-template", {"messages": [
@@ -111,6 +115,7 @@ def test_text_parts_join_with_newline(chat_server):
 
 
 @chat
+@pytest.mark.profile("llamacpp")
 def test_multiple_choices(chat_server):
     chat_server.require_slots(2)
     body = chat_server.ok("/v1/chat/completions", {"messages": messages(), "n": 2, "max_tokens": 6,
@@ -182,6 +187,7 @@ def test_top_logprobs_without_logprobs_is_400(chat_server):
 
 @chat
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.profile("llamacpp")
 def test_context_size_exceeded(chat_server, stream):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
     data = {"messages": messages("Tell me a story. " * slot_ctx), "max_tokens": 4, "stream": stream}
@@ -202,6 +208,7 @@ def test_context_size_exceeded(chat_server, stream):
 
 # --------------------------------------------------------------------------- streaming
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_chat_completion_stream(chat_server):
     data = {"messages": messages(), "max_tokens": 8, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
@@ -257,6 +264,7 @@ def test_chat_stream_without_include_usage_has_no_usage_chunk(chat_server):
 
 
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_timings_per_token(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
         "messages": messages(), "max_tokens": 6, "stream": True, "timings_per_token": True,
@@ -271,6 +279,7 @@ def test_timings_per_token(chat_server):
 
 
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_return_progress(chat_server):
     msgs = messages("Tell me a long story about a cat named Tom and his friend, a dog named Max. " * 3)
     data = {"messages": msgs, "max_tokens": 2, "stream": True, "return_progress": True, "id_slot": 0}
@@ -292,6 +301,7 @@ def test_return_progress(chat_server):
 
 # --------------------------------------------------------------------------- sampling
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_chat_logit_bias(chat_server):
     data = {"messages": messages(), "max_tokens": 12, "temperature": 0}
     base = chat_server.ok("/v1/chat/completions", data)["choices"][0]["message"]["content"]
@@ -379,6 +389,7 @@ def test_assistant_prefill(server_pool, prefill):
 @templates
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("name", sorted(NAMED_RENDERINGS))
+@pytest.mark.profile("llamacpp")
 def test_apply_named_template(server_pool, name):
     server = server_pool(name, template_server(name))
     body = server.ok("/apply-template", {"messages": TEST_MESSAGES})
@@ -387,6 +398,7 @@ def test_apply_named_template(server_pool, name):
 
 @templates
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_chat_template_file(server_pool, tmp_path_factory):
     path = tmp_path_factory.mktemp("tpl") / "t.jinja"
     path.write_text("{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}"
@@ -404,6 +416,7 @@ def test_chat_template_file(server_pool, tmp_path_factory):
 
 
 @templates
+@pytest.mark.profile("llamacpp")
 def test_apply_template_default(chat_server):
     body = chat_server.ok("/apply-template", {"messages": TEST_MESSAGES})
     assert "You are a test." in body["prompt"] and "Hi there" in body["prompt"]
@@ -413,6 +426,7 @@ def test_apply_template_default(chat_server):
 
 
 @templates
+@pytest.mark.profile("llamacpp")
 def test_apply_template_prefill_appended(chat_server):
     base = chat_server.ok("/apply-template", {"messages": TEST_MESSAGES})["prompt"]
     prefill = chat_server.ok("/apply-template", {"messages": TEST_MESSAGES + [
@@ -523,6 +537,7 @@ def test_top_level_json_schema(chat_server):
 @structured
 @pytest.mark.parametrize("grammar,expected", [('root ::= "a"{5,5}', "aaaaa"),
                                               ('root ::= "yes" | "no"', {"yes", "no"})])
+@pytest.mark.profile("llamacpp")
 def test_grammar(chat_server, grammar, expected):
     body = chat_server.ok("/v1/chat/completions", {"messages": messages(), "max_tokens": 16, "grammar": grammar})
     content = _content(body)
@@ -532,12 +547,14 @@ def test_grammar(chat_server, grammar, expected):
 @structured
 @pytest.mark.parametrize("grammar,expected", [('root ::= "caf\\u00e9"', "café"), ('root ::= "\\x41\\x42"', "AB"),
                                               ('root ::= [\\u0394] "!"', "Δ!")], ids=["u", "x", "class"])
+@pytest.mark.profile("llamacpp")
 def test_gbnf_escapes(chat_server, grammar, expected):
     body = chat_server.ok("/completion", {"prompt": "Say: ", "n_predict": 16, "grammar": grammar})
     assert body["content"] == expected
 
 
 @structured
+@pytest.mark.profile("llamacpp")
 def test_grammar_on_native_completion(chat_server):
     body = chat_server.ok("/completion", {"prompt": "Count: ", "n_predict": 16,
                                           "grammar": 'root ::= [0-9]{3}'})
@@ -564,6 +581,7 @@ def _calls(body: dict) -> list[dict]:
 @tools
 @pytest.mark.golden
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.profile("refserver")
 def test_tool_call_golden(chat_server, stream):
     body = chat_server.make_any_request("POST", "/v1/chat/completions", {
         "messages": messages(WEATHER), "tools": [WEATHER_TOOL], "temperature": 0, "max_tokens": 48,
@@ -612,6 +630,7 @@ def test_tool_choice_none_forbids_calls(chat_server):
 
 
 @tools
+@pytest.mark.profile("llamacpp")
 def test_tools_rendered_into_prompt(chat_server):
     prompt = chat_server.ok("/apply-template", {"messages": messages(WEATHER), "tools": [WEATHER_TOOL]})["prompt"]
     assert "get_weather" in prompt

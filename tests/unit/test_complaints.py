@@ -10,7 +10,7 @@ import pytest
 import requests
 from utils import WEATHER_TOOL, ServerError, ServerPreset, client_error_status_ok, error_of
 
-pytestmark = pytest.mark.feature("complaints")
+pytestmark = [pytest.mark.feature("complaints"), pytest.mark.profile("openai")]
 
 STORY = "Once upon a time, there was a little cat named Tom."
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -28,6 +28,7 @@ def one_slot(server_pool):
 
 # 1 ------------------------------------------------------------------------------------------
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_01_disconnect_stops_generation(one_slot):
     """A non-streaming client that disconnects frees its slot: generation does not run on."""
     with pytest.raises(requests.exceptions.ReadTimeout):
@@ -39,6 +40,7 @@ def test_01_disconnect_stops_generation(one_slot):
 
 # 2 ------------------------------------------------------------------------------------------
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_02_waiting_stream_gets_keepalives(one_slot):
     """A stream that waits (queue or prefill) receives comment lines, so clients never time out."""
     busy = one_slot.make_stream_request("POST", "/completion", {
@@ -80,6 +82,7 @@ def _boundary_stop(server, tokens: list[int], content: str) -> tuple[str, int] |
 
 
 @pytest.mark.parametrize("path", ["/completion", "/v1/completions"])
+@pytest.mark.profile("llamacpp")
 def test_03_stop_string_split_over_tokens_never_leaks(chat_server, path):
     base = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 32, "temperature": 0, "ignore_eos": True,
                                           "return_tokens": True})
@@ -101,6 +104,7 @@ def test_03_stop_string_split_over_tokens_never_leaks(chat_server, path):
 
 # 4 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["🦙🪿", "naïve café ☕"])
+@pytest.mark.profile("llamacpp")
 def test_04_utf8_split_over_tokens_never_garbled(chat_server, text):
     grammar = f'root ::= "{text}"'
     events = chat_server.make_stream_request("POST", "/completion", {
@@ -112,6 +116,7 @@ def test_04_utf8_split_over_tokens_never_garbled(chat_server, text):
     assert n_tokens >= 1
 
 
+@pytest.mark.profile("llamacpp")
 def test_04_utf8_split_in_chat_stream(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
         "messages": CHAT, "max_tokens": 48, "grammar": 'root ::= "🦙 and 🪿"', "stream": True}).read_all()
@@ -125,6 +130,7 @@ def test_04_utf8_split_in_chat_stream(chat_server):
     ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 5}),
     ("/v1/completions", {"prompt": STORY, "max_tokens": 5}),
 ], ids=["chat", "completions"])
+@pytest.mark.profile("llamacpp")
 def test_05_streams_carry_usage(chat_server, path, data):
     stream = chat_server.make_stream_request("POST", path, {
         **data, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}})
@@ -166,6 +172,7 @@ def test_07_truncated_tool_call_finishes_with_length(chat_server, stream):
 
 # 8 ------------------------------------------------------------------------------------------
 @pytest.mark.golden
+@pytest.mark.profile("refserver")
 def test_08_several_tool_calls_are_all_parsed(chat_server):
     res = chat_server.post("/v1/chat/completions", {
         "messages": [{"role": "user", "content": "What is the weather in Paris, and also for London."}],
@@ -176,6 +183,7 @@ def test_08_several_tool_calls_are_all_parsed(chat_server):
     assert len({c["id"] for c in calls}) == 2
 
 
+@pytest.mark.profile("llamacpp")
 def test_08_several_tool_calls_in_history_are_accepted(chat_server):
     calls = [{"id": f"call_{i}", "type": "function",
               "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
@@ -209,6 +217,7 @@ def test_09_tools_never_silently_dropped(server_pool, template):
 
 
 # 10 -----------------------------------------------------------------------------------------
+@pytest.mark.profile("llamacpp")
 def test_10_cache_trimmed_to_common_prefix(chat_server):
     head = STORY + " Tom liked milk, fish and long naps in the warm sun by the kitchen window."
     first = chat_server.ok("/completion", {"prompt": head + " One day", "n_predict": 2, "id_slot": 0})
@@ -256,6 +265,7 @@ def test_11_constraint_is_applied(chat_server):
 
 # 12 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/completion", "/v1/completions"])
+@pytest.mark.profile("llamacpp")
 def test_12_no_silent_prompt_truncation(chat_server, path):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
     res = chat_server.post(path, {"prompt": "The cat sat on the mat. " * slot_ctx, "max_tokens": 2, "n_predict": 2})
@@ -266,6 +276,7 @@ def test_12_no_silent_prompt_truncation(chat_server, path):
 
 
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_12_context_full_is_reported(server_pool):
     def make():
         server = ServerPreset.one_slot()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.feature("logprobs")
+pytestmark = [pytest.mark.feature("logprobs"), pytest.mark.profile("openai")]
 
 STORY = "Once upon a time, there was a little cat named Tom."
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -26,6 +26,7 @@ def check_entry(entry: dict, n_top: int, key: str = "logprob", top_key: str = "t
         assert isinstance(t["id"], int) and isinstance(t["token"], str) and isinstance(t["bytes"], list)
 
 
+@pytest.mark.profile("llamacpp")
 def test_n_probs(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_probs": 10, "temperature": 0, "n_predict": 5,
                                           "ignore_eos": True})
@@ -41,6 +42,7 @@ def test_n_probs(chat_server):
             pass
 
 
+@pytest.mark.profile("llamacpp")
 def test_n_probs_stream(chat_server):
     events = chat_server.make_stream_request("POST", "/completion", {
         "prompt": STORY, "n_probs": 10, "temperature": 0, "n_predict": 5, "ignore_eos": True,
@@ -55,6 +57,7 @@ def test_n_probs_stream(chat_server):
     assert n == 5
 
 
+@pytest.mark.profile("llamacpp")
 def test_n_probs_post_sampling(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_probs": 10, "temperature": 0, "n_predict": 5,
                                           "ignore_eos": True, "post_sampling_probs": True})
@@ -65,6 +68,7 @@ def test_n_probs_post_sampling(chat_server):
         assert any(t["prob"] >= 0.99 for t in entry["top_probs"])
 
 
+@pytest.mark.profile("llamacpp")
 def test_sampled_token_reported_outside_top(chat_server):
     """At a high temperature with top_k off, the sampled token is often outside the top 1,
     and its own logprob is still reported."""
@@ -116,6 +120,7 @@ def test_chat_without_logprobs_has_none(chat_server):
     assert body["choices"][0].get("logprobs") is None
 
 
+@pytest.mark.profile("llamacpp")
 def test_v1_completions_logprobs(chat_server):
     body = chat_server.ok("/v1/completions", {"prompt": STORY, "max_tokens": 5, "temperature": 0, "logprobs": 3,
                                               "ignore_eos": True})

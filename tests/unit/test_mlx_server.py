@@ -15,6 +15,7 @@ from utils import TARGET, ServerPreset
 mlx = pytest.mark.feature("mlx")
 speculative = pytest.mark.feature("speculative")
 keepalive = pytest.mark.feature("keepalive")
+pytestmark = pytest.mark.profile("openai")
 
 CHAT = [{"role": "user", "content": "Hello!"}]
 
@@ -84,6 +85,7 @@ def draft_server(server_pool):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_draft_completions(draft_server):
     res = draft_server.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 10, "ignore_eos": True})
     assert res.status_code == 200
@@ -135,6 +137,7 @@ def test_draft_greedy_output_identical(chat_server, draft_server, stream):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_draft_tokens_accepted(draft_server):
     body = draft_server.ok("/completion", {"prompt": "Once upon a time, there was a little cat named Tom.",
                                            "n_predict": 48, "temperature": 0, "ignore_eos": True})
@@ -145,6 +148,7 @@ def test_draft_tokens_accepted(draft_server):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_draft_seeded_sampling_reproducible(draft_server):
     data = {"prompt": "Once upon a time", "n_predict": 32, "temperature": 1.0, "seed": 77, "ignore_eos": True}
     assert draft_server.ok("/completion", data)["content"] == draft_server.ok("/completion", data)["content"]
@@ -228,6 +232,7 @@ def test_keepalive_while_queued(keepalive_server, path, data):
 
 @keepalive
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_no_keepalive_in_non_stream(keepalive_server):
     busy = _occupy(keepalive_server)
     release = threading.Timer(2.5, busy.close)
@@ -244,6 +249,7 @@ def test_no_keepalive_in_non_stream(keepalive_server):
 
 @keepalive
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_keepalive_client_gone_is_quiet(keepalive_server):
     """A queued stream abandoned by its client is dropped; the server keeps serving."""
     busy = _occupy(keepalive_server)

@@ -9,7 +9,7 @@ import openai
 import pytest
 from utils import WEATHER_TOOL, match_regex
 
-pytestmark = pytest.mark.feature("openai_client")
+pytestmark = [pytest.mark.feature("openai_client"), pytest.mark.profile("openai")]
 
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of France?"}]
@@ -26,6 +26,7 @@ def aclient(chat_server):
     return openai.AsyncOpenAI(base_url=f"{chat_server.url}/v1", api_key="dummy", max_retries=0, timeout=120)
 
 
+@pytest.mark.profile("llamacpp")
 def test_completions(client):
     res = client.completions.create(model="any", prompt=STORY, max_tokens=8, extra_body={"ignore_eos": True})
     assert res.system_fingerprint.startswith("b")
@@ -34,6 +35,7 @@ def test_completions(client):
     assert res.usage.completion_tokens == 8
 
 
+@pytest.mark.profile("llamacpp")
 def test_completions_stream(client):
     text, finish = "", None
     for chunk in client.completions.create(model="any", prompt=STORY, max_tokens=8, stream=True,
@@ -46,6 +48,7 @@ def test_completions_stream(client):
     assert finish == "length"
 
 
+@pytest.mark.profile("llamacpp")
 def test_chat(client):
     res = client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=8, seed=42, temperature=0.8,
                                          extra_body={"ignore_eos": True})
@@ -56,11 +59,13 @@ def test_chat(client):
 
 
 @pytest.mark.golden
+@pytest.mark.profile("refserver")
 def test_chat_golden(client):
     res = client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=32, temperature=0)
     assert match_regex("Paris", res.choices[0].message.content)
 
 
+@pytest.mark.profile("llamacpp")
 def test_chat_stream_with_usage(client):
     content, usage, finish = "", None, None
     for chunk in client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=8, stream=True,
@@ -97,6 +102,7 @@ def test_bad_request_raises(client):
     assert exc.value.status_code == 400
 
 
+@pytest.mark.profile("llamacpp")
 def test_context_exceeded_raises(client, chat_server):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
     with pytest.raises(openai.BadRequestError) as exc:
@@ -126,6 +132,7 @@ def test_async_chat(aclient):
     assert all(r.choices[0].message.content for r in results)
 
 
+@pytest.mark.profile("llamacpp")
 def test_async_chat_stream(aclient):
     async def main():
         async with aclient:

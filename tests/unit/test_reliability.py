@@ -44,6 +44,7 @@ from utils import (
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
 cancellation = pytest.mark.feature("cancellation")
+pytestmark = pytest.mark.profile("openai")
 
 KEYS = ["key-one", "key-two", "key-three", "key-from-file"]
 
@@ -111,6 +112,7 @@ def keyed(server_pool):
 @security
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("key", KEYS)
+@pytest.mark.profile("llamacpp")
 def test_every_configured_key_works_in_both_headers(keyed, key):
     for headers in ({"Authorization": f"Bearer {key}"}, {"X-Api-Key": key}, {"authorization": f"bearer {key}"}):
         res = raw_request(keyed, "POST", "/tokenize", headers=headers, data={"content": "hi"})
@@ -148,6 +150,7 @@ def test_aliases_and_streams_need_a_key(keyed, method, path, data):
     {"Authorization": "Bearer " + "k" * 10000, "X-Api-Key": "\u00e9\u00e9"},
     {"Authorization": "Bearer  ", "X-Api-Key": ""},
 ], ids=["both-bad", "near-miss", "list-as-key", "huge-and-latin1", "blank"])
+@pytest.mark.profile("llamacpp")
 def test_bad_keys_in_both_headers_are_401(keyed, headers):
     body = json.dumps({"prompt": "Hi", "n_predict": 1}).encode()
     # requests refuses non-latin-1 header values as str; send bytes
@@ -183,6 +186,7 @@ def test_unknown_key_file_is_a_start_error(tmp_path):
 # =========================================================================== CORS
 @security
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_cors_origins_list(server_pool):
     server = server_pool("cors2", lambda: small_server(cors_origins="http://a.example, http://b.example"))
     pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Content-Type"}
@@ -203,6 +207,7 @@ def test_cors_origins_list(server_pool):
 
 @security
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_cors_on_errors(keyed):
     """Browsers must be able to read a 401 / 404 (else they show an opaque CORS failure)."""
     origin = {"Origin": "http://example.com"}
@@ -220,6 +225,7 @@ def limited(server_pool):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_chunked_oversized_body_is_413(limited):
     """No Content-Length: the limit is enforced while the body streams in."""
     def chunks():
@@ -246,6 +252,7 @@ def test_413_on_every_route(limited, path):
 
 
 @limits
+@pytest.mark.profile("llamacpp")
 def test_prompt_longer_than_the_slot_is_400(limited):
     n_ctx = limited.props()["default_generation_settings"]["n_ctx"]
     prompt = " ".join(["once"] * (n_ctx + 50))
@@ -266,6 +273,7 @@ def test_prompt_longer_than_the_slot_is_400(limited):
 # 1.5 and true: llama.cpp coerces them to 1 (200); refusing them is refserver's own
 @pytest.mark.parametrize("value", [-2, -10**6, pytest.param(1.5, marks=pytest.mark.extension), "4",
                                    pytest.param(True, marks=pytest.mark.extension), 10**30, 2**63])
+@pytest.mark.profile("refserver")
 def test_n_predict_bounds(limited, value):
     cap = limited.generation_cap()  # the preset's -n 4; an external server's own -n or context
     assert limited.external or cap == 4, f"/props reports n_predict {cap}; the preset sets -n 4"
@@ -281,6 +289,7 @@ def test_n_predict_bounds(limited, value):
 
 
 @limits
+@pytest.mark.profile("llamacpp")
 def test_n_must_not_exceed_slots(limited):
     n_slots = limited.props()["total_slots"]
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
@@ -298,6 +307,7 @@ def test_n_must_not_exceed_slots(limited):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_full_queue_is_503_on_every_route():
     """One slot, --max-queue 1: the slot busy and one request waiting, every generating
     route (streamed or not) answers 503 unavailable_error with Retry-After."""
@@ -342,6 +352,7 @@ def test_negative_max_queue_is_a_start_error():
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_t_max_predict_ms_ends_generation():
     """A 2000-token generation cut by a 100 ms budget: stop_type "limit", far fewer tokens."""
     server = small_server(n_slots=1, n_ctx=2048, n_predict=None)
@@ -438,6 +449,7 @@ WRONG_VALUES = [[], {}, "str", 1.5, True, -1, 2**64, -(2**70), [None], {"a": [1,
 
 @limits
 @pytest.mark.parametrize("path", sorted(BASE_BODIES))
+@pytest.mark.profile("llamacpp")
 def test_wrong_types_in_every_field(hostile, path):
     failures = []
     for field in schema_fields()[path]:
@@ -460,6 +472,7 @@ def test_wrong_types_in_every_field(hostile, path):
 
 
 @limits
+@pytest.mark.profile("llamacpp")
 def test_wrong_methods_and_paths(hostile):
     for path in POST_ROUTES:
         for method in ("GET", "PUT", "DELETE", "PATCH"):
@@ -503,6 +516,7 @@ def raw_http(server, data: bytes, timeout: float = 5.0) -> bytes:
 
 
 @limits
+@pytest.mark.profile("llamacpp")
 def test_raw_http_garbage_does_not_hurt(hostile):
     """Malformed HTTP gets a 4xx (Tornado answers those itself, without the JSON envelope)
     or a closed connection; the server keeps serving."""
@@ -527,6 +541,7 @@ def test_raw_http_garbage_does_not_hurt(hostile):
 
 @limits
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_request_id_header(hostile):
     res = raw_request(hostile, "GET", "/health", headers={"X-Request-Id": "client-id_1.2"})
     assert res.headers["X-Request-Id"] == "client-id_1.2"
@@ -605,6 +620,7 @@ def _storm(server, rng: random.Random) -> list:
 
 @cancellation
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_disconnect_storm():
     server = small_server(n_slots=4, n_ctx=2048, n_predict=256, jinja=True)
     server.start()
@@ -690,6 +706,7 @@ def test_signal_when_idle_exits_0_quickly(sig):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_sigterm_lets_short_streams_finish():
     server = small_server(shutdown_grace=5, n_predict=64)
     server.start()
@@ -733,6 +750,7 @@ def _traffic(server) -> dict[str, str]:
 @limits
 @pytest.mark.needs_flags
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_one_structured_log_line_per_request_without_prompt_text(hostile):
     ids = _traffic(hostile)
     time.sleep(0.2)
@@ -751,6 +769,7 @@ def test_one_structured_log_line_per_request_without_prompt_text(hostile):
 @limits
 @pytest.mark.needs_flags
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_verbose_logs_prompt_text():
     server = small_server(verbose=True)
     server.start()

@@ -16,6 +16,7 @@ from utils import TARGET, ServerError, ServerPreset, client_error_status_ok, err
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
 fuzz = pytest.mark.feature("fuzz")
+pytestmark = pytest.mark.profile("openai")
 
 API_KEY = "refserver-test-key"
 
@@ -72,6 +73,7 @@ def test_protected_routes_without_key_are_401(server_pool, method, path, data):
     pytest.param({"Authorization": API_KEY}, marks=pytest.mark.extension),
     {"Authorization": f"Basic {API_KEY}"}, {"Authorization": f"Bearer {API_KEY}x"}, {"Authorization": "Bearer "}],
     ids=["bearer", "x-api-key", "no-scheme", "basic", "suffix", "empty"])
+@pytest.mark.profile("refserver")
 def test_bad_keys_are_401(server_pool, headers):
     server = server_pool("keyed", keyed_server)
     res = raw(server, "POST", "/completion", headers=headers, data={"prompt": "Hi", "n_predict": 1})
@@ -83,6 +85,7 @@ def test_bad_keys_are_401(server_pool, headers):
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {API_KEY}"}, {"X-Api-Key": API_KEY}],
                          ids=["bearer", "x-api-key"])
+@pytest.mark.profile("llamacpp")
 def test_good_keys_pass(server_pool, headers):
     server = server_pool("keyed", keyed_server)
     res = raw(server, "POST", "/completion", headers=headers, data={"prompt": "Hi", "n_predict": 1})
@@ -142,6 +145,7 @@ def test_cors_on_normal_response(chat_server):
 
 @security
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_cors_origins_restricts(server_pool):
     def make():
         server = ServerPreset.one_slot()
@@ -157,6 +161,7 @@ def test_cors_origins_restricts(server_pool):
 
 # --------------------------------------------------------------------------- limits
 @limits
+@pytest.mark.profile("llamacpp")
 def test_huge_body_is_413(chat_server):
     body = b'{"prompt": "' + b"a" * (64 * 1024 * 1024) + b'"}'
     try:
@@ -172,6 +177,7 @@ def test_huge_body_is_413(chat_server):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_max_body_mb_flag(server_pool):
     def make():
         server = ServerPreset.one_slot()
@@ -186,6 +192,7 @@ def test_max_body_mb_flag(server_pool):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_full_queue_is_503_with_retry_after():
     server = ServerPreset.one_slot()
     server.max_queue, server.n_ctx, server.n_predict = 1, 2048, 1500
@@ -222,6 +229,7 @@ def test_full_queue_is_503_with_retry_after():
     b"\xff\xfe\x00garbage",
 ], ids=["broken", "empty", "array", "null", "number", "string", "nan", "infinity", "huge_int", "deep",
         "lone_surrogate", "nul", "wrong_types", "extreme_numbers", "not_utf8"])
+@pytest.mark.profile("llamacpp")
 def test_hostile_completion_bodies(chat_server, body):
     res = chat_server.make_request("POST", "/completion", raw=body)
     if res.status_code == 200:  # e.g. a lone surrogate or NUL may be accepted as text
@@ -253,6 +261,7 @@ def test_enormous_string_field(chat_server):
 
 @limits
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_sigterm_mid_stream_exits_cleanly():
     server = ServerPreset.one_slot()
     server.n_ctx, server.n_predict, server.shutdown_grace = 2048, 1500, 2
@@ -332,6 +341,7 @@ def test_fuzz_post_endpoints(fuzz_server, case):
 
 
 @fuzz
+@pytest.mark.profile("llamacpp")
 def test_fuzz_server_survives(fuzz_server):
     assert fuzz_server.get("/health").status_code == 200
     assert fuzz_server.ok("/completion", {"prompt": "Hello", "n_predict": 1})["content"] is not None
