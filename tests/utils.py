@@ -771,8 +771,9 @@ def response_error(res: requests.Response, where: str = "") -> dict:
 
 def assemble_chat_stream(stream: EventStream) -> dict:
     """Assemble a chat stream into the non-stream shape, asserting the streaming rules:
-    the first delta of a choice has role "assistant"; later ones have no role; content
-    deltas are non-empty; a tool call's first delta has id, type "function" and a name;
+    the first delta of a choice has role "assistant"; later ones have no role and content
+    deltas are non-empty (llama.cpp's and refserver's rule; the `openai` profile allows a
+    repeated role and empty deltas, which OpenAI's chunk object does not exclude); a tool call's first delta has id, type "function" and a name;
     one id for the whole stream; chunks with empty `choices` carry `usage`; `[DONE]` ends."""
     choices: dict[int, dict] = {}
     ids: set[str] = set()
@@ -801,10 +802,12 @@ def assemble_chat_stream(stream: EventStream) -> dict:
             if first:
                 assert delta.get("role") == "assistant", f"first delta without role assistant: {delta}"
                 state["message"]["role"] = "assistant"
+            elif TARGET.profile == "openai":  # OpenAI's chunk object lets any delta carry the role
+                assert delta.get("role") in (None, "assistant"), f"a later delta with another role: {delta}"
             else:
                 assert "role" not in delta, f"role repeated in a later delta: {delta}"
             content = delta.get("content")
-            if content is not None and not first:
+            if content is not None and not first and TARGET.profile != "openai":
                 assert content != "", "empty content delta"
             if content:
                 state["message"]["content"] = (state["message"]["content"] or "") + content

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.profile("openai")
 
 @basic
 @pytest.mark.parametrize("path", ["/health", "/v1/health"])
+@pytest.mark.profile("llamacpp")
 def test_health(chat_server, path):
+    """GET /health answers 200 {"status": "ok"} once the model is loaded."""
     res = chat_server.get(path)
     assert res.status_code == 200
     assert res.body == {"status": "ok"}
@@ -63,8 +65,9 @@ def test_props_ctx_split_over_slots():
 
 
 @basic
-@pytest.mark.parametrize("path", ["/models", "/v1/models"])
+@pytest.mark.parametrize("path", [pytest.param("/models", marks=pytest.mark.profile("llamacpp")), "/v1/models"])
 def test_models(chat_server, path):
+    """The model list: object "list", each model with id, object "model", created (int), owned_by."""
     body = chat_server.ok(path) if path == "/v1/models" else chat_server.get(path).body
     assert body["object"] == "list"
     assert isinstance(body["data"], list) and body["data"]
@@ -77,6 +80,7 @@ def test_models(chat_server, path):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_models_id_is_alias(chat_server):
     assert chat_server.ok("/v1/models")["data"][0]["id"] == chat_server.alias
 
@@ -107,6 +111,7 @@ def test_no_slots_gives_501():
 
 
 @basic
+@pytest.mark.profile("llamacpp")
 def test_root_serves_html_or_404(chat_server):
     res = chat_server.get("/")
     if res.status_code == 200:
@@ -117,7 +122,9 @@ def test_root_serves_html_or_404(chat_server):
 
 @basic
 @pytest.mark.parametrize("method,path", [("GET", "/no-such-route"), ("POST", "/v1/no-such-route")])
+@pytest.mark.profile("refserver")
 def test_unknown_route_is_404_envelope(chat_server, method, path):
+    """An unknown route is a 404 with the JSON error envelope, type not_found_error (CONTRACT §6)."""
     res = chat_server.make_request(method, path, data={} if method == "POST" else None)
     assert res.status_code == 404
     assert error_of(res)["type"] == "not_found_error"
@@ -126,7 +133,9 @@ def test_unknown_route_is_404_envelope(chat_server, method, path):
 @basic
 @pytest.mark.parametrize("method,path", [("GET", "/completion"), ("GET", "/v1/chat/completions"),
                                          ("DELETE", "/tokenize")])
+@pytest.mark.profile("refserver")
 def test_wrong_method_is_4xx_envelope(chat_server, method, path):
+    """A known route with the wrong method is a 4xx with the JSON error envelope (CONTRACT §6)."""
     res = chat_server.make_request(method, path)
     assert 400 <= res.status_code < 500
     error_of(res)
@@ -190,6 +199,7 @@ def test_metrics_disabled_gives_501():
 
 
 @metrics
+@pytest.mark.profile("refserver")
 def test_parse_prometheus_sums_labels():
     text = "# HELP x y\nfoo{a=\"1\"} 2\nfoo{a=\"2\"} 3\nbar 1.5\n"
     m = parse_prometheus(text)
@@ -204,6 +214,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @backend
 @pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
 def test_unknown_flag_is_a_startup_error():
     proc = _run_cli("--no-such-flag", "--port", "0")
     assert proc.returncode != 0
@@ -212,6 +223,7 @@ def test_unknown_flag_is_a_startup_error():
 
 @backend
 @pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
 def test_missing_model_dir_is_a_startup_error(tmp_path):
     proc = _run_cli("-m", str(tmp_path / "missing"), "--port", "0")
     assert proc.returncode != 0

@@ -148,6 +148,8 @@ def test_06_streamed_tool_calls_equal_non_streamed(chat_server):
     data = {"messages": WEATHER, "tools": [WEATHER_TOOL], "tool_choice": "required", "temperature": 0,
             "max_tokens": 64}
     plain = chat_server.make_any_request("POST", "/v1/chat/completions", data)
+    if plain["choices"][0]["finish_reason"] == "length":
+        pytest.skip("the forced call did not finish within max_tokens on this model")
     streamed = chat_server.make_any_request("POST", "/v1/chat/completions", {**data, "stream": True})
     a, b = plain["choices"][0], streamed["choices"][0]
     assert [c["function"]["name"] for c in a["message"]["tool_calls"]] == \
@@ -161,6 +163,7 @@ def test_06_streamed_tool_calls_equal_non_streamed(chat_server):
 
 # 7 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.profile("refserver")
 def test_07_truncated_tool_call_finishes_with_length(chat_server, stream):
     body = chat_server.make_any_request("POST", "/v1/chat/completions", {
         "messages": WEATHER, "tools": [WEATHER_TOOL], "tool_choice": "required", "temperature": 0,
@@ -227,6 +230,7 @@ def test_10_cache_trimmed_to_common_prefix(chat_server):
     assert second["timings"]["cache_n"] >= n_head - 1, "cache thrown away on a diverging suffix"
 
 
+@pytest.mark.profile("llamacpp")
 def test_10_cached_tokens_in_usage(chat_server):
     msgs = [{"role": "system", "content": "You are a helpful assistant who answers in one sentence."}] + CHAT
     chat_server.ok("/v1/chat/completions", {"messages": msgs, "max_tokens": 2})
@@ -252,14 +256,14 @@ def test_11_strict_rejects_unknown_fields(server_pool, field):
 
 def test_11_invalid_schema_fails_closed(chat_server):
     res = chat_server.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 4, "response_format": {
-        "type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": 7}}}})
+        "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": 7}}}})
     assert res.status_code == 400
     error_of(res)
 
 
 def test_11_constraint_is_applied(chat_server):
     body = chat_server.ok("/v1/chat/completions", {"messages": CHAT, "max_tokens": 16, "response_format": {
-        "type": "json_schema", "json_schema": {"schema": {"type": "boolean"}}}})
+        "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "boolean"}}}})
     assert json.loads(body["choices"][0]["message"]["content"]) in (True, False)
 
 

@@ -507,7 +507,10 @@ def test_v1_completions_stop_string_or_list(chat_server, stop):
 
 @completion
 @pytest.mark.parametrize("extra", [{"echo": True}, {"best_of": 2}, {"suffix": "The end."}])
+@pytest.mark.profile("refserver")
 def test_v1_completions_unsupported_is_400(chat_server, extra):
+    """echo, best_of and suffix are refused with a 400 rather than ignored (refserver's choice;
+    OpenAI supports them)."""
     res = chat_server.post("/v1/completions", {"prompt": STORY, "max_tokens": 4, **extra})
     assert res.status_code == 400
     error_of(res)
@@ -515,6 +518,7 @@ def test_v1_completions_unsupported_is_400(chat_server, extra):
 
 @completion
 def test_v1_completions_missing_prompt_is_400(chat_server):
+    """`prompt` is required: a request without it is a 400 with the error object."""
     res = chat_server.post("/v1/completions", {"max_tokens": 4})
     assert res.status_code == 400
     error_of(res)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from utils import ServerProcess, client_error_status_ok, response_error, small_model
 
 fuzz = pytest.mark.feature("fuzz")
-pytestmark = pytest.mark.profile("openai")
+pytestmark = pytest.mark.profile("refserver")  # CONTRACT §6: never a 5xx, always the envelope
 
 GENERATING = ["/completion", "/completions", "/v1/completions", "/v1/chat/completions", "/chat/completions"]
 POST_ROUTES = GENERATING + ["/tokenize", "/detokenize", "/apply-template", "/infill"]
@@ -217,7 +217,6 @@ def test_fuzz_every_post_endpoint(fuzz_target, case):
 
 
 @fuzz
-@pytest.mark.profile("llamacpp")
 def test_server_healthy_after_fuzzing(fuzz_target):
     assert fuzz_target.get("/health").status_code == 200
     assert fuzz_target.wait_slots_idle(2.0)

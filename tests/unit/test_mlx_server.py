@@ -23,7 +23,7 @@ CHAT = [{"role": "user", "content": "Hello!"}]
 # --------------------------------------------------------------------------- TestServer
 @mlx
 def test_handle_completions(chat_server):
-    data = {"model": "default_model", "prompt": "Once upon a time", "max_tokens": 10, "temperature": 0.5,
+    data = {"model": chat_server.model_id(), "prompt": "Once upon a time", "max_tokens": 10, "temperature": 0.5,
             "top_p": 0.9, "repetition_penalty": 1.1, "repetition_context_size": 20, "seed": 999,
             "stop": "stop sequence"}
     first = chat_server.post("/v1/completions", data)
@@ -37,7 +37,7 @@ def test_handle_completions(chat_server):
 @pytest.mark.parametrize("content", ["Hello!", [{"type": "text", "text": "Hello!"}]], ids=["string", "parts"])
 def test_handle_chat_completions(chat_server, content):
     res = chat_server.post("/v1/chat/completions", {
-        "model": "chat_model", "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
+        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
         "messages": [{"role": "system", "content": "You are a helpful assistant."},
                      {"role": "user", "content": content}]})
     assert res.status_code == 200
@@ -47,7 +47,7 @@ def test_handle_chat_completions(chat_server, content):
 @mlx
 def test_handle_chat_completions_with_null_tool_content(chat_server):
     res = chat_server.post("/v1/chat/completions", {
-        "model": "chat_model", "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
+        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
         "messages": [
             {"role": "user", "content": "what is 2+3?"},
             {"role": "assistant", "content": None, "tool_calls": [{
@@ -69,6 +69,7 @@ def test_handle_models(chat_server):
 
 
 @mlx
+@pytest.mark.profile("llamacpp")
 def test_options_preflight(chat_server):
     res = chat_server.make_request("OPTIONS", "/v1/chat/completions", headers={"Origin": "http://x.example"})
     assert res.status_code in (200, 204)
