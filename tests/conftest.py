@@ -88,6 +88,8 @@ PROFILES = ("openai", "llamacpp", "refserver")
 OPENAI_REF = "OpenAI API reference, platform.openai.com/docs/api-reference"
 LLAMACPP_REF = "llama.cpp tools/server/README.md"
 CONTRACT_REF = "refserver CONTRACT.md"
+ERROR_OBJECT = ("the error object {\"error\": {message, type, param, code}} of every OpenAI error "
+                "(platform.openai.com/docs/guides/error-codes; CONTRACT §0, §6)")
 
 # Where a (profile, feature) pair's rules are documented, when a test names no `clause`.
 DOCS: dict[tuple[str, str], str] = {
@@ -305,6 +307,8 @@ def _record(item, call, report) -> None:
         entry.outcome = "failed"
         entry.message = _failure_message(call, report)
         entry.what, entry.where = clause_of(item)
+        if "error envelope" in entry.message or "error code" in entry.message:
+            entry.where += f"; {ERROR_OBJECT}"
     elif report.skipped and entry.outcome == "passed":
         entry.outcome = "skipped"
         if isinstance(report.longrepr, tuple):

@@ -31,7 +31,8 @@ PROBES: dict[str, tuple[str, str, Any, Any]] = {
     "apply_template": ("POST", "/apply-template", {"messages": [{"role": "user", "content": "a"}]},
                        lambda b: isinstance(b, dict) and "prompt" in b),
     "slots": ("GET", "/slots", None, lambda b: isinstance(b, list)),
-    "metrics": ("GET", "/metrics", None, lambda b: isinstance(b, str) and "llamacpp:" in b),
+    # llama.cpp's metric names (any prefix: llamacpp:, or refserver: before CONTRACT §0's rename)
+    "metrics": ("GET", "/metrics", None, lambda b: isinstance(b, str) and "tokens_predicted_total" in b),
     "responses": ("POST", "/v1/responses", {}, None),
     "messages": ("POST", "/v1/messages", {}, None),
 }

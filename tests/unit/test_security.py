@@ -64,6 +64,7 @@ def test_public_routes_need_no_key(server_pool, path):
 @security
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("method,path,data", PROTECTED, ids=[f"{m} {p}" for m, p, _ in PROTECTED])
+@pytest.mark.profile("llamacpp")
 def test_protected_routes_without_key_are_401(server_pool, method, path, data):
     server = server_pool("keyed", keyed_server)
     res = raw(server, method, path, data=data)
@@ -347,6 +348,7 @@ def fuzz_server(server_pool):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(case=request_bodies())
+@pytest.mark.profile("refserver")
 def test_fuzz_post_endpoints(fuzz_server, case):
     path, body = case
     res = fuzz_server.make_request("POST", path, data=body, timeout=60)
