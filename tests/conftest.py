@@ -154,7 +154,11 @@ def _first_sentence(func) -> str:
 
 
 def profile_of(item) -> str | None:
-    mark = item.get_closest_marker("profile")
+    """The test's layer: a `pytest.param(..., marks=profile(...))` wins over the function's
+    marker, which wins over the module's."""
+    callspec = getattr(item, "callspec", None)
+    marks = [m for m in getattr(callspec, "marks", []) if m.name == "profile"]
+    mark = marks[0] if marks else item.get_closest_marker("profile")
     return mark.args[0] if mark and mark.args else None
 
 

@@ -53,9 +53,12 @@ def without_bos(server, text: str) -> str:
 # --------------------------------------------------------------------------- responses
 @chat
 @pytest.mark.parametrize("parts", [False, True], ids=["string", "parts"])
-@pytest.mark.parametrize("model", [None, "gpt-3.5-turbo"])
+@pytest.mark.parametrize("model", [None, pytest.param("gpt-3.5-turbo", marks=pytest.mark.profile("refserver"))])
 @pytest.mark.profile("llamacpp")
 def test_chat_completion(chat_server, parts, model):
+    """llama.cpp's chat response: fingerprint `b<build>`, exact usage from /apply-template and
+    /tokenize, `ignore_eos` reaching max_tokens; any model name is served (refserver's choice:
+    OpenAI answers 404 for a model it lacks)."""
     msgs = messages()
     if parts:
         msgs[1]["content"] = [{"type": "text", "text": CAPITAL}]
