@@ -22,6 +22,11 @@ Every test carries two markers (module-level `pytestmark` or on the test; the cl
   - `refserver`: refserver's own choices and golden values (CONTRACT §0 decisions).
   A test that reads a native route only to learn a setting is still `openai` if what it
   asserts is OpenAI's; against a target without that route it skips (below).
+  New endpoints: /v1/responses tests are `openai` (they skip where the route is absent);
+  Anthropic /v1/messages tests are `llamacpp` (llama.cpp's translation of Messages); chat
+  template renderings are `llamacpp` when they go through /apply-template, `refserver` when
+  they call refserver's library.  A pytest.param(..., marks=pytest.mark.profile(...)) gives
+  one parameter its own layer (e.g. a llama.cpp-only variant of an OpenAI test).
 
 Optional: `clause(what, where=None)`: the rule the test checks and where it is documented,
 for the report.  Without it the report uses the test's docstring (first sentence) and the
