@@ -64,6 +64,7 @@ class Task:
     draft_accepted: int = 0
     t_start: float = 0.0  # prefill start
     t_prompt_done: float = 0.0
+    prompt_probs: list = field(default_factory=list)  # with request.prompt_logprobs: TokenProbs | None each
 
     @property
     def prompt(self) -> list[int]:
@@ -87,7 +88,9 @@ class Task:
             "predicted_n": self.n_decoded,
             "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_ms / self.n_decoded if self.n_decoded else 0.0,
-            "predicted_per_second": 1000.0 * self.n_decoded / predicted_ms if predicted_ms > 0 else 0.0,
+            # one token gives no rate (llama.cpp reports 0.0 then)
+            "predicted_per_second": 1000.0 * self.n_decoded / predicted_ms
+            if predicted_ms > 0 and self.n_decoded > 1 else 0.0,
         }
         if draft:
             out["draft_n"] = self.draft_n

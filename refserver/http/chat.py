@@ -73,7 +73,7 @@ class ChatHandler(BaseHandler):
         out = self.envelope([self.message_choice(c) for c in gen.choices], chunk=False)
         out["usage"] = gen.usage().to_openai()
         out["timings"] = gen.choices[-1].finished.timings
-        if self.state.config.verbose:
+        if self.state.config.verbose or self.req.verbose:
             out["__verbose"] = self.verbose_object(gen.choices[0], stream=False)
         self.write_json(out)
 
@@ -171,11 +171,11 @@ class ChatChunker:
         self.sent_role = True
         self.send({"role": "assistant", "content": None},
                   prompt_progress={"total": p.total, "cache": p.cache, "processed": p.processed,
-                                   "time_ms": p.time_ms})
+                                   "time_ms": p.time_ms}, timings=p.timings())
 
     def finish(self, d: FinishDelta) -> None:
         extra = {"timings": d.finished.timings}
-        if self.h.state.config.verbose:
+        if self.h.state.config.verbose or self.h.req.verbose:
             extra["__verbose"] = self.h.verbose_object(self.choice, stream=True)
         self.extra = {}
         self.send({}, d.reason, **extra)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut, TokenProbs
+from refserver.engine.types import Finished, GenerationRequest, Progress, PromptProbs, TokenOut, TokenProbs
 
 from .deltas import (
     Delta,
     FinishDelta,
     ProgressDelta,
+    PromptProbsDelta,
     ReasoningDelta,
     TextDelta,
     TokenDelta,
@@ -42,6 +43,7 @@ class ChoiceResult:
     tool_calls: list[ToolCallResult] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenProbs] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenProbs | None, ...] = ()
     finish: FinishDelta | None = None
     reasoning_tokens: int = 0  # tokens generated inside the reasoning block, its markers included
 
@@ -62,6 +64,8 @@ class ChoiceResult:
         elif isinstance(d, FinishDelta):
             self.raw.append(d.finished.text)
             self.finish = d
+        elif isinstance(d, PromptProbsDelta):
+            self.prompt_logprobs = d.entries
 
     @property
     def content(self) -> str:
@@ -94,10 +98,12 @@ class ChoiceStream:
         self.result = ChoiceResult()
         self.id_slot = -1
 
-    def feed(self, event: Progress | TokenOut | Finished) -> list[Delta]:
+    def feed(self, event: Progress | PromptProbs | TokenOut | Finished) -> list[Delta]:
         """The deltas of one engine event (already folded into `result`)."""
         if isinstance(event, Progress):
             out: list[Delta] = [ProgressDelta(event)]
+        elif isinstance(event, PromptProbs):
+            out = [PromptProbsDelta(event.entries)]
         elif isinstance(event, TokenOut):
             before = self.parsers is not None and self.parsers.in_reasoning
             out = [TokenDelta(event.token, event.text, event.probs, event.timings), *self._parse(event.text)]
