@@ -15,7 +15,7 @@ import pytest
 import requests
 from utils import ServerPreset, SSEComment, deferred_requests, parallel_function_calls, wait_until
 
-pytestmark = pytest.mark.needs_flags
+pytestmark = [pytest.mark.needs_flags, pytest.mark.profile("refserver")]
 
 RESPONSES = ("/v1/responses", {"input": "Tell me a story.", "ignore_eos": True})
 MESSAGES = ("/v1/messages", {"model": "m", "max_tokens": 100000, "ignore_eos": True,
@@ -130,6 +130,7 @@ def keyed_server(server_pool):
 
 
 @pytest.mark.feature("responses")
+@pytest.mark.profile("llamacpp")  # --api-key and CORS are llama-server's
 def test_responses_api_key_and_cors(keyed_server):
     bad = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -143,6 +144,7 @@ def test_responses_api_key_and_cors(keyed_server):
 
 
 @pytest.mark.feature("messages")
+@pytest.mark.profile("llamacpp")
 def test_messages_api_key_and_cors(keyed_server):
     with pytest.raises(anthropic.AuthenticationError) as err:
         anthropic.Anthropic(base_url=keyed_server.url, api_key="wrong", max_retries=0).messages.count_tokens(

@@ -10,7 +10,7 @@ import openai
 import pytest
 from utils import REPO_ROOT, ServerPreset
 
-pytestmark = pytest.mark.feature("reasoning")
+pytestmark = [pytest.mark.feature("reasoning"), pytest.mark.profile("llamacpp")]  # reasoning_content is llama.cpp's
 needs_template = pytest.mark.needs_flags  # the thinking template is a --chat-template-file
 
 THINKING_TEMPLATE = str(REPO_ROOT / "tests" / "fixtures" / "thinking.jinja")
@@ -148,6 +148,7 @@ def test_reasoning_off_flags(server_pool, flags):
 
 
 @needs_template
+@pytest.mark.profile("refserver")  # a per-request reasoning_budget is refserver's
 def test_reasoning_budget_forces_the_block_closed(thinking_server):
     """A budget of 6 tokens: the engine writes </think> after them, the answer follows;
     Anthropic's thinking.budget_tokens is the same budget."""
