@@ -7,13 +7,18 @@ import json
 
 import openai
 import pytest
-from utils import ServerPreset
+from utils import TARGET, ServerPreset
 
 pytestmark = [pytest.mark.feature("responses"), pytest.mark.profile("openai")]
 
 QUESTION = "What is the capital of France?"
 WEATHER = {"type": "function", "name": "get_weather", "description": "Get the current weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.fixture(autouse=True)
+def _needs_responses():
+    TARGET.require("responses")  # a target without /v1/responses skips these
 
 
 @pytest.fixture
