@@ -66,6 +66,7 @@ class ServerConfig:
     tags: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
     metrics: bool = False
+    metrics_compat: tuple[str, ...] = ()  # extra metric name sets for routers: "vllm"
     verbose: bool = False
     threads: int = 0
     cache_ram: int | None = None  # MiB
@@ -85,6 +86,10 @@ class ServerConfig:
     shutdown_grace: float = 3.0
     timeout: float = 30.0  # seconds a request body may take to arrive
     props: bool = False
+    reasoning_format: str = "auto"  # none | deepseek | auto: split <think> off content
+    reasoning: str = "auto"  # on | off | auto: the template's enable_thinking
+    reasoning_budget: int = -1  # -1: unlimited; 0: thinking off; N: </think> forced after N tokens
+    responses_store_size: int = 256
     context_shift: bool = False
 
     @property
@@ -123,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ui", "--webui", "--no-ui", "--no-webui", dest="ui", nargs=0, action=_NegatableSwitch,
                    default=True, help="serve the chat page at / (default on)")
     g.add_argument("--metrics", action="store_true", help="enable the Prometheus /metrics endpoint")
+    g.add_argument("--metrics-compat", action="append", choices=["vllm"], default=[], metavar="vllm",
+                   help="also publish the metrics routers read under vLLM's names (vllm:num_requests_waiting, "
+                        "vllm:kv_cache_usage_perc, ...), as the Gateway API Inference Extension / llm-d "
+                        "endpoint picker expects by default; implies --metrics")
     g.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                    help="enable the /slots endpoint (default on)")
     g.add_argument("--props", action="store_true", help="allow POST /props")
@@ -192,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a built-in template's name or the Jinja text itself; names: "
                         + ", ".join(sorted(NAMED_TEMPLATES)))
     g.add_argument("--chat-template-file", metavar="FILE", help="chat template file")
+    g.add_argument("--reasoning-format", choices=["none", "deepseek", "auto"], default="auto",
+                   help="where <think> reasoning goes: none leaves it in content; deepseek and auto put it in "
+                        "reasoning_content (chat), reasoning items (Responses), thinking blocks (Messages)")
+    g.add_argument("-rea", "--reasoning", choices=["on", "off", "auto"], default="auto", nargs="?", const="on",
+                   help="thinking for templates that support it (enable_thinking); auto: the template's default")
+    g.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
+                   help="-1: unlimited thinking; 0: thinking off (enable_thinking false); N: </think> is forced "
+                        "after N reasoning tokens")
+    g.add_argument("--responses-store-size", type=int, default=256, metavar="N",
+                   help="most responses kept for store: true / previous_response_id (LRU; 0: none)")
     add_llama_flags(p)
     return p
 
@@ -241,6 +260,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         # a negative value would make the engine's queue always "full" (every request 503)
         (a.max_queue is not None and a.max_queue < 0, "--max-queue must be 0 (no limit) or more"),
         (a.threads < 0, "--threads must be 0 (all cores) or more"),
+        (a.reasoning_budget < -1, "--reasoning-budget must be -1 (unlimited), 0 (thinking off) or a token count"),
+        (a.responses_store_size < 0, "--responses-store-size must be 0 or more"),
         (a.threads_draft < 0, "--threads-draft must be 0 (all cores) or more"),
         (a.draft_max < 0 or a.draft_min < 0, "--draft-max/--draft-min must be 0 or more"),
         (a.chat_template_file is not None and not Path(a.chat_template_file).is_file(),
@@ -256,11 +277,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         draft_min=a.draft_min, draft_p_min=a.draft_p_min, ctx_size=a.ctx_size, parallel=a.parallel,
         batch_size=a.batch_size, n_predict=a.n_predict, temp=a.temp, seed=a.seed, slots=a.slots,
         jinja=a.jinja, chat_template=a.chat_template, chat_template_file=a.chat_template_file,
-        alias=aliases[0] if aliases else None, aliases=aliases, tags=_split(a.tags), api_keys=keys, metrics=a.metrics, verbose=a.verbose, threads=a.threads,
+        alias=aliases[0] if aliases else None, aliases=aliases, tags=_split(a.tags), api_keys=keys,
+        metrics=a.metrics or bool(a.metrics_compat), metrics_compat=tuple(dict.fromkeys(a.metrics_compat)),
+        verbose=a.verbose, threads=a.threads,
         threads_draft=a.threads_draft, cache_ram=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,
+        reasoning_format=a.reasoning_format, reasoning=a.reasoning, reasoning_budget=a.reasoning_budget,
+        responses_store_size=a.responses_store_size,
         shutdown_grace=a.shutdown_grace, props=a.props, context_shift=a.context_shift, timeout=a.timeout,
         kv_unified=a.kv_unified, cors_methods=a.cors_methods, cors_headers=a.cors_headers, webui=a.ui,
         sampling=sampling, inert_flags=getattr(a, "inert_flags", []),

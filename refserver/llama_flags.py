@@ -56,8 +56,8 @@ _VALUED = """
 --ui-config --webui-config | --ui-config-file --webui-config-file | --tools | --tools-runtime
 --mcp-servers-config | --mcp-servers-json | --chat-template-kwargs
 --sse-ping-interval | --threads-http | --cache-reuse | --slot-save-path | --media-path
---models-dir | --models-preset | --models-max | --reasoning-format | --reasoning-effort
---reasoning-budget | --reasoning-budget-message | -sps --slot-prompt-similarity
+--models-dir | --models-preset | --models-max | --reasoning-effort
+--reasoning-budget-message | -sps --slot-prompt-similarity
 --sleep-idle-seconds | --log-prompts-dir | --spec-draft-threads-batch -tbd --threads-batch-draft
 --spec-draft-cpu-mask -Cd --cpu-mask-draft | --spec-draft-cpu-range -Crd --cpu-range-draft
 --spec-draft-cpu-strict --cpu-strict-draft | --spec-draft-prio --prio-draft
@@ -74,7 +74,7 @@ _VALUED = """
 --spec-ngram-size-n | --spec-ngram-size-m | --spec-ngram-min-hits
 """
 
-_OPTIONAL_VALUE = "-fa --flash-attn | -fit --fit | --log-colors | -rea --reasoning"
+_OPTIONAL_VALUE = "-fa --flash-attn | -fit --fit | --log-colors"
 
 _TWO_VALUES = "--control-vector-layer-range"
 

@@ -1,8 +1,9 @@
 """Start-up and shutdown: listen first, load the model in the background, serve, stop.
 
 `/health` answers 503 "Loading model" until the tokenizer, template, backend and engine
-are ready.  SIGTERM/SIGINT: stop accepting connections, give in-flight requests
---shutdown-grace seconds, end the streams still open with an error event, exit 0.
+are ready.  SIGTERM/SIGINT: drain - `/health` and new requests answer 503 "Server is
+shutting down" while in-flight requests get up to --shutdown-grace seconds - then stop
+listening, end the streams still open with an error event, exit 0.
 Start-up failures print one line on stderr and exit 1.  Should the engine thread die, the
 server cannot serve any more: `/health` answers 503 at once and the process exits 1, so
 a supervisor restarts it (`REFSERVER_INJECT_ENGINE_FAULT=1` forces this, for tests).
@@ -106,7 +107,7 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
         sampling=dataclasses.replace(SamplingParams(), temperature=config.temp, **config.sampling))
     state.tokenizer, state.template, state.engine = tokenizer, template, engine
     if config.metrics:
-        state.metrics = Metrics(engine.stats)
+        state.metrics = Metrics(engine.stats, model_name=model.alias, compat=config.metrics_compat)
 
 
 def run(config: ServerConfig) -> int:
@@ -250,11 +251,13 @@ def _exit_now(code: int) -> None:
 
 async def _shutdown(state: AppState, server: HTTPServer, grace: float) -> None:
     log.info("shutting down (grace %.1fs, %d request(s) in flight)", grace, len(state.active))
+    # Draining: still listening, so a gateway's health check reads 503 and stops routing
+    # here; new requests get 503 (a gateway retries them elsewhere); in-flight ones finish.
     state.status = "stopping"
-    server.stop()
     deadline = time.monotonic() + grace
     while state.active and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    server.stop()
     for handler in list(state.active):
         handler.abort_for_shutdown()
     deadline = time.monotonic() + 1.0

@@ -32,6 +32,7 @@ import numpy as np
 
 from backends.base import Backend, KVState, Step
 from refserver import errors
+from refserver.engine.budget import BudgetState
 from refserver.engine.constraints import ConstraintCompiler
 from refserver.engine.dry import BreakerTable, VocabularyIndex, breaker_table
 from refserver.engine.prompt_cache import PromptCache
@@ -133,7 +134,10 @@ class Engine:
         self._tick = 0
         self._finished_rows: list[tuple[Slot, int]] = []  # (slot, cached length) to save after a step
         self._stats = {"n_steps": 0, "n_decode_total": 0, "prompt_tokens_total": 0, "prompt_tokens_seconds": 0.0,
-                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0}
+                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0,
+                           # for routers: prompt tokens looked up in the caches, busy slots summed over steps,
+                           # the longest sequence a slot held
+                           "prompt_tokens_queried_total": 0, "n_busy_slots_total": 0, "n_tokens_max": 0}
 
     # ------------------------------------------------------------------ public API
     @property
@@ -205,13 +209,14 @@ class Engine:
         breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
-        if self.draft_backend is not None and constraint is None and not sampler.stateful:
+        if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
             spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
                                                             self.config.draft_p_min)
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    self.n_predict_for(request), seed, constraint, spec)
+                    self.n_predict_for(request), seed, constraint, spec,
+                    budget=BudgetState(request.budget) if request.budget else None)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -246,12 +251,14 @@ class Engine:
         return out
 
     def stats(self) -> dict:
-        busy = sum(1 for s in self.slots_ if s.busy)
+        busy = [s for s in self.slots_ if s.busy]
         with self._lock:
             deferred = len(self._queue)
         cache = self.prompt_cache
-        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=busy,
-                    requests_deferred=deferred, n_busy_slots=busy,
+        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=len(busy),
+                    requests_deferred=deferred, n_busy_slots=len(busy),
+                    kv_cache_tokens=sum(len(s.cache) for s in busy),
+                    kv_cache_capacity=self._n_ctx_slot * len(self.slots_),
                     prompt_cache_entries=len(cache) if cache is not None else 0,
                     prompt_cache_bytes=cache.nbytes if cache is not None else 0)
 
@@ -403,6 +410,7 @@ class Engine:
         task.n_cached = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
+        self._stats["prompt_tokens_queried_total"] += len(prompt)
         if task.request.return_progress:
             self._send(task, Progress(len(prompt), own, own, 0.0))
 
@@ -435,6 +443,7 @@ class Engine:
         dt = time.perf_counter() - t0
         self._stats["n_steps"] += 1
         self._stats["n_decode_total"] += 1
+        self._stats["n_busy_slots_total"] += len(active)
         if self.drafter is not None:
             pre = [s for s in steps if s.row in before and self.slots_[s.row].task.spec is not None]
             self.drafter.mirror(pre, before)
@@ -465,6 +474,7 @@ class Engine:
         # event of the step is out: each takes 0.3-3 ms (page faults on fresh buffers) that
         # neither their clients nor the other rows' need wait for.  Their slots are free,
         # but admission, which could overwrite them, runs after this.
+        self._stats["n_tokens_max"] = max(self._stats["n_tokens_max"], *(len(s.cache) for s in active))
         for slot, n in self._finished_rows:
             self._cache_insert(slot, n, "assistant")
         self._finished_rows.clear()
@@ -537,6 +547,8 @@ class Engine:
     # ------------------------------------------------------------------ tokens
     def _generate(self, slot: Slot, task: Task, raw: np.ndarray, forced: int | None = None) -> None:
         """Sample (or take `forced`) the next token from `raw`, emit it, make it pending."""
+        if forced is None and task.budget is not None:
+            forced = task.budget.forced()
         if forced is None:
             allowed = task.constraint.allowed() if task.constraint is not None else None
             sampled = task.sampler.sample(raw, allowed)
@@ -550,6 +562,8 @@ class Engine:
         """Send one generated token; returns False when the request finished on it."""
         task.n_decoded += 1
         task.sampler.accept(token)
+        if task.budget is not None:
+            task.budget.accept(token)
         self._stats["tokens_predicted_total"] += 1
         req = task.request
         probs = self._probs(task, token, raw, sampled) if req.sampling.n_probs > 0 else None

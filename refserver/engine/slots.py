@@ -54,6 +54,7 @@ class Task:
     seed: int
     constraint: Any = None  # constraints.ConstraintState or None
     spec: SpeculativeParams | None = None  # None: no speculation for this request
+    budget: Any = None  # budget.BudgetState or None
     n_cached: int = 0  # prompt tokens reused
     next_idx: int = 0  # next prompt token to evaluate
     pending: int | None = None  # sampled, not yet in the KV (None while pre-filling)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from refserver.engine.budget import SpanBudget
+
 DEFAULT_SAMPLERS = ("penalties", "dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
 
 
@@ -80,6 +82,7 @@ class GenerationRequest:
     cache_prompt: bool = True
     constraint: Constraint | None = None
     speculative: SpeculativeParams | None = None  # None: server defaults (when a draft is loaded)
+    budget: SpanBudget | None = None  # a token budget for a span (reasoning); such requests are not speculated
     t_max_predict_ms: int = 0
     return_progress: bool = False
     timings_per_token: bool = False

@@ -15,7 +15,9 @@ from .info import (
     PropsHandler,
     SlotsHandler,
 )
+from .messages import CountTokensHandler, MessagesHandler
 from .oai_completion import OAICompletionHandler
+from .responses import InputItemsHandler, ResponsesHandler, StoredResponseHandler
 from .state import AppState
 from .tokenize import DetokenizeHandler, TokenizeHandler
 from .webui import ChatPageHandler, DocsHandler, OpenAPIHandler
@@ -35,6 +37,11 @@ ROUTES = [
     (r"/v1/completions", OAICompletionHandler),
     (r"/chat/completions", ChatHandler),
     (r"/v1/chat/completions", ChatHandler),
+    (r"/v1/responses", ResponsesHandler),
+    (r"/v1/responses/([^/]+)", StoredResponseHandler),
+    (r"/v1/responses/([^/]+)/input_items", InputItemsHandler),
+    (r"/v1/messages", MessagesHandler),
+    (r"/v1/messages/count_tokens", CountTokensHandler),
     (r"/apply-template", ApplyTemplateHandler),
     (r"/tokenize", TokenizeHandler),
     (r"/detokenize", DetokenizeHandler),

@@ -285,6 +285,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.write(b"data: " + dumps(obj) + b"\n\n")
         self._unflushed = True
 
+    def sse_events(self, events: list[dict]) -> None:
+        """Write typed events (`event: <type>` + `data:`), as the Responses and Anthropic
+        streams carry them."""
+        self.start_sse()
+        for obj in events:
+            self.write(b"event: " + obj["type"].encode() + b"\ndata: " + dumps(obj) + b"\n\n")
+        self._unflushed = True
+
     def sse_done_line(self) -> None:
         self.write("data: [DONE]\n\n")
         self._unflushed = True

@@ -33,6 +33,7 @@ class ChatRequest(NativeParams):
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict | None = None
     reasoning_format: str | None = None
+    reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # per request, as --reasoning-budget
     user: str | None = None
     verbose: bool | None = None  # llama.cpp: `__verbose` (the native final object) in the response
 

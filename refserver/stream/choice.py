@@ -45,6 +45,7 @@ class ChoiceResult:
     logprobs: list[TokenProbs] = field(default_factory=list)
     prompt_logprobs: tuple[TokenProbs | None, ...] = ()
     finish: FinishDelta | None = None
+    reasoning_tokens: int = 0  # tokens generated inside the reasoning block, its markers included
 
     def add(self, d: Delta) -> None:
         if isinstance(d, TokenDelta):
@@ -104,7 +105,10 @@ class ChoiceStream:
         elif isinstance(event, PromptProbs):
             out = [PromptProbsDelta(event.entries)]
         elif isinstance(event, TokenOut):
+            before = self.parsers is not None and self.parsers.in_reasoning
             out = [TokenDelta(event.token, event.text, event.probs, event.timings), *self._parse(event.text)]
+            if before or (self.parsers is not None and self.parsers.in_reasoning):
+                self.result.reasoning_tokens += 1
         else:
             self.id_slot = event.id_slot
             out = [*self._parse(event.text), *self._parse_end()]
@@ -136,25 +140,28 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    reasoning_tokens: int = 0
 
     def to_openai(self) -> dict:
         return {"completion_tokens": self.completion_tokens, "prompt_tokens": self.prompt_tokens,
                 "total_tokens": self.completion_tokens + self.prompt_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+                "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens}}
 
 
 def usage(choices: list[ChoiceStream]) -> Usage:
     """Token counts of the finished choices; a prompt shared by n choices counts once."""
     seen: set[int] = set()
-    prompt = cached = completion = 0
+    prompt = cached = completion = reasoning = 0
     for c in choices:
         fin = c.finished
         if fin is None:
             continue
         completion += fin.tokens_predicted
+        reasoning += c.result.reasoning_tokens
         if c.group in seen:
             continue
         seen.add(c.group)
         prompt += fin.tokens_evaluated
         cached += int(fin.timings.get("cache_n", 0))
-    return Usage(prompt, completion, cached)
+    return Usage(prompt, completion, cached, reasoning)

@@ -45,6 +45,9 @@ def test_openapi_lists_every_route_with_its_request_model(chat_server):
     fields = spec["components"]["schemas"][chat["$ref"].split("/")[-1]]["properties"]
     assert {"messages", "temperature", "max_completion_tokens", "tools"} <= set(fields)
     assert "head" in spec["paths"]["/health"]
+    for path in ("/v1/responses", "/v1/messages", "/tokenize"):
+        assert "requestBody" in spec["paths"][path]["post"], path
+    assert "delete" in spec["paths"]["/v1/responses/{id}"]
     docs = requests.get(f"{chat_server.url}/docs", timeout=10)
     assert docs.status_code == 200 and "/openapi.json" in docs.text
 
