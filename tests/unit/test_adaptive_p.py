@@ -13,6 +13,7 @@ from refserver.engine.sampling import Sampler
 from refserver.engine.types import SamplingParams
 
 sampling = pytest.mark.feature("sampling")
+pytestmark = pytest.mark.profile("refserver")
 
 FLAT = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "temperature": 1.0}
 
@@ -62,6 +63,7 @@ def test_seeded_draws_are_reproducible_and_stateful():
     assert picks[0] == picks[1]
 
 
+@pytest.mark.profile("llamacpp")
 @sampling
 def test_low_target_picks_less_likely_tokens(chat_server):
     """Over HTTP: with a low target the chosen tokens' own probabilities are lower on

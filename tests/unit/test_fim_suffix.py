@@ -9,6 +9,7 @@ import pytest
 from utils import REPO_ROOT, TARGET, ServerProcess, error_of
 
 completion = pytest.mark.feature("completion")
+pytestmark = pytest.mark.profile("refserver")
 EMBEDDED = REPO_ROOT / "refserver" / "models" / "chat"
 # The embedded model has no FIM tokens: a copy of it renames three of its special tokens,
 # which is enough to check how the prompt is built (not what the model writes).

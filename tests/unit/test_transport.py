@@ -15,6 +15,7 @@ import requests
 from utils import REPO_ROOT, TARGET, ServerPreset
 
 limits = pytest.mark.feature("limits")
+pytestmark = pytest.mark.profile("refserver")
 refserver_only = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own transport and signals")
 
 

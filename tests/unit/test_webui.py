@@ -18,6 +18,7 @@ from tornado.websocket import websocket_connect
 from utils import TARGET, ServerPreset
 
 basic = pytest.mark.feature("basic")
+pytestmark = pytest.mark.profile("refserver")
 refserver_only = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own page and schema")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
