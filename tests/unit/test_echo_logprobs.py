@@ -8,6 +8,8 @@ import math
 
 import pytest
 
+pytestmark = pytest.mark.profile("openai")
+
 logprobs = pytest.mark.feature("logprobs")
 pytestmark = pytest.mark.profile("openai")
 
