@@ -8,8 +8,6 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.profile("openai")
-
 logprobs = pytest.mark.feature("logprobs")
 pytestmark = pytest.mark.profile("openai")
 

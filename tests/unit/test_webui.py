@@ -17,8 +17,6 @@ import requests
 from tornado.websocket import websocket_connect
 from utils import TARGET, ServerPreset
 
-pytestmark = pytest.mark.profile("refserver")
-
 basic = pytest.mark.feature("basic")
 pytestmark = pytest.mark.profile("refserver")
 refserver_only = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own page and schema")
