@@ -27,9 +27,8 @@ REQUEST_MODELS = {
     "/completion": CompletionRequest, "/completions": CompletionRequest,
     "/v1/completions": OAICompletionRequest,
     "/chat/completions": ChatRequest, "/v1/chat/completions": ChatRequest, "/apply-template": ChatRequest,
-    "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest,
-    "/v1/responses": ResponsesRequest, "/v1/messages": MessagesRequest,
-    "/v1/messages/count_tokens": CountTokensRequest,
+    "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest, "/v1/responses": ResponsesRequest,
+    "/v1/messages": MessagesRequest, "/v1/messages/count_tokens": CountTokensRequest,
 }
 
 
