@@ -132,6 +132,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("draft_min", "--draft-min", renamed="--spec-draft-n-min"),
     Flag("n_ctx", "--ctx-size"),
     Flag("n_slots", "--parallel"),
+    Flag("kv_unified", ("--kv-unified", "--no-kv-unified"), "toggle"),
     Flag("n_batch", "--batch-size"),
     Flag("n_predict", "--n-predict"),
     Flag("temperature", "--temp"),
@@ -144,6 +145,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("alias", "--alias"),
     Flag("api_key", "--api-key"),
     Flag("server_metrics", "--metrics", "switch"),
+    Flag("metrics_compat", "--metrics-compat", refserver_only=True),
     Flag("verbose", "--verbose", "switch"),
     Flag("cache_ram", "--cache-ram"),
     Flag("cors_origins", "--cors-origins"),
@@ -156,6 +158,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_body_mb", "--max-body-mb", refserver_only=True),
     Flag("max_queue", "--max-queue", refserver_only=True),
     Flag("shutdown_grace", "--shutdown-grace", refserver_only=True),
+    Flag("reasoning_format", "--reasoning-format"),
+    Flag("reasoning", "--reasoning"),
+    Flag("reasoning_budget", "--reasoning-budget"),
+    Flag("responses_store_size", "--responses-store-size", refserver_only=True),
 )
 
 
@@ -343,6 +349,7 @@ class ServerProcess:
     draft_min: int | None = None
     n_ctx: int | None = None
     n_slots: int | None = None
+    kv_unified: bool | None = None
     n_batch: int | None = None
     n_predict: int | None = None
     temperature: float | None = 0.8
@@ -355,6 +362,7 @@ class ServerProcess:
     alias: str | None = None
     api_key: str | list[str] | None = None
     server_metrics: bool = False
+    metrics_compat: str | None = None
     verbose: bool = False
     cache_ram: int | None = None
     cors_origins: str | None = None
@@ -367,8 +375,14 @@ class ServerProcess:
     max_body_mb: float | None = None
     max_queue: int | None = None
     shutdown_grace: float | None = None
+    reasoning_format: str | None = None
+    reasoning: str | None = None
+    reasoning_budget: int | None = None
+    responses_store_size: int | None = None
     # True: owned by a module/session fixture, not stopped at the end of each test
     persistent: bool = False
+    # argv appended after the flags (a test of the command line itself, e.g. llama-server habits)
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self, **attrs):
         for name, value in attrs.items():
@@ -395,6 +409,7 @@ class ServerProcess:
         help_text = binary_help(TARGET.server_bin) if TARGET.server_bin else None
         for f in FLAGS:
             argv += flag_args(f, getattr(self, f.attr), help_text)
+        argv += list(self.extra_args)
         if self.model_draft and help_text and re.search(r"(^|\s)--spec-type\b", help_text):
             # newer llama-server loads -md but drafts only with a speculative type (default none)
             argv += ["--spec-type", "draft-simple"]
@@ -653,9 +668,10 @@ class ServerPreset:
 
     @staticmethod
     def chat() -> ServerProcess:
-        """The embedded chat model: alias refserver-chat, ctx 1024, 2 slots, batch 32."""
+        """The embedded chat model: alias refserver-chat, 2 slots sharing 1024 tokens of
+        context (unified KV, which llama-server uses with an explicit -np only when told), batch 32."""
         return ServerProcess(
-            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, n_batch=32,
+            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, kv_unified=True, n_batch=32,
             n_predict=64, seed=42, temperature=0.8, jinja=True)
 
     @staticmethod

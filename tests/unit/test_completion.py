@@ -506,10 +506,10 @@ def test_v1_completions_stop_string_or_list(chat_server, stop):
 
 
 @completion
-@pytest.mark.parametrize("extra", [{"echo": True}, {"best_of": 2}, {"suffix": "The end."}])
+@pytest.mark.parametrize("extra", [{"best_of": 2}, {"suffix": "The end."}])
 @pytest.mark.profile("refserver")
 def test_v1_completions_unsupported_is_400(chat_server, extra):
-    """echo, best_of and suffix are refused with a 400 rather than ignored (refserver's choice;
+    """best_of and suffix are refused with a 400 rather than ignored (refserver's choice;
     OpenAI supports them)."""
     res = chat_server.post("/v1/completions", {"prompt": STORY, "max_tokens": 4, **extra})
     assert res.status_code == 400
