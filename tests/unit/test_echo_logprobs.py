@@ -57,6 +57,7 @@ def test_prompt_logprob_equals_the_generated_tokens(chat_server):
 
 
 @logprobs
+@pytest.mark.profile("refserver")  # the prompt as a chunk of its own is refserver's choice
 def test_streamed_echo_sends_the_prompt_first(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/completions", {
         "prompt": STORY, "echo": True, "logprobs": 2, "max_tokens": 2, "stream": True, "ignore_eos": True}).read_all()

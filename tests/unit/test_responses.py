@@ -31,9 +31,12 @@ def client(chat_server):
 def test_create_plain(client, model):
     res = client.responses.create(model=model, input=QUESTION, max_output_tokens=32, temperature=0)
     assert res.object == "response" and res.id.startswith("resp_")
-    assert res.status == "completed" and res.incomplete_details is None
+    if res.status == "incomplete":  # a model that does not stop within 32 tokens (random weights)
+        assert res.incomplete_details.reason == "max_output_tokens" and res.usage.output_tokens == 32
+    else:
+        assert res.status == "completed" and res.incomplete_details is None
     [item] = res.output
-    assert item.type == "message" and item.role == "assistant" and item.status == "completed"
+    assert item.type == "message" and item.role == "assistant" and item.status in ("completed", "incomplete")
     assert item.content[0].type == "output_text" and item.content[0].annotations == []
     assert res.output_text == item.content[0].text and res.output_text
     u = res.usage
@@ -89,7 +92,8 @@ def test_function_call_loop(client, stream, model):
     if first.status == "incomplete" and not calls:
         pytest.skip("the forced call did not finish within max_output_tokens on this model")
     assert calls and calls[0].name == "get_weather" and calls[0].call_id
-    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+    if TARGET.runs_refserver:  # OpenAI promises schema-valid arguments only with strict tools
+        assert isinstance(json.loads(calls[0].arguments)["city"], str)
     if stream:
         assert deltas == calls[0].arguments
     followup = question + [{"type": "function_call", "call_id": c.call_id, "name": c.name,
