@@ -17,6 +17,7 @@ STORY = "Once upon a time, there was a little girl named Lily. She loved to play
 
 @logprobs
 def test_echo_returns_the_prompt_first(chat_server):
+    """/v1/completions `echo`: "Echo back the prompt in addition to the completion"."""
     body = chat_server.ok("/v1/completions", {"prompt": STORY, "echo": True, "max_tokens": 3, "temperature": 0})
     plain = chat_server.ok("/v1/completions", {"prompt": STORY, "max_tokens": 3, "temperature": 0})
     assert body["choices"][0]["text"] == STORY + plain["choices"][0]["text"]
