@@ -36,6 +36,7 @@ from refserver.errors import (
 from refserver.schemas.common import RequestModel, parse_request
 
 from .bridge import Inbox
+from .offload import loads_yielding, off_loop
 from .state import AppState
 
 log = logging.getLogger("refserver.http")
@@ -97,6 +98,19 @@ def as_refserver_error(exc: BaseException | None, status: int) -> RefserverError
             return err
         return ServerError(reason or "Internal server error")
     return ServerError(f"internal server error ({type(exc).__name__}: {exc})")
+
+
+def _submit_all(engine, requests: list[GenerationRequest], sinks: list) -> list:
+    """engine.submit for each request; all or none (the ones taken are cancelled)."""
+    handles = []
+    try:
+        for req, sink in zip(requests, sinks):
+            handles.append(engine.submit(req, sink))
+    except BaseException:
+        for h in handles:
+            h.cancel()
+        raise
+    return handles
 
 
 @tornado.web.stream_request_body
@@ -195,7 +209,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if not self._body.strip():
             raise InvalidRequest("the request body is empty; send a JSON object")
         try:
-            return json.loads(self._body.decode("utf-8"), parse_constant=_reject_constant)
+            return loads_yielding(self._body.decode("utf-8"), _reject_constant)
         except UnicodeDecodeError:
             raise InvalidRequest("the request body is not valid UTF-8") from None
         except RecursionError:
@@ -205,10 +219,11 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # ------------------------------------------------------------------ writing
     def write_json(self, obj: Any, status: int = 200) -> None:
-        """Finish with a JSON body; `obj` may be a list (Tornado's write() refuses lists)."""
+        """Finish with a JSON body; `obj` may be a list (Tornado's write() refuses lists), or
+        bytes `dumps` made already (off the loop, for a big body)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(dumps(obj))
+        self.finish(obj if isinstance(obj, bytes) else dumps(obj))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -301,18 +316,16 @@ class BaseHandler(tornado.web.RequestHandler):
         await self._flush()
 
     # ------------------------------------------------------------------ engine bridge
-    def submit(self, requests: list[GenerationRequest]) -> None:
-        """Submit every request to the engine; their events come back through `events()`."""
-        engine, bridge = self.state.engine, self.state.bridge
+    async def submit(self, requests: list[GenerationRequest]) -> None:
+        """Submit every request to the engine (off the loop: it compiles grammars and builds
+        samplers); their events come back through `events()`."""
         inbox = Inbox()
-        handles = []
-        try:
-            for i, req in enumerate(requests):
-                handles.append(engine.submit(req, bridge.sink(inbox, i)))
-        except BaseException:
+        sinks = [self.state.bridge.sink(inbox, i) for i in range(len(requests))]
+        handles = await off_loop(_submit_all, self.state.engine, requests, sinks)
+        if self._client_gone:  # it left while the requests were being submitted
             for h in handles:
                 h.cancel()
-            raise
+            raise ClientGone()
         self._inbox, self._handles = inbox, handles
         self._open = set(range(len(requests)))
         self._pending_first = set(self._open)

@@ -15,6 +15,7 @@ from refserver.schemas.common import encode_text
 from .base import BaseHandler, log
 from .completion import native_final
 from .formats import ChoiceState, choice_states, completion_id, oai_logprob, usage
+from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -41,9 +42,9 @@ class ApplyTemplateHandler(BaseHandler):
     route = "/apply-template"
 
     async def post(self) -> None:
-        req = self.parse_body(ChatRequest)
+        req = await off_loop(self.parse_body, ChatRequest)
         req.check_tools(self.state.config.jinja)
-        self.write_json({"prompt": render_prompt(self.state, req)})
+        self.write_json({"prompt": await off_loop(render_prompt, self.state, req)})
 
 
 class ChatHandler(BaseHandler):
@@ -52,19 +53,20 @@ class ChatHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = self.parse_body(ChatRequest)
+        req = await off_loop(self.parse_body, ChatRequest)
         req.check_tools(state.config.jinja)
         req.check_common()
-        text = render_prompt(state, req)
+        text = await off_loop(render_prompt, state, req)
         if state.config.verbose:
             log.debug("request %s prompt: %r", self.request_id, text)
-        prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
+        prompt = await off_loop(encode_text, state.tokenizer, text, True, where="the rendered chat prompt")
         self.use_tools = req.callable_tools() is not None
         constraint = self._constraint(req)
         n_probs, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)
         n = req.n_choices(state.defaults)
         n_predict = req.chat_n_predict(state.defaults)
+        await off_loop(req.sampling_params, state.tokenizer, state.defaults, n_probs)  # logit_bias strings
         reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
                                        constraint=constraint, n_probs=n_probs) for _ in range(n)]
         if req.tools and req.tool_choice == "none":
@@ -74,7 +76,7 @@ class ChatHandler(BaseHandler):
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
         choices = choice_states(reqs, n)
-        self.submit(reqs)
+        await self.submit(reqs)
         if req.stream:
             await self._stream(req, choices)
         else:

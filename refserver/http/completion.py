@@ -6,8 +6,9 @@ from refserver.chat.grammars import response_format_constraint
 from refserver.engine.types import Finished, Progress, TokenOut
 from refserver.schemas.completion import CompletionRequest
 
-from .base import BaseHandler, log
+from .base import BaseHandler, dumps, log
 from .formats import ChoiceState, choice_states, native_probs, select_fields
+from .offload import off_loop
 
 
 def native_constraint(req):
@@ -54,13 +55,14 @@ class CompletionHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = self.parse_body(CompletionRequest)
-        reqs, many = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
+        req = await off_loop(self.parse_body, CompletionRequest)
+        reqs, many = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults,
+                                    native_constraint(req))
         n = req.n_choices(state.defaults)
         choices = choice_states(reqs, n)
         if state.config.verbose:
             self.log_prompts(reqs)
-        self.submit(reqs)
+        await self.submit(reqs)
         if req.stream:
             await self._stream(req, reqs, choices)
         else:
@@ -100,7 +102,7 @@ class CompletionHandler(BaseHandler):
         results = [native_final(self.state, req, reqs[c.index], c, stream=False) for c in choices]
         if req.response_fields:
             results = [select_fields(r, req.response_fields) for r in results]
-        self.write_json(results if many else results[0])
+        self.write_json(await off_loop(dumps, results if many else results[0]))
 
     async def _stream(self, req, reqs, choices) -> None:
         async for i, event in self.events(keepalive=True):

@@ -11,6 +11,7 @@ from refserver.schemas.oai_completion import OAICompletionRequest
 from .base import BaseHandler
 from .completion import native_constraint
 from .formats import ChoiceState, choice_states, completion_id, oai_completion_logprobs, usage
+from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -20,14 +21,14 @@ class OAICompletionHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = self.parse_body(OAICompletionRequest)
-        reqs = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
+        req = await off_loop(self.parse_body, OAICompletionRequest)
+        reqs = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults, native_constraint(req))
         n = req.n_choices(state.defaults)
         choices = choice_states(reqs, n)
         self.top_n = req.top_n_probs()
         self.cmpl_id = completion_id("cmpl-")
         self.created = int(time.time())
-        self.submit(reqs)
+        await self.submit(reqs)
         if req.stream:
             await self._stream(choices)
         else:
