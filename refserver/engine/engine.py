@@ -55,7 +55,7 @@ class EngineConfig:
     n_slots: int = 1
     n_ctx: int = 0  # total context; each slot gets n_ctx // n_slots (0: the model's context_length)
     n_batch: int = 2048  # max prompt tokens per step per slot (chunked prefill)
-    n_predict: int = -1  # server cap; effective = min(request, cap), -1 = unlimited
+    n_predict: int = -1  # for requests that give none (-n); -1 = until EOS or the context is full
     seed: int = -1
     cache_ram_mib: int = 256  # cross-slot prompt cache byte bound (0 disables)
     prompt_cache_size: int = 10
@@ -63,6 +63,7 @@ class EngineConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     max_queue: int = 0
+    context_shift: bool = False  # a full slot drops old tokens and goes on (llama.cpp's --context-shift)
     inject_fault: bool = False  # tests only: the loop dies when it first has work
 
 
@@ -91,12 +92,6 @@ class CachedKV:
 
     def trimmed(self, n: int) -> CachedKV:
         return CachedKV(self.main.trimmed(n), self.draft.trimmed(n) if self.draft else None)
-
-
-def effective_n_predict(request: int, cap: int) -> int:
-    if request < 0:
-        return cap
-    return request if cap < 0 else min(request, cap)
 
 
 class Engine:
@@ -196,7 +191,7 @@ class Engine:
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    effective_n_predict(request.n_predict, self.config.n_predict), seed, constraint, spec)
+                    self.n_predict_for(request), seed, constraint, spec)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -205,6 +200,11 @@ class Engine:
             self._queue.append(task)
             self._lock.notify_all()
         return task.handle
+
+    def n_predict_for(self, request: GenerationRequest) -> int:
+        """The request's own n_predict, else the server's -n (llama.cpp's current rule: -n
+        is a default, not a cap); -1 means until EOS or the slot's context is full."""
+        return self.config.n_predict if request.n_predict is None else request.n_predict
 
     def slots(self) -> list[dict]:
         out = []
@@ -362,6 +362,7 @@ class Engine:
             dt = self.drafter.tokens[slot.id]
             self.drafter.tokens[slot.id] = dt[:min(common_prefix(dt, prompt), own)]
         slot.task = task
+        task.handle.id_slot = slot.id
         task.n_cached = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
@@ -377,7 +378,10 @@ class Engine:
         for slot in active:
             task = slot.task
             pos = len(slot.cache)
-            if task.generating:
+            if task.refill:
+                steps.append(Step(slot.id, pos, task.refill[: self.config.n_batch]))
+                before[slot.id] = list(slot.cache)
+            elif task.generating:
                 d = drafts.get(slot.id, [])
                 steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
             else:
@@ -408,7 +412,10 @@ class Engine:
             if task is None:
                 continue
             try:
-                if step.row in before:
+                if task.refill:
+                    slot.cache.extend(step.tokens)
+                    del task.refill[: len(step.tokens)]
+                elif step.row in before:
                     self._after_prefill(slot, task, step, lg)
                 elif step.all_logits:
                     self._after_verify(slot, task, step, lg)
@@ -431,7 +438,7 @@ class Engine:
         wants = []
         for slot in active:
             task = slot.task
-            if not task.generating or task.spec is None:
+            if not task.generating or task.spec is None or task.refill:
                 continue
             room = self._n_ctx_slot - len(slot.cache) - 1
             limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
@@ -527,7 +534,7 @@ class Engine:
             self._finish(slot, task, "eos")
         elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:
             self._finish(slot, task, "limit")
-        elif len(slot.cache) >= self._n_ctx_slot:
+        elif len(slot.cache) >= self._n_ctx_slot and not self._shift_context(slot, task):
             self._finish(slot, task, "limit", truncated=True)
         else:
             return True
@@ -553,6 +560,26 @@ class Engine:
 
     def _token_prob(self, tid: int, value: float) -> TokenProb:
         return TokenProb(tid, self.tokenizer.piece(tid), list(self.tokenizer.token_bytes(tid)), value)
+
+    def _shift_context(self, slot: Slot, task: Task) -> bool:
+        """llama.cpp's context shift: keep the first `n_keep` tokens, drop the next
+        `n_discard` (default half of the rest) and go on.  The kept tail is re-evaluated at
+        its new positions (`task.refill`), since a KV row's keys carry their positions."""
+        if not self.config.context_shift:
+            return False
+        cache = slot.cache
+        n_keep = len(task.prompt) if task.request.n_keep < 0 else task.request.n_keep
+        n_keep = min(n_keep, len(cache) - 2)
+        n_discard = task.request.n_discard or (len(cache) - n_keep) // 2
+        n_discard = max(1, min(n_discard, len(cache) - n_keep - 1))
+        kept = cache[:n_keep] + cache[n_keep + n_discard:]
+        log.info("request %d: context shift, %d tokens dropped after the first %d",
+                 task.handle.id, n_discard, n_keep)
+        slot.cache = cache[:n_keep]
+        task.refill = kept[n_keep:]
+        if self.drafter is not None:
+            self.drafter.tokens[slot.id] = []
+        return True
 
     # ------------------------------------------------------------------ finishing
     def _finish(self, slot: Slot, task: Task, stop_type: str, word: str = "", truncated: bool = False) -> None:

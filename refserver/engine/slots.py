@@ -27,10 +27,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class RequestHandle:
-    """What `Engine.submit` returns: the request's id and a thread-safe cancel."""
+    """What `Engine.submit` returns: the request's id, the slot serving it (-1 until it has
+    one; set by the engine thread before the request's first event) and a thread-safe cancel."""
 
     def __init__(self, id: int):
         self.id = id
+        self.id_slot = -1
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -55,6 +57,7 @@ class Task:
     n_cached: int = 0  # prompt tokens reused
     next_idx: int = 0  # next prompt token to evaluate
     pending: int | None = None  # sampled, not yet in the KV (None while pre-filling)
+    refill: list[int] = field(default_factory=list)  # after a context shift: kept tokens to re-evaluate
     n_decoded: int = 0
     draft_n: int = 0
     draft_accepted: int = 0

@@ -72,7 +72,7 @@ class SpeculativeParams:
 class GenerationRequest:
     prompt: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    n_predict: int = -1  # -1: until EOS or context full; capped by the server's --n-predict
+    n_predict: int | None = None  # None: the server's -n; -1: until EOS or the context is full
     stop: tuple[str, ...] = ()
     id_slot: int = -1
     cache_prompt: bool = True
@@ -81,6 +81,8 @@ class GenerationRequest:
     t_max_predict_ms: int = 0
     return_progress: bool = False
     timings_per_token: bool = False
+    n_keep: int = 0  # context shift: tokens kept at the start (-1: the whole prompt)
+    n_discard: int = 0  # context shift: tokens dropped after them (0: half of the rest)
     # Prompt positions worth keeping in the cross-slot prompt cache, with their kind
     # ("system" prefixes outlive "user" ones, which outlive "assistant" tails on eviction).
     checkpoints: tuple[tuple[int, str], ...] = ()

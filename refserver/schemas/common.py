@@ -152,8 +152,8 @@ class NativeParams(RequestModel):
     mirostat_eta: Number | None = None
     n_predict: NPredict | None = None
     max_tokens: NPredict | None = None
-    n_keep: int | None = None
-    n_discard: int | None = None
+    n_keep: Annotated[int, Field(ge=-1)] | None = None
+    n_discard: NonNegInt | None = None
     n_indent: int | None = None
     stop: Stop | None = None
     seed: int | None = None
@@ -178,15 +178,10 @@ class NativeParams(RequestModel):
     _sampling: dict = PrivateAttr(default_factory=dict)  # by n_probs: built once, not per prompt
 
     # -------------------------------------------------------------- conversion
-    def effective_n_predict(self, defaults: ServerDefaults, request_value: int | None = None) -> int:
-        """min(request, server --n-predict), -1 meaning unlimited on either side."""
-        req = request_value
-        if req is None:
-            req = self.n_predict if self.n_predict is not None else self.max_tokens
-        req = -1 if req is None else req
-        if defaults.n_predict < 0:
-            return req
-        return defaults.n_predict if req < 0 else min(req, defaults.n_predict)
+    def requested_n_predict(self) -> int | None:
+        """The request's own token limit (`n_predict`, else `max_tokens`); None leaves it to
+        the engine, which applies the server's -n."""
+        return self.n_predict if self.n_predict is not None else self.max_tokens
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -252,7 +247,7 @@ class NativeParams(RequestModel):
             raise InvalidRequest("'lora': this server has no LoRA adapters; send [] or leave it out")
 
     def generation_request(self, prompt: list[int], tokenizer: TokenizerLike, defaults: ServerDefaults, *,
-                           n_predict: int, constraint: Constraint | None = None,
+                           n_predict: int | None, constraint: Constraint | None = None,
                            n_probs: int | None = None, stop: tuple[str, ...] | None = None,
                            checkpoints: tuple = ()) -> GenerationRequest:
         return GenerationRequest(
@@ -267,6 +262,8 @@ class NativeParams(RequestModel):
             t_max_predict_ms=self.t_max_predict_ms or 0,
             return_progress=bool(self.return_progress),
             timings_per_token=bool(self.timings_per_token),
+            n_keep=or_default(self.n_keep, 0),
+            n_discard=or_default(self.n_discard, 0),
             checkpoints=checkpoints,
         )
 

@@ -33,7 +33,7 @@ class CompletionRequest(NativeParams):
             raise InvalidRequest("multimodal_data needs a multimodal model; this model takes text only")
         prompts, many = tokenize_prompts(self.prompt, tokenizer)
         n = self.n_choices(defaults)
-        n_predict = self.effective_n_predict(defaults)
+        n_predict = self.requested_n_predict()
         n_probs = self.n_probs if self.n_probs is not None else self.logprobs
         reqs = [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
                                         constraint=constraint, n_probs=n_probs)

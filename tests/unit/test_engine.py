@@ -199,6 +199,32 @@ def test_context_exceeded_and_context_full():
     eng.shutdown()
 
 
+@pytest.mark.parametrize("n_keep,kept", [(0, 0), (4, 4), (-1, 20)])
+def test_context_shift_keeps_n_keep_and_goes_on(n_keep, kept):
+    """With context shift a full slot drops half of what follows `n_keep` (-1: the prompt)
+    and re-evaluates the rest at its new positions, so generation goes past the context."""
+    be = RecordingBackend(512, 2048)
+    eng = make_engine(be, n_slots=1, n_ctx=32, context_shift=True)
+    ev = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40,
+                                    n_keep=n_keep))
+    fin = ev[-1]
+    assert isinstance(fin, Finished) and fin.stop_type == "limit" and not fin.truncated
+    assert fin.tokens_predicted == 40 and len(tokens_of(ev)) == 40
+    refills = [call[0] for call in be.calls[1:] if call[0][2] > 1]  # decode steps carry 1 token
+    assert refills, "no re-evaluation step after the shift"
+    _, pos, n, _ = refills[0]
+    assert pos == kept and n == (32 - kept) - (32 - kept) // 2  # half of what follows n_keep dropped
+    assert all(p + k <= 32 for call in be.calls for (_, p, k, _) in call)  # never past the slot
+    eng.shutdown()
+
+
+def test_without_context_shift_a_full_slot_ends_truncated():
+    eng = make_engine(n_slots=1, n_ctx=32)
+    fin = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40))[-1]
+    assert fin.truncated and fin.tokens_predicted == 13
+    eng.shutdown()
+
+
 def test_stop_string_spanning_tokens():
     eng = make_engine(steered(), n_slots=1)
     ev = run(eng, GenerationRequest([1, 261], GREEDY, stop=("e th", "zzz")))
@@ -210,13 +236,16 @@ def test_stop_string_spanning_tokens():
     eng.shutdown()
 
 
-def test_n_predict_and_server_cap():
+def test_n_predict_and_server_default():
+    """The server's -n is the default for requests that give none; a request's own value
+    wins, larger or smaller (llama.cpp's current behaviour)."""
     eng = make_engine(steered(), n_slots=1, n_predict=5)
     a = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=3))
-    b = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=50))
+    b = run(eng, GenerationRequest([1, 261], SamplingParams(temperature=0.0, ignore_eos=True), n_predict=9))
     c = run(eng, GenerationRequest([1, 261], GREEDY))
     assert (a[-1].stop_type, a[-1].tokens_predicted) == ("limit", 3)
-    assert b[-1].tokens_predicted == c[-1].tokens_predicted == 5 and b[-1].stop_type == "limit"
+    assert (b[-1].stop_type, b[-1].tokens_predicted) == ("limit", 9)
+    assert (c[-1].stop_type, c[-1].tokens_predicted) == ("limit", 5)
     assert text_of(a) == " time there was"
     eng.shutdown()
 
