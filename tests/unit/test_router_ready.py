@@ -51,7 +51,9 @@ def _labels(text: str, name: str) -> dict[str, str]:
 
 
 @metrics
+@pytest.mark.profile("llamacpp")
 def test_llamacpp_metric_names(chat_server):
+    """/metrics carries every metric llama-server emits, under its `llamacpp:` names."""
     chat_server.ok("/completion", {"prompt": "Hello", "n_predict": 2})
     m = chat_server.metrics()
     missing = [name for name in LLAMACPP if name not in m]
@@ -61,6 +63,8 @@ def test_llamacpp_metric_names(chat_server):
 @metrics
 @pytest.mark.extension
 def test_llamacpp_metric_types_and_help_texts(chat_server):
+    """llama-server's HELP texts and types (gauges for its non-monotone "counters"); vLLM's
+    names only on request; refserver's extras under `refserver:`."""
     declared = _declared(chat_server.ok("/metrics"))
     for name, want in LLAMACPP.items():
         assert declared.get(name) == want, (name, declared.get(name))
