@@ -636,9 +636,9 @@ class Engine:
         """llama.cpp's context shift: keep the first `n_keep` tokens, drop the next
         `n_discard` (default half of the rest) and go on.  The kept tail is re-evaluated at
         its new positions (`task.refill`), since a KV row's keys carry their positions."""
-        if not self.config.context_shift:
-            return False
         cache = slot.cache
+        if not self.config.context_shift or len(cache) < 4:  # too little left to drop any of it
+            return False
         n_keep = len(task.prompt) if task.request.n_keep < 0 else task.request.n_keep
         n_keep = min(n_keep, len(cache) - 2)
         n_discard = task.request.n_discard or (len(cache) - n_keep) // 2
