@@ -56,13 +56,21 @@ def read_json(path: Path) -> dict:
         raise ModelLoadError(f"cannot read {path}: {exc}; fix or remove the file") from exc
 
 
-def model_file(model_dir: Path, genai: dict) -> Path:
-    """The graph file: genai_config's decoder filename, else `model.onnx`."""
+def model_file(model_dir: Path, genai: dict, filename: str | None = None) -> Path:
+    """The graph file: `filename` if given, else genai_config's decoder filename, else
+    `model.onnx`, else the folder's only `.onnx` file."""
     if not model_dir.is_dir():
         raise ModelLoadError(
             f"model folder {model_dir} does not exist; pass a folder holding model.onnx "
             "(e.g. an onnxruntime-genai builder or optimum export)")
-    name = genai.get("model", {}).get("decoder", {}).get("filename") or "model.onnx"
+    name = filename or genai.get("model", {}).get("decoder", {}).get("filename") or "model.onnx"
+    graphs = sorted(p.name for p in model_dir.glob("*.onnx"))
+    if not filename and name == "model.onnx" and name not in graphs and graphs:
+        if len(graphs) > 1:
+            raise ModelLoadError(
+                f"{model_dir} holds several graphs ({', '.join(graphs)}) and no model.onnx; pass the "
+                f"one to serve as -m {model_dir / graphs[0]}")
+        name = graphs[0]
     path = model_dir / name
     if not path.is_file():
         raise ModelLoadError(
@@ -71,13 +79,18 @@ def model_file(model_dir: Path, genai: dict) -> Path:
     return path
 
 
-def uses_group_query_attention(path: Path) -> bool:
-    """Whether the graph mentions the com.microsoft GroupQueryAttention op (bytes scan)."""
+def graph_mentions(path: Path, name: bytes) -> bool:
+    """Whether the graph file holds `name` (an op type or attribute name; bytes scan)."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return False
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return m.find(b"GroupQueryAttention") >= 0
+            return m.find(name) >= 0
+
+
+def uses_group_query_attention(path: Path) -> bool:
+    """Whether the graph uses the com.microsoft GroupQueryAttention op."""
+    return graph_mentions(path, b"GroupQueryAttention")
 
 
 def model_size_bytes(path: Path) -> int:
@@ -144,6 +157,11 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
     extra = sorted(set(inputs) - known)
     if extra:
         fail(f"unsupported extra inputs {extra}")
+    if graph_mentions(path, b"sliding_window_cache"):
+        fail("its sliding-window layers keep window-sized KV buffers (GroupQueryAttention "
+             "sliding_window_cache, the builder's default on CPU), which refserver's one-buffer-per-row "
+             "KV layout cannot serve; re-export with the builder's "
+             "--extra_options windowed_kv_cache=false")
     logits = gout.get("logits", "logits")
     if logits not in outputs:
         fail(f"the graph has no {logits!r} output")

@@ -125,15 +125,36 @@ class _Call:
 class OnnxBackend(Backend):
     """A decoder-only ONNX model (GQA or plain layout) on one ONNX Runtime session."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", threads: int = 0):
+    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", threads: int = 0,
+                 filename: str | None = None):
         check_device(device)  # before touching the model: the more basic problem
         model_dir = Path(model_dir)
+        if model_dir.suffix == ".onnx" and model_dir.is_file():  # a graph file: its folder
+            model_dir, filename = model_dir.parent, filename or model_dir.name
         genai = read_json(model_dir / "genai_config.json") if model_dir.is_dir() else {}
-        path = model_file(model_dir, genai)
+        path = model_file(model_dir, genai, filename)
         self.session = create_session(path, device, threads)
         self.info, self._spec = inspect(self.session, model_dir, path, genai, device)
         self.n_calls = 0
+        self._smoke_test(path)
         self.allocate(0, 0)
+
+    def _smoke_test(self, path: Path) -> None:
+        """A 2-token prompt and one decode step on a scratch row, so that a graph this
+        onnxruntime cannot execute (an op or type its provider lacks) fails at start-up
+        rather than at the first request."""
+        self.allocate(1, 4)
+        try:
+            self.forward([Step(0, 0, [DUMMY_TOKEN, DUMMY_TOKEN])])
+            self.forward([Step(0, 2, [DUMMY_TOKEN])])
+        except BackendError as exc:
+            cause = str(exc.__cause__ or exc).strip().splitlines()[0][:500]
+            raise ModelLoadError(
+                f"onnxruntime {ort.__version__} loads {path} but cannot run it on {self.info.device} "
+                f"({self.info.kv_dtype} KV, {self.info.layout} layout): {cause}. Export it for this "
+                "device (for CPU: fp32 or int4, e.g. onnxruntime-genai's builder with -p int4 -e cpu)") from exc
+        finally:
+            self.n_calls = 0
 
     # ---- arena ---------------------------------------------------------------------------
 

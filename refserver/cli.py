@@ -34,7 +34,7 @@ class ServerConfig:
     parallel: int = 1
     batch_size: int = 2048
     n_predict: int = -1
-    temp: float = 0.8
+    temp: float | None = None  # None: the model's genai_config.json search default, else 0.8
     seed: int = -1
     slots: bool = True
     jinja: bool = True
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and its idle threads would spin against the main model's; 0: all cores)")
     g = p.add_argument_group("sampling and chat")
     g.add_argument("-n", "--n-predict", type=int, default=-1, help="cap on generated tokens (default -1: none)")
-    g.add_argument("--temp", type=float, default=0.8, help="default temperature (0.8)")
+    g.add_argument("--temp", type=float, default=None,
+                   help="default temperature (default: the model's genai_config.json, else 0.8)")
     g.add_argument("-s", "--seed", type=int, default=-1, help="default seed (-1: random)")
     g.add_argument("--jinja", action=argparse.BooleanOptionalAction, default=True,
                    help="use the Jinja chat template engine (needed for tools; default on)")

@@ -23,7 +23,8 @@ class HealthHandler(BaseHandler):
 
 def default_generation_params(state) -> dict:
     defaults = state.defaults
-    sampling = SamplingParams(temperature=defaults.temperature, seed=defaults.seed)
+    sampling = SamplingParams(temperature=defaults.temperature, top_k=defaults.top_k, top_p=defaults.top_p,
+                              seed=defaults.seed)
     return CompletionRequest().generation_settings(
         sampling, defaults.n_predict, defaults.seed, False, (), state.tokenizer, defaults)
 
@@ -40,11 +41,14 @@ class PropsHandler(BaseHandler):
                                             "is_processing": False,
                                             "params": default_generation_params(state)},
             "total_slots": state.config.parallel,
+            "n_ctx_train": state.model.n_ctx_train,
             "model_alias": state.model.alias,
             "model_path": state.model.path,
             "modalities": {"vision": False, "audio": False},
             "chat_template": template.source if template is not None else "",
             "chat_template_caps": template.caps if template is not None else {},
+            "chat_template_names": state.template_names,
+            **({"chat_template_tool_use": state.tool_template.source} if state.tool_template is not None else {}),
             "bos_token": state.tokenizer.bos_token or "",
             "eos_token": state.tokenizer.eos_token or "",
             "build_info": BUILD_INFO,

@@ -37,6 +37,8 @@ class ServerDefaults:
     """Server-wide values requests fall back to (from the command line and the model)."""
 
     temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
     seed: int = -1
     n_predict: int = -1
     n_slots: int = 1
@@ -186,8 +188,8 @@ class NativeParams(RequestModel):
             temperature=float(temperature),
             dynatemp_range=float(or_default(self.dynatemp_range, d.dynatemp_range)),
             dynatemp_exponent=float(or_default(self.dynatemp_exponent, d.dynatemp_exponent)),
-            top_k=or_default(self.top_k, d.top_k),
-            top_p=float(or_default(self.top_p, d.top_p)),
+            top_k=or_default(self.top_k, defaults.top_k),
+            top_p=float(or_default(self.top_p, defaults.top_p)),
             min_p=float(or_default(self.min_p, d.min_p)),
             typical_p=float(or_default(self.typical_p, d.typical_p)),
             xtc_probability=float(or_default(self.xtc_probability, d.xtc_probability)),
