@@ -61,10 +61,16 @@ def resolve_model_dir(model: str | None, alias: str | None = None, flag: str = "
     graph = None
     if model:
         path = Path(model).expanduser()
-        if path.suffix == ".onnx" and path.is_file():  # -m DIR/model.onnx: that graph in DIR
+        if path.is_file() and path.suffix == ".onnx":  # -m DIR/FILE.onnx: that graph in DIR
             path, graph = path.parent, path.name
-        if not path.is_dir():
-            raise ModelDirError(f"model directory '{model}' not found; pass {flag} DIR with a directory "
+        elif path.is_file():
+            raise ModelDirError(f"{flag} {model} is a file; refserver serves ONNX model directories: pass "
+                                f"{flag} DIR with a directory holding model.onnx and tokenizer.json")
+        elif not path.exists():
+            raise ModelDirError(f"{flag} {model}: no such file or directory; pass {flag} DIR with a directory "
+                                "holding model.onnx and tokenizer.json")
+        elif not path.is_dir():
+            raise ModelDirError(f"{flag} {model} is not a directory; pass {flag} DIR with a directory "
                                 "holding model.onnx and tokenizer.json")
     else:
         path = EMBEDDED_MODEL
@@ -101,12 +107,14 @@ def search_defaults(model: ModelDir) -> dict:
     return found
 
 
-def check_ctx_size(model: ModelDir, ctx_size: int) -> None:
-    """Refuse a `-c` above the model's trained context (its positions past it were never trained,
-    and a RoPE cache built for that length ends there)."""
+def check_ctx_size(model: ModelDir, ctx_size: int, per_slot: int) -> None:
+    """Refuse a context above the one the model was trained for (positions past it were never
+    trained, and a RoPE cache built for that length ends there).  `per_slot`: what one slot
+    may hold (`-c` itself with unified KV, `-c / -np` without)."""
     trained = model.n_ctx_train
-    if trained and ctx_size > trained:
-        raise ModelDirError(f"-c {ctx_size} is above the context {model.path.name} was trained for "
+    if trained and per_slot > trained:
+        split = "" if per_slot == ctx_size else f" ({per_slot} per slot with --no-kv-unified)"
+        raise ModelDirError(f"-c {ctx_size}{split} is above the context {model.path.name} was trained for "
                             f"({trained} positions); pass -c {trained} or less")
 
 

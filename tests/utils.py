@@ -113,6 +113,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("draft_min", "--draft-min", renamed="--spec-draft-n-min"),
     Flag("n_ctx", "--ctx-size"),
     Flag("n_slots", "--parallel"),
+    Flag("kv_unified", ("--kv-unified", "--no-kv-unified"), "toggle"),
     Flag("n_batch", "--batch-size"),
     Flag("n_predict", "--n-predict"),
     Flag("temperature", "--temp"),
@@ -125,9 +126,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("alias", "--alias"),
     Flag("api_key", "--api-key"),
     Flag("server_metrics", "--metrics", "switch"),
+    Flag("metrics_compat", "--metrics-compat", refserver_only=True),
     Flag("verbose", "--verbose", "switch"),
     Flag("cache_ram", "--cache-ram"),
     Flag("cors_origins", "--cors-origins"),
+    Flag("context_shift", ("--context-shift", "--no-context-shift"), "toggle"),
     Flag("backend", "--backend", refserver_only=True),
     Flag("strict", "--strict", "switch", refserver_only=True),
     Flag("keepalive", "--sse-keepalive", refserver_only=True),
@@ -136,6 +139,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_body_mb", "--max-body-mb", refserver_only=True),
     Flag("max_queue", "--max-queue", refserver_only=True),
     Flag("shutdown_grace", "--shutdown-grace", refserver_only=True),
+    Flag("reasoning_format", "--reasoning-format"),
+    Flag("reasoning", "--reasoning"),
+    Flag("reasoning_budget", "--reasoning-budget"),
+    Flag("responses_store_size", "--responses-store-size", refserver_only=True),
 )
 
 
@@ -323,6 +330,7 @@ class ServerProcess:
     draft_min: int | None = None
     n_ctx: int | None = None
     n_slots: int | None = None
+    kv_unified: bool | None = None
     n_batch: int | None = None
     n_predict: int | None = None
     temperature: float | None = 0.8
@@ -335,9 +343,11 @@ class ServerProcess:
     alias: str | None = None
     api_key: str | list[str] | None = None
     server_metrics: bool = False
+    metrics_compat: str | None = None
     verbose: bool = False
     cache_ram: int | None = None
     cors_origins: str | None = None
+    context_shift: bool | None = None
     backend: str | None = None
     strict: bool = False
     keepalive: float | None = None
@@ -346,8 +356,14 @@ class ServerProcess:
     max_body_mb: float | None = None
     max_queue: int | None = None
     shutdown_grace: float | None = None
+    reasoning_format: str | None = None
+    reasoning: str | None = None
+    reasoning_budget: int | None = None
+    responses_store_size: int | None = None
     # True: owned by a module/session fixture, not stopped at the end of each test
     persistent: bool = False
+    # argv appended after the flags (a test of the command line itself, e.g. llama-server habits)
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self, **attrs):
         for name, value in attrs.items():
@@ -374,6 +390,7 @@ class ServerProcess:
         help_text = binary_help(TARGET.server_bin) if TARGET.server_bin else None
         for f in FLAGS:
             argv += flag_args(f, getattr(self, f.attr), help_text)
+        argv += list(self.extra_args)
         if self.model_draft and help_text and re.search(r"(^|\s)--spec-type\b", help_text):
             # newer llama-server loads -md but drafts only with a speculative type (default none)
             argv += ["--spec-type", "draft-simple"]
@@ -534,6 +551,18 @@ class ServerProcess:
             return res.body
         return assemble_chat_stream(self.make_stream_request(method, path, data, headers, timeout))
 
+    def hold_slot(self) -> EventStream:
+        """Occupy one slot until the returned stream is closed, however fast the machine:
+        an endless generation (`n_predict` -1, EOS ignored) on a server started with
+        `context_shift` and no `n_predict` cap, which shifts its context instead of ending.
+        Returns once the first token arrived, so the slot is busy."""
+        if not (self.context_shift and self.n_predict in (None, -1)):
+            raise RuntimeError("hold_slot needs a server started with context_shift=True and no n_predict cap")
+        stream = self.make_stream_request("POST", "/completion", {
+            "prompt": "Once upon a time", "n_predict": -1, "ignore_eos": True, "stream": True})
+        next(iter(stream))
+        return stream
+
     # ------------------------------------------------------------------ conveniences
     def get(self, path: str, **kw) -> ServerResponse:
         return self.make_request("GET", path, **kw)
@@ -570,11 +599,10 @@ class ServerProcess:
         assert total >= n, f"the preset asked for at least {n} slots; /props reports {total}"
 
     def generation_cap(self) -> int:
-        """The most tokens a request may generate when it asks for more: the server's
-        `--n-predict` when set (> 0), else the slot's context size (from /props)."""
-        settings = self.props()["default_generation_settings"]
-        cap = settings.get("params", {}).get("n_predict", -1)
-        return cap if isinstance(cap, int) and cap > 0 else int(settings["n_ctx"])
+        """The most tokens a request may generate when it asks for more: the slot's context
+        size (from /props).  The server's `--n-predict` is only the default of requests that
+        give none (llama.cpp's current behaviour), so it does not bound this."""
+        return int(self.props()["default_generation_settings"]["n_ctx"])
 
     def wait_slots_idle(self, timeout: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -605,9 +633,10 @@ class ServerPreset:
 
     @staticmethod
     def chat() -> ServerProcess:
-        """The embedded chat model: alias refserver-chat, ctx 1024, 2 slots, batch 32."""
+        """The embedded chat model: alias refserver-chat, 2 slots sharing 1024 tokens of
+        context (unified KV, which llama-server uses with an explicit -np only when told), batch 32."""
         return ServerProcess(
-            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, n_batch=32,
+            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, kv_unified=True, n_batch=32,
             n_predict=64, seed=42, temperature=0.8, jinja=True)
 
     @staticmethod
@@ -790,6 +819,11 @@ def assemble_chat_stream(stream: EventStream) -> dict:
             state["message"]["tool_calls"] = [calls[i] for i in sorted(calls)]
         out["choices"].append(state)
     return out
+
+
+def deferred_requests(server: ServerProcess) -> float:
+    """Requests waiting for a slot (`/metrics`), whatever prefix the server puts on the name."""
+    return max((v for k, v in server.metrics().items() if k.endswith(":requests_deferred")), default=0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -5,6 +5,15 @@ decode step (or a speculative verify step) for each generating slot plus a promp
 (<= n_batch tokens) for each slot still pre-filling, so a long prompt never stalls the
 others.  Events go to each request's sink from this thread.  No tornado, no asyncio:
 the HTTP layer hops back to its own loop inside the sink.
+
+Context (llama.cpp's unified KV): `n_ctx` is the budget of tokens all slots hold at
+once, and each slot may grow up to the smaller of `n_ctx` and the model's trained
+context.  A request is admitted when its prompt fits in what the busy slots leave free
+(else it waits); a slot that would grow past the budget ends as if its context were full.
+
+A failure while serving one request (sampling, emitting, admitting it) fails that request
+alone and frees its slot.  Should the loop itself die, every request in flight fails, and
+`alive` turns False and the callbacks given to `watch` run, so the server can stop.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import numpy as np
 
 from backends.base import Backend, KVState, Step
 from refserver import errors
+from refserver.engine.budget import BudgetState
 from refserver.engine.constraints import ConstraintCompiler
 from refserver.engine.dry import BreakerTable, VocabularyIndex, breaker_table
 from refserver.engine.prompt_cache import PromptCache
@@ -36,6 +46,7 @@ from refserver.engine.types import (
     Finished,
     GenerationRequest,
     Progress,
+    PromptProbs,
     SpeculativeParams,
     TokenOut,
     TokenProb,
@@ -49,9 +60,10 @@ log = logging.getLogger("refserver.engine")
 @dataclass
 class EngineConfig:
     n_slots: int = 1
-    n_ctx: int = 0  # total context; each slot gets n_ctx // n_slots (0: the model's context_length)
+    n_ctx: int = 0  # total context of all slots (0: the model's context_length)
+    kv_unified: bool = True  # slots share n_ctx; False: each gets n_ctx // n_slots
     n_batch: int = 2048  # max prompt tokens per step per slot (chunked prefill)
-    n_predict: int = -1  # server cap; effective = min(request, cap), -1 = unlimited
+    n_predict: int = -1  # for requests that give none (-n); -1 = until EOS or the context is full
     seed: int = -1
     cache_ram_mib: int = 256  # cross-slot prompt cache byte bound (0 disables)
     prompt_cache_size: int = 10
@@ -59,6 +71,8 @@ class EngineConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     max_queue: int = 0
+    context_shift: bool = False  # a full slot drops old tokens and goes on (llama.cpp's --context-shift)
+    inject_fault: bool = False  # tests only: the loop dies when it first has work
 
 
 def banned_tokens(sampling, eog: frozenset[int] | set[int]) -> tuple[int, ...]:
@@ -88,12 +102,6 @@ class CachedKV:
         return CachedKV(self.main.trimmed(n), self.draft.trimmed(n) if self.draft else None)
 
 
-def effective_n_predict(request: int, cap: int) -> int:
-    if request < 0:
-        return cap
-    return request if cap < 0 else min(request, cap)
-
-
 class Engine:
     def __init__(self, backend: Backend, tokenizer: TextTokenizer, config: EngineConfig,
                  draft: Backend | None = None):
@@ -102,9 +110,15 @@ class Engine:
         self.config = config
         self.draft_backend = draft
         self.vocab_size = backend.info.vocab_size
-        n_ctx = config.n_ctx if config.n_ctx > 0 else backend.info.context_length
-        self._n_ctx_slot = max(1, n_ctx // max(1, config.n_slots))
-        self.slots_ = [Slot(i) for i in range(max(1, config.n_slots))]
+        n_slots = max(1, config.n_slots)
+        trained = backend.info.context_length
+        n_ctx = config.n_ctx if config.n_ctx > 0 else trained
+        per_slot = n_ctx if config.kv_unified else n_ctx // n_slots
+        self._n_ctx_slot = max(1, min(per_slot, trained) if trained > 0 else per_slot)
+        self.n_ctx_total = min(n_ctx, n_slots * self._n_ctx_slot)
+        # The budget binds only when the slots together could hold more than it.
+        self._shared = self.n_ctx_total < n_slots * self._n_ctx_slot
+        self.slots_ = [Slot(i) for i in range(n_slots)]
         self.eog = frozenset(tokenizer.eog_ids)
         self.prompt_cache = (PromptCache(config.prompt_cache_size, config.cache_ram_mib << 20)
                              if config.cache_ram_mib > 0 and config.prompt_cache_size > 0 else None)
@@ -115,15 +129,27 @@ class Engine:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.failure: BaseException | None = None  # what ended the loop, if not shutdown()
+        self._watchers: list[Callable[[BaseException], None]] = []
         self._tick = 0
         self._finished_rows: list[tuple[Slot, int]] = []  # (slot, cached length) to save after a step
         self._stats = {"n_steps": 0, "n_decode_total": 0, "prompt_tokens_total": 0, "prompt_tokens_seconds": 0.0,
-                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0}
+                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0,
+                           # for routers: prompt tokens looked up in the caches, busy slots summed over steps,
+                           # the longest sequence a slot held
+                           "prompt_tokens_queried_total": 0, "n_busy_slots_total": 0, "n_tokens_max": 0}
 
     # ------------------------------------------------------------------ public API
     @property
     def n_ctx_slot(self) -> int:
         return self._n_ctx_slot
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the main model's KV arena (one row of n_ctx_slot + 1 positions per slot)."""
+        info = self.backend.info
+        per_position = 2 * info.n_layers * info.n_kv_heads * info.head_dim * np.dtype(info.kv_dtype).itemsize
+        return per_position * len(self.slots_) * (self._n_ctx_slot + 1)
 
     def start(self) -> None:
         self.backend.allocate(len(self.slots_), self._n_ctx_slot)
@@ -131,6 +157,21 @@ class Engine:
             self.drafter = Drafter(self.draft_backend, len(self.slots_), self._n_ctx_slot, self.config.n_batch)
         self._thread = threading.Thread(target=self._run, name="refserver-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread still serves requests."""
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
+
+    def watch(self, callback: Callable[[BaseException], None]) -> None:
+        """Call `callback(error)` (on the engine thread, or now if it already happened)
+        when the loop dies of an error."""
+        with self._lock:
+            failure = self.failure
+            if failure is None:
+                self._watchers.append(callback)
+        if failure is not None:
+            callback(failure)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._lock:
@@ -168,13 +209,14 @@ class Engine:
         breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
-        if self.draft_backend is not None and constraint is None and not sampler.stateful:
+        if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
             spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
                                                             self.config.draft_p_min)
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    effective_n_predict(request.n_predict, self.config.n_predict), seed, constraint, spec)
+                    self.n_predict_for(request), seed, constraint, spec,
+                    budget=BudgetState(request.budget) if request.budget else None)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -183,6 +225,11 @@ class Engine:
             self._queue.append(task)
             self._lock.notify_all()
         return task.handle
+
+    def n_predict_for(self, request: GenerationRequest) -> int:
+        """The request's own n_predict, else the server's -n (llama.cpp's current rule: -n
+        is a default, not a cap); -1 means until EOS or the slot's context is full."""
+        return self.config.n_predict if request.n_predict is None else request.n_predict
 
     def slots(self) -> list[dict]:
         out = []
@@ -197,19 +244,21 @@ class Engine:
                                "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
                                "stop": list(task.request.stop), "ignore_eos": s.ignore_eos}
                 remain = task.n_predict - task.n_decoded if task.n_predict >= 0 else -1
-                d["next_token"] = {"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}
-            else:
-                d["next_token"] = {"has_next_token": False, "n_remain": -1, "n_decoded": 0}
+                d["next_token"] = [{"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}]
+            else:  # a list, as llama.cpp's (one entry per sequence of the slot)
+                d["next_token"] = [{"has_next_token": False, "n_remain": -1, "n_decoded": 0}]
             out.append(d)
         return out
 
     def stats(self) -> dict:
-        busy = sum(1 for s in self.slots_ if s.busy)
+        busy = [s for s in self.slots_ if s.busy]
         with self._lock:
             deferred = len(self._queue)
         cache = self.prompt_cache
-        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=busy,
-                    requests_deferred=deferred, n_busy_slots=busy,
+        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=len(busy),
+                    requests_deferred=deferred, n_busy_slots=len(busy),
+                    kv_cache_tokens=sum(len(s.cache) for s in busy),
+                    kv_cache_capacity=self._n_ctx_slot * len(self.slots_),
                     prompt_cache_entries=len(cache) if cache is not None else 0,
                     prompt_cache_bytes=cache.nbytes if cache is not None else 0)
 
@@ -225,13 +274,20 @@ class Engine:
                 self._drop_cancelled()
                 self._assign()
                 if any(s.busy for s in self.slots_):
+                    if self.config.inject_fault:
+                        raise RuntimeError("injected engine fault (REFSERVER_INJECT_ENGINE_FAULT)")
                     self._step()
                 else:
                     with self._lock:  # only tasks waiting on a busy id_slot: impossible, but never spin
                         if self._queue and not self._stopping:
                             self._lock.wait(0.01)
-        except Exception:  # pragma: no cover - a bug; fail everything rather than hang clients
+        except BaseException as exc:  # a bug: fail everything rather than hang clients, and say so
             log.exception("engine loop crashed")
+            with self._lock:
+                self.failure = exc
+                watchers, self._watchers = self._watchers, []
+            for callback in watchers:
+                callback(exc)
         finally:
             self._fail_all(errors.Unavailable("server is shutting down"))
 
@@ -261,6 +317,17 @@ class Engine:
             if slot.task is not None and slot.task.handle.cancelled:
                 self._release(slot)
 
+    def _fail_task(self, slot: Slot, task: Task, exc: Exception, what: str = "generation failed") -> None:
+        """End one request with a 500 after `exc`; its slot's KV is dropped (it may be
+        half-written) and the slot freed."""
+        log.error("request %d: %s", task.handle.id, what, exc_info=exc)
+        if slot.task is task:
+            slot.cache = []
+            if self.drafter is not None:
+                self.drafter.tokens[slot.id] = []
+            self._release(slot)
+        self._send(task, Failed(errors.ServerError(f"{what}: {type(exc).__name__}: {exc}")))
+
     def _release(self, slot: Slot) -> None:
         slot.task = None
         self._tick += 1
@@ -273,10 +340,13 @@ class Engine:
                 return
             queue = list(self._queue)
         taken = []
+        in_use = self._tokens_in_use() if self._shared else 0
         for task in queue:
             idle = [s for s in self.slots_ if not s.busy]
             if not idle:
                 break
+            if self._shared and in_use + len(task.prompt) >= self.n_ctx_total:
+                break  # waits (first in, first out) until running requests free enough context
             if task.request.id_slot >= 0:
                 slot = self.slots_[task.request.id_slot]
                 if slot.busy:
@@ -284,10 +354,28 @@ class Engine:
             else:
                 slot = self._pick_slot(idle, task.prompt)
             taken.append(task)
-            self._begin(task, slot)
+            try:
+                self._begin(task, slot)
+            except Exception as exc:  # noqa: BLE001 - e.g. loading a cached prefix; logged by _fail_task
+                slot.task = task
+                self._fail_task(slot, task, exc)
+            else:
+                in_use += len(task.prompt)
         if taken:
             with self._lock:
                 self._queue = deque(t for t in self._queue if all(t is not x for x in taken))
+
+    def _tokens_in_use(self, exclude: Slot | None = None) -> int:
+        """Context the busy slots hold or were promised: a pre-filling slot its whole
+        prompt, a generating one its cache plus the sampled token still to be written."""
+        return sum(len(s.cache) + len(s.task.refill) + 1 if s.task.generating else len(s.task.prompt)
+                   for s in self.slots_ if s.task is not None and s is not exclude)
+
+    def _context_full(self, slot: Slot) -> bool:
+        """Whether `slot` may not write its newest token: llama.cpp stops when prompt +
+        generated tokens reach the slot's context, or here the shared budget."""
+        need = len(slot.cache) + 1
+        return need >= self._n_ctx_slot or self._shared and self._tokens_in_use(slot) + need >= self.n_ctx_total
 
     def _pick_slot(self, idle: list[Slot], prompt: list[int]) -> Slot:
         """The idle slot whose cache shares the longest prefix with `prompt`, least recently
@@ -318,9 +406,11 @@ class Engine:
             dt = self.drafter.tokens[slot.id]
             self.drafter.tokens[slot.id] = dt[:min(common_prefix(dt, prompt), own)]
         slot.task = task
+        task.handle.id_slot = slot.id
         task.n_cached = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
+        self._stats["prompt_tokens_queried_total"] += len(prompt)
         if task.request.return_progress:
             self._send(task, Progress(len(prompt), own, own, 0.0))
 
@@ -333,28 +423,27 @@ class Engine:
         for slot in active:
             task = slot.task
             pos = len(slot.cache)
-            if task.generating:
+            if task.refill:
+                steps.append(Step(slot.id, pos, task.refill[: self.config.n_batch]))
+                before[slot.id] = list(slot.cache)
+            elif task.generating:
                 d = drafts.get(slot.id, [])
                 steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
             else:
                 chunk = task.prompt[task.next_idx: task.next_idx + self.config.n_batch]
-                steps.append(Step(slot.id, pos, list(chunk)))
+                steps.append(Step(slot.id, pos, list(chunk), all_logits=task.request.prompt_logprobs))
                 before[slot.id] = list(slot.cache)
         t0 = time.perf_counter()
         try:
             logits = self.backend.forward(steps)
-        except Exception as exc:  # a runtime failure ends the requests in this step only
-            log.exception("forward failed")
+        except Exception as exc:  # noqa: BLE001 - a runtime failure ends the requests in this step only
             for slot in active:
-                self._send(slot.task, Failed(errors.ServerError(f"model step failed: {exc}")))
-                slot.cache = []
-                if self.drafter is not None:
-                    self.drafter.tokens[slot.id] = []
-                self._release(slot)
+                self._fail_task(slot, slot.task, exc, "model step failed")
             return
         dt = time.perf_counter() - t0
         self._stats["n_steps"] += 1
         self._stats["n_decode_total"] += 1
+        self._stats["n_busy_slots_total"] += len(active)
         if self.drafter is not None:
             pre = [s for s in steps if s.row in before and self.slots_[s.row].task.spec is not None]
             self.drafter.mirror(pre, before)
@@ -368,17 +457,24 @@ class Engine:
             task = slot.task
             if task is None:
                 continue
-            if step.row in before:
-                self._after_prefill(slot, task, step, lg)
-            elif step.all_logits:
-                self._after_verify(slot, task, step, lg)
-            else:
-                slot.cache.append(task.pending)
-                self._generate(slot, task, lg[-1])
+            try:
+                if task.refill:
+                    slot.cache.extend(step.tokens)
+                    del task.refill[: len(step.tokens)]
+                elif step.row in before:
+                    self._after_prefill(slot, task, step, lg)
+                elif step.all_logits:
+                    self._after_verify(slot, task, step, lg)
+                else:
+                    slot.cache.append(task.pending)
+                    self._generate(slot, task, lg[-1])
+            except Exception as exc:  # noqa: BLE001 - one request's failure ends that request only
+                self._fail_task(slot, task, exc)
         # The prompt-cache copies of the requests that finished in this step, once every
         # event of the step is out: each takes 0.3-3 ms (page faults on fresh buffers) that
         # neither their clients nor the other rows' need wait for.  Their slots are free,
         # but admission, which could overwrite them, runs after this.
+        self._stats["n_tokens_max"] = max(self._stats["n_tokens_max"], *(len(s.cache) for s in active))
         for slot, n in self._finished_rows:
             self._cache_insert(slot, n, "assistant")
         self._finished_rows.clear()
@@ -389,9 +485,11 @@ class Engine:
         wants = []
         for slot in active:
             task = slot.task
-            if not task.generating or task.spec is None:
+            if not task.generating or task.spec is None or task.refill:
                 continue
             room = self._n_ctx_slot - len(slot.cache) - 1
+            if self._shared:
+                room = min(room, self.n_ctx_total - self._tokens_in_use() - 1)
             limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
             limit = min(limit, room)
             if limit > 0:
@@ -413,6 +511,8 @@ class Engine:
         return out
 
     def _after_prefill(self, slot: Slot, task: Task, step: Step, lg: np.ndarray) -> None:
+        if task.request.prompt_logprobs:
+            self._prompt_probs(task, step, lg)
         slot.cache.extend(step.tokens)
         task.next_idx += len(step.tokens)
         self._stats["prompt_tokens_total"] += len(step.tokens)
@@ -423,6 +523,8 @@ class Engine:
         if task.next_idx < total:
             return
         task.t_prompt_done = now
+        if task.request.prompt_logprobs:
+            self._send(task, PromptProbs(tuple(task.prompt_probs)))
         self._save_checkpoints(slot, task)
         if task.n_predict == 0:
             self._finish(slot, task, "limit")
@@ -445,6 +547,8 @@ class Engine:
     # ------------------------------------------------------------------ tokens
     def _generate(self, slot: Slot, task: Task, raw: np.ndarray, forced: int | None = None) -> None:
         """Sample (or take `forced`) the next token from `raw`, emit it, make it pending."""
+        if forced is None and task.budget is not None:
+            forced = task.budget.forced()
         if forced is None:
             allowed = task.constraint.allowed() if task.constraint is not None else None
             sampled = task.sampler.sample(raw, allowed)
@@ -458,6 +562,8 @@ class Engine:
         """Send one generated token; returns False when the request finished on it."""
         task.n_decoded += 1
         task.sampler.accept(token)
+        if task.budget is not None:
+            task.budget.accept(token)
         self._stats["tokens_predicted_total"] += 1
         req = task.request
         probs = self._probs(task, token, raw, sampled) if req.sampling.n_probs > 0 else None
@@ -478,13 +584,14 @@ class Engine:
         elif word is not None:
             self._finish(slot, task, "word", word)
         elif task.constraint is not None and task.constraint.error is not None:
-            self._send(task, Failed(errors.ServerError(f"constrained decoding failed: {task.constraint.error}")))
+            # the mask allowed the token, so only the grammar's size can fail it: a client error
+            self._send(task, Failed(errors.InvalidRequest(f"constrained decoding failed: {task.constraint.error}")))
             self._release(slot)
         elif task.constraint is not None and task.constraint.done():
             self._finish(slot, task, "eos")
         elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:
             self._finish(slot, task, "limit")
-        elif len(slot.cache) >= self._n_ctx_slot:
+        elif self._context_full(slot) and not self._shift_context(slot, task):
             self._finish(slot, task, "limit", truncated=True)
         else:
             return True
@@ -508,8 +615,42 @@ class Engine:
         top = [tp(int(i), finite(v)) for i, v in zip(ids, lps)]
         return TokenProbs(tp(token, finite(lp_all[token])), top)
 
+    def _prompt_probs(self, task: Task, step: Step, lg: np.ndarray) -> None:
+        """Row j of a pre-fill chunk's logits predicts the prompt token after the chunk's
+        j-th; the first prompt token has no prediction."""
+        start, prompt, n = task.next_idx, task.prompt, task.request.sampling.n_probs
+        if start == 0:
+            task.prompt_probs.append(None)
+        for j in range(len(step.tokens)):
+            if start + j + 1 < len(prompt):
+                lp = log_softmax(lg[j][: self.vocab_size])
+                token = prompt[start + j + 1]
+                ids = np.argsort(-lp, kind="stable")[:n] if n > 0 else ()
+                top = [self._token_prob(int(i), finite(lp[i])) for i in ids]
+                task.prompt_probs.append(TokenProbs(self._token_prob(token, finite(lp[token])), top))
+
     def _token_prob(self, tid: int, value: float) -> TokenProb:
         return TokenProb(tid, self.tokenizer.piece(tid), list(self.tokenizer.token_bytes(tid)), value)
+
+    def _shift_context(self, slot: Slot, task: Task) -> bool:
+        """llama.cpp's context shift: keep the first `n_keep` tokens, drop the next
+        `n_discard` (default half of the rest) and go on.  The kept tail is re-evaluated at
+        its new positions (`task.refill`), since a KV row's keys carry their positions."""
+        if not self.config.context_shift:
+            return False
+        cache = slot.cache
+        n_keep = len(task.prompt) if task.request.n_keep < 0 else task.request.n_keep
+        n_keep = min(n_keep, len(cache) - 2)
+        n_discard = task.request.n_discard or (len(cache) - n_keep) // 2
+        n_discard = max(1, min(n_discard, len(cache) - n_keep - 1))
+        kept = cache[:n_keep] + cache[n_keep + n_discard:]
+        log.info("request %d: context shift, %d tokens dropped after the first %d",
+                 task.handle.id, n_discard, n_keep)
+        slot.cache = cache[:n_keep]
+        task.refill = kept[n_keep:]
+        if self.drafter is not None:
+            self.drafter.tokens[slot.id] = []
+        return True
 
     # ------------------------------------------------------------------ finishing
     def _finish(self, slot: Slot, task: Task, stop_type: str, word: str = "", truncated: bool = False) -> None:

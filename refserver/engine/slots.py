@@ -27,10 +27,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class RequestHandle:
-    """What `Engine.submit` returns: the request's id and a thread-safe cancel."""
+    """What `Engine.submit` returns: the request's id, the slot serving it (-1 until it has
+    one; set by the engine thread before the request's first event) and a thread-safe cancel."""
 
     def __init__(self, id: int):
         self.id = id
+        self.id_slot = -1
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -52,14 +54,17 @@ class Task:
     seed: int
     constraint: Any = None  # constraints.ConstraintState or None
     spec: SpeculativeParams | None = None  # None: no speculation for this request
+    budget: Any = None  # budget.BudgetState or None
     n_cached: int = 0  # prompt tokens reused
     next_idx: int = 0  # next prompt token to evaluate
     pending: int | None = None  # sampled, not yet in the KV (None while pre-filling)
+    refill: list[int] = field(default_factory=list)  # after a context shift: kept tokens to re-evaluate
     n_decoded: int = 0
     draft_n: int = 0
     draft_accepted: int = 0
     t_start: float = 0.0  # prefill start
     t_prompt_done: float = 0.0
+    prompt_probs: list = field(default_factory=list)  # with request.prompt_logprobs: TokenProbs | None each
 
     @property
     def prompt(self) -> list[int]:
@@ -83,7 +88,9 @@ class Task:
             "predicted_n": self.n_decoded,
             "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_ms / self.n_decoded if self.n_decoded else 0.0,
-            "predicted_per_second": 1000.0 * self.n_decoded / predicted_ms if predicted_ms > 0 else 0.0,
+            # one token gives no rate (llama.cpp reports 0.0 then)
+            "predicted_per_second": 1000.0 * self.n_decoded / predicted_ms
+            if predicted_ms > 0 and self.n_decoded > 1 else 0.0,
         }
         if draft:
             out["draft_n"] = self.draft_n

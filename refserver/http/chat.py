@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
-from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
-from refserver.chat.tool_calls import ContentDelta, HermesToolCallParser, finish_reason_for
-from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut
-from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
-from refserver.schemas.common import encode_text
+from refserver.stream.choice import ChoiceStream
+from refserver.stream.deltas import (
+    FinishDelta,
+    ProgressDelta,
+    ReasoningDelta,
+    TextDelta,
+    TokenDelta,
+    ToolCallArgs,
+    ToolCallStart,
+)
+from refserver.stream.generation import Generation
 
 from .base import BaseHandler, log
+from .chat_pipeline import prepare_chat, render_prompt
 from .completion import native_final
-from .formats import ChoiceState, choice_states, completion_id, oai_logprob, usage
+from .formats import completion_id, oai_logprob
 from .state import SYSTEM_FINGERPRINT
-
-
-def render_prompt(state, req: ChatRequest) -> str:
-    """The chat template applied to the request's messages (and tools)."""
-    if req.messages is None:
-        raise InvalidRequest("'messages' is required")
-    add_gen = True if req.add_generation_prompt is None else req.add_generation_prompt
-    tools = req.callable_tools()
-    template = state.tool_template if tools and state.tool_template is not None else state.template
-    return template.render(req.messages, tools=tools, add_generation_prompt=add_gen,
-                           template_kwargs=req.chat_template_kwargs)
-
-
-def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
-    """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
-    when it is one token; otherwise the parser still keeps markup out of content)."""
-    marker = tokenizer.encode(TOOL_START)
-    if len(marker) != 1:
-        return request
-    sampling = replace(request.sampling, logit_bias=request.sampling.logit_bias + ((marker[0], float("-inf")),))
-    return replace(request, sampling=sampling)
 
 
 class ApplyTemplateHandler(BaseHandler):
@@ -55,142 +40,142 @@ class ChatHandler(BaseHandler):
     async def post(self) -> None:
         state = self.state
         req = self.parse_body(ChatRequest)
-        req.check_tools(state.config.jinja)
-        req.check_common()
-        text = render_prompt(state, req)
-        if state.config.verbose:
-            log.debug("request %s prompt: %r", self.request_id, text)
-        prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
-        self.use_tools = req.callable_tools() is not None
-        constraint = self._constraint(req)
         n_probs, self.top_n = req.n_probs_requested()
-        self.want_logprobs = bool(req.logprobs)
         n = req.n_choices(state.defaults)
-        n_predict = req.chat_n_predict(state.defaults)
-        reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
-                                       constraint=constraint, n_probs=n_probs) for _ in range(n)]
-        if req.tools and req.tool_choice == "none":
-            reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
+        chat = prepare_chat(state, req, n=n, n_probs=n_probs)
+        if state.config.verbose:
+            log.debug("request %s prompt: %r", self.request_id, chat.prompt_text)
+        self.use_tools = chat.use_tools
+        self.want_logprobs = bool(req.logprobs)
         self.req = req
-        self.reqs = reqs
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
-        choices = choice_states(reqs, n)
-        self.submit(reqs)
+        gen = self.start_generation(chat.requests, n=n, parsers=chat.parsers)
         if req.stream:
-            await self._stream(req, choices)
+            await self._stream(req, gen)
         else:
-            await self._collect(req, choices)
-
-    def _constraint(self, req: ChatRequest):
-        rf = response_format_constraint(req.response_format, json_schema=req.json_schema,
-                                        grammar=req.grammar or None)
-        if self.use_tools:
-            tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
-                                  token_names=self.state.tokenizer.added_token_names)
-            if rf is not None and tc is not None:
-                raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
-            return tc
-        return rf
+            await self._collect(gen)
 
     def envelope(self, choices: list[dict], chunk: bool) -> dict:
         return {"choices": choices, "created": self.created, "id": self.chat_id,
                 "model": self.state.model.alias, "system_fingerprint": SYSTEM_FINGERPRINT,
                 "object": "chat.completion.chunk" if chunk else "chat.completion"}
 
-    def verbose_object(self, choice: ChoiceState, stream: bool) -> dict:
-        return native_final(self.state, self.req, self.reqs[choice.index], choice, stream)
+    def verbose_object(self, choice: ChoiceStream, stream: bool) -> dict:
+        return native_final(self.state, self.req, choice, stream)
+
+    def logprobs_of(self, probs: list) -> dict:
+        return {"content": [oai_logprob(p, self.top_n) for p in probs]}
 
     # ------------------------------------------------------------------ non-streamed
-    async def _collect(self, req: ChatRequest, choices: list[ChoiceState]) -> None:
-        await self.collect(choices)
-        out_choices = []
-        for c in choices:
-            message: dict = {"role": "assistant", "content": c.content}
-            calls = []
-            if self.use_tools:
-                content, calls = HermesToolCallParser().parse(c.content)
-                message["content"] = content
-                if calls:
-                    message["tool_calls"] = [call.to_dict() for call in calls]
-            entry = {"finish_reason": finish_reason_for(c.finished.stop_type, bool(calls)), "index": c.index,
-                     "message": message}
-            if self.want_logprobs:
-                entry["logprobs"] = {"content": [oai_logprob(p, self.top_n) for p in c.probs]}
-            out_choices.append(entry)
-        out = self.envelope(out_choices, chunk=False)
-        out["usage"] = usage(choices)
-        out["timings"] = choices[-1].finished.timings
-        if self.state.config.verbose:
-            out["__verbose"] = self.verbose_object(choices[0], stream=False)
+    async def _collect(self, gen: Generation) -> None:
+        await gen.collect()
+        out = self.envelope([self.message_choice(c) for c in gen.choices], chunk=False)
+        out["usage"] = gen.usage().to_openai()
+        out["timings"] = gen.choices[-1].finished.timings
+        if self.state.config.verbose or self.req.verbose:
+            out["__verbose"] = self.verbose_object(gen.choices[0], stream=False)
         self.write_json(out)
 
+    def message_choice(self, c: ChoiceStream) -> dict:
+        r = c.result
+        message: dict = {"role": "assistant", "content": r.content}
+        if r.reasoning:
+            message["reasoning_content"] = r.reasoning_text
+        if r.tool_calls:
+            message["content"] = r.content.strip() or None
+            message["tool_calls"] = [{"id": t.id, "type": "function",
+                                      "function": {"name": t.name, "arguments": t.arguments}}
+                                     for t in r.tool_calls]
+        entry = {"finish_reason": r.finish.reason, "index": c.index, "message": message}
+        if self.want_logprobs:
+            entry["logprobs"] = self.logprobs_of(r.logprobs)
+        return entry
+
     # ------------------------------------------------------------------ streamed
-    async def _stream(self, req: ChatRequest, choices: list[ChoiceState]) -> None:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        parsers = [HermesToolCallParser() if self.use_tools else None for _ in choices]
-        pending_probs: list[list] = [[] for _ in choices]
-        last_timings: dict = {}
-
-        def send(i: int, delta: dict, finish_reason=None, **extra) -> None:
-            entry = {"finish_reason": finish_reason, "index": i, "delta": delta}
-            if self.want_logprobs and "content" in delta and delta["content"] is not None:
-                entry["logprobs"] = {"content": [oai_logprob(p, self.top_n) for p in pending_probs[i]]}
-                pending_probs[i] = []
-            chunk = self.envelope([entry], chunk=True)
-            chunk.update(extra)
-            self.sse_send(chunk)
-
-        def send_deltas(i: int, deltas: list, **extra) -> None:
-            for d in deltas:
-                if isinstance(d, ContentDelta):
-                    if d.text:
-                        send(i, {"content": d.text}, **extra)
-                else:
-                    send(i, {"tool_calls": [d.to_dict()]}, **extra)
-
-        def send_text(i: int, text: str, **extra) -> None:
-            parser = parsers[i]
-            send_deltas(i, parser.feed(text) if parser is not None else [ContentDelta(text)], **extra)
-
-        async for i, event in self.events(keepalive=True):
-            c = choices[i]
-            if isinstance(event, Progress):
-                if self.reqs[i].return_progress:
-                    c.sent_role = True
-                    send(i, {"role": "assistant", "content": None},
-                         prompt_progress={"total": event.total, "cache": event.cache,
-                                          "processed": event.processed, "time_ms": event.time_ms})
-                continue
-            if not c.sent_role:
-                c.sent_role = True
-                send(i, {"role": "assistant", "content": None})
-            if isinstance(event, TokenOut):
-                c.add(event)
-                if event.probs is not None and self.want_logprobs:
-                    pending_probs[i].append(event.probs)
-                extra = {"timings": event.timings} if event.timings else {}
-                if event.text:
-                    send_text(i, event.text, **extra)
-                if event.timings:
-                    last_timings = event.timings
-            elif isinstance(event, Finished):
-                c.finish(event)
-                self.n_predicted_tokens += event.tokens_predicted
-                if event.text:
-                    send_text(i, event.text)
-                if parsers[i] is not None:
-                    send_deltas(i, parsers[i].finish())
-                has_calls = bool(parsers[i] is not None and parsers[i].calls)
-                extra = {"timings": event.timings}
-                if self.state.config.verbose:
-                    extra["__verbose"] = self.verbose_object(c, stream=True)
-                send(i, {}, finish_reason_for(event.stop_type, has_calls), **extra)
-                last_timings = event.timings
-        if include_usage:
+    async def _stream(self, req: ChatRequest, gen: Generation) -> None:
+        chunkers = [ChatChunker(self, c) for c in gen.choices]
+        async for c, deltas in self.stream_deltas():
+            chunkers[c.index].write(deltas)
+        if req.stream_options and req.stream_options.include_usage:
             tail = self.envelope([], chunk=True)
-            tail["usage"] = usage(choices)
-            tail["timings"] = last_timings
+            tail["usage"] = gen.usage().to_openai()
+            tail["timings"] = gen.choices[-1].finished.timings
             self.sse_send(tail)
         self.sse_done_line()
         self.finish()
+
+
+class ChatChunker:
+    """One choice's deltas → `chat.completion.chunk` events.
+
+    The first chunk carries the role; each token's logprob entry rides on the next chunk
+    the choice sends (content, reasoning, tool call or the finish chunk), so every
+    generated token -- EOS and tool-call markup included -- has exactly one entry.
+    """
+
+    def __init__(self, handler: ChatHandler, choice: ChoiceStream):
+        self.h = handler
+        self.choice = choice
+        self.sent_role = False
+        self.probs: list = []
+        self.extra: dict = {}
+
+    def send(self, delta: dict, finish_reason: str | None = None, **extra) -> None:
+        entry = {"finish_reason": finish_reason, "index": self.choice.index, "delta": delta}
+        if self.probs and self.h.want_logprobs:
+            entry["logprobs"] = self.h.logprobs_of(self.probs)
+            self.probs = []
+        chunk = self.h.envelope([entry], chunk=True)
+        chunk.update(self.extra)
+        chunk.update(extra)
+        self.h.sse_send(chunk)
+
+    def write(self, deltas: list) -> None:
+        self.extra = {}
+        skip = -1
+        for k, d in enumerate(deltas):
+            if k == skip:
+                continue
+            if isinstance(d, ProgressDelta):
+                self.progress(d)
+                continue
+            if not self.sent_role:
+                self.sent_role = True
+                self.send({"role": "assistant", "content": None})
+            if isinstance(d, TokenDelta):
+                if d.probs is not None:
+                    self.probs.append(d.probs)
+                self.extra = {"timings": d.timings} if d.timings else {}
+            elif isinstance(d, TextDelta):
+                self.send({"content": d.text})
+            elif isinstance(d, ReasoningDelta):
+                self.send({"reasoning_content": d.text})
+            elif isinstance(d, ToolCallStart):
+                nxt = deltas[k + 1] if k + 1 < len(deltas) else None
+                args = nxt.text if isinstance(nxt, ToolCallArgs) and nxt.index == d.index else ""
+                self.send({"tool_calls": [{"index": d.index, "id": d.id, "type": "function",
+                                           "function": {"name": d.name, "arguments": args}}]})
+                if args:
+                    skip = k + 1  # sent with the start
+            elif isinstance(d, ToolCallArgs):
+                if d.text:
+                    self.send({"tool_calls": [{"index": d.index, "function": {"arguments": d.text}}]})
+            elif isinstance(d, FinishDelta):
+                self.finish(d)
+
+    def progress(self, d: ProgressDelta) -> None:
+        if not self.choice.request.return_progress:
+            return
+        p = d.progress
+        self.sent_role = True
+        self.send({"role": "assistant", "content": None},
+                  prompt_progress={"total": p.total, "cache": p.cache, "processed": p.processed,
+                                   "time_ms": p.time_ms}, timings=p.timings())
+
+    def finish(self, d: FinishDelta) -> None:
+        extra = {"timings": d.finished.timings}
+        if self.h.state.config.verbose or self.h.req.verbose:
+            extra["__verbose"] = self.h.verbose_object(self.choice, stream=True)
+        self.extra = {}
+        self.send({}, d.reason, **extra)

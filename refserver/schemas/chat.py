@@ -12,10 +12,12 @@ from pydantic import Field
 
 from refserver.errors import InvalidRequest
 
+from . import documented_fields
 from .common import NativeParams, ServerDefaults, StreamOptions, n_within_slots
 
 
 class ChatRequest(NativeParams):
+    documented_fields = documented_fields.OPENAI_CHAT
     messages: Any = None
     model: str | None = None
     stream: bool | None = None
@@ -31,7 +33,9 @@ class ChatRequest(NativeParams):
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict | None = None
     reasoning_format: str | None = None
+    reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # per request, as --reasoning-budget
     user: str | None = None
+    verbose: bool | None = None  # llama.cpp: `__verbose` (the native final object) in the response
 
     def n_choices(self, defaults: ServerDefaults) -> int:
         return n_within_slots(self.n or 1, defaults)
@@ -50,11 +54,12 @@ class ChatRequest(NativeParams):
         top = 20 if self.top_logprobs is None else self.top_logprobs
         return max(top, 1), top
 
-    def chat_n_predict(self, defaults: ServerDefaults) -> int:
-        value = self.max_completion_tokens
-        if value is None:
-            value = self.max_tokens if self.max_tokens is not None else self.n_predict
-        return self.effective_n_predict(defaults, -1 if value is None else value)
+    def requested_n_predict(self) -> int | None:
+        """`max_completion_tokens`, else `max_tokens`, else `n_predict`; None: the server's -n."""
+        for value in (self.max_completion_tokens, self.max_tokens, self.n_predict):
+            if value is not None:
+                return value
+        return None
 
     def check_tools(self, jinja: bool) -> None:
         uses_tools = bool(self.tools) or self.tool_choice not in (None, "auto")

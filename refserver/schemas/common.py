@@ -7,10 +7,10 @@ Null means "use the default", as in llama.cpp (`json_value(body, key, default)`)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from refserver.engine.dry import MAX_BREAKERS
 from refserver.engine.types import (
@@ -37,8 +37,6 @@ class ServerDefaults:
     """Server-wide values requests fall back to (from the command line and the model)."""
 
     temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
     seed: int = -1
     n_predict: int = -1
     n_slots: int = 1
@@ -47,13 +45,17 @@ class ServerDefaults:
     draft_min: int = 0
     draft_p_min: float = 0.75
     has_draft: bool = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # --top-k, --min-p, ... (and --temp)
 
 
 class RequestModel(BaseModel):
     """Strict JSON types (an int is accepted where a float is expected), unknown keys kept
-    in `model_extra` so `--strict` can name them."""
+    in `model_extra` so `--strict` can name them.  Python reads `1e999` as infinity: no
+    float field takes a non-finite number (it could only come back as invalid JSON)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False)
+    # fields some API documents that this model does not read: ignored even with --strict
+    documented_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class StreamOptions(RequestModel):
@@ -77,8 +79,9 @@ def parse_request(cls: type[RequestModel], body: Any, strict: bool = False) -> R
         model = cls.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(_validation_message(exc)) from None
-    if strict and model.model_extra:
-        names = ", ".join(sorted(model.model_extra))
+    unknown = set(model.model_extra or ()) - cls.documented_fields
+    if strict and unknown:
+        names = ", ".join(sorted(unknown))
         raise InvalidRequest(f"unknown field(s): {names} (the server runs with --strict)")
     return model
 
@@ -107,7 +110,20 @@ def or_default(value: Any, default: Any) -> Any:
 
 
 # Shorthand types.  Strict mode: bools are not ints, strings are not numbers.
-Number = float
+# llama.cpp keeps sampling parameters in C floats: beyond float32's range they would be
+# infinite there, so they are refused here.
+FLOAT32_MAX = 3.4028234663852886e38
+Number = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+
+# What one request may ask for (README, Limits), so that it can neither queue unbounded
+# work nor make its response explode; each is a 400 naming the bound.  llama.cpp has none.
+MAX_PROMPTS = 1024  # prompts in one `prompt` list: each is a queued generation (x n)
+MAX_LOGIT_BIAS = 4096  # logit_bias entries, and tokens they resolve to (each is echoed back)
+MAX_N_PROBS = 256  # n_probs: entries per generated token in the response
+MAX_STOP = 64  # stop strings, each checked against the text held back at every token,
+MAX_STOP_CHARS = 1024  # and their length (the hold-back check is quadratic in it)
+MAX_SAMPLERS = 64  # names in `samplers`: the chain runs once per token
+Stop = str | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 NPredict = Annotated[int, Field(ge=-1)]
@@ -140,20 +156,21 @@ class NativeParams(RequestModel):
     mirostat_eta: Number | None = None
     n_predict: NPredict | None = None
     max_tokens: NPredict | None = None
-    n_keep: int | None = None
-    n_discard: int | None = None
+    n_keep: Annotated[int, Field(ge=-1)] | None = None
+    n_discard: NonNegInt | None = None
     n_indent: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop | None = None
     seed: int | None = None
     ignore_eos: bool | None = None
     logit_bias: list | dict | bool | None = None
-    n_probs: NonNegInt | None = None
+    n_probs: Annotated[int, Field(ge=0, le=MAX_N_PROBS)] | None = None
     post_sampling_probs: bool | None = None
     min_keep: NonNegInt | None = None
     t_max_predict_ms: NonNegInt | None = None
     id_slot: Annotated[int, Field(ge=-1)] | None = None
     cache_prompt: bool | None = None
-    samplers: list[str] | str | None = None
+    samplers: Annotated[list[str], Field(max_length=MAX_SAMPLERS)] | Annotated[
+        str, Field(max_length=MAX_SAMPLERS)] | None = None
     timings_per_token: bool | None = None
     return_progress: bool | None = None
     grammar: str | None = None
@@ -162,17 +179,13 @@ class NativeParams(RequestModel):
     speculative_n_max: NonNegInt | None = Field(None, alias="speculative.n_max")
     speculative_n_min: NonNegInt | None = Field(None, alias="speculative.n_min")
     speculative_p_min: Prob | None = Field(None, alias="speculative.p_min")
+    _sampling: dict = PrivateAttr(default_factory=dict)  # by n_probs: built once, not per prompt
 
     # -------------------------------------------------------------- conversion
-    def effective_n_predict(self, defaults: ServerDefaults, request_value: int | None = None) -> int:
-        """min(request, server --n-predict), -1 meaning unlimited on either side."""
-        req = request_value
-        if req is None:
-            req = self.n_predict if self.n_predict is not None else self.max_tokens
-        req = -1 if req is None else req
-        if defaults.n_predict < 0:
-            return req
-        return defaults.n_predict if req < 0 else min(req, defaults.n_predict)
+    def requested_n_predict(self) -> int | None:
+        """The request's own token limit (`n_predict`, else `max_tokens`); None leaves it to
+        the engine, which applies the server's -n."""
+        return self.n_predict if self.n_predict is not None else self.max_tokens
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -182,14 +195,22 @@ class NativeParams(RequestModel):
 
     def sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                         n_probs: int | None = None) -> SamplingParams:
-        d = SamplingParams()
+        """The request's SamplingParams, built once per `n_probs` (logit_bias strings are
+        tokenized once for all of a request's prompts and choices)."""
+        if n_probs not in self._sampling:
+            self._sampling[n_probs] = self._new_sampling_params(tokenizer, defaults, n_probs)
+        return self._sampling[n_probs]
+
+    def _new_sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
+                             n_probs: int | None) -> SamplingParams:
+        d = defaults.sampling
         temperature = or_default(self.temperature, defaults.temperature)
         return SamplingParams(
             temperature=float(temperature),
             dynatemp_range=float(or_default(self.dynatemp_range, d.dynatemp_range)),
             dynatemp_exponent=float(or_default(self.dynatemp_exponent, d.dynatemp_exponent)),
-            top_k=or_default(self.top_k, defaults.top_k),
-            top_p=float(or_default(self.top_p, defaults.top_p)),
+            top_k=or_default(self.top_k, d.top_k),
+            top_p=float(or_default(self.top_p, d.top_p)),
             min_p=float(or_default(self.min_p, d.min_p)),
             typical_p=float(or_default(self.typical_p, d.typical_p)),
             xtc_probability=float(or_default(self.xtc_probability, d.xtc_probability)),
@@ -204,7 +225,7 @@ class NativeParams(RequestModel):
             post_sampling_probs=bool(self.post_sampling_probs),
             min_keep=or_default(self.min_keep, d.min_keep),
             samplers=parse_samplers(self.samplers),
-            ignore_eos=bool(self.ignore_eos),
+            ignore_eos=bool(or_default(self.ignore_eos, d.ignore_eos)),
             top_n_sigma=float(or_default(self.top_n_sigma, d.top_n_sigma)),
             dry_multiplier=float(or_default(self.dry_multiplier, d.dry_multiplier)),
             # llama.cpp replaces a base below 1 by the default
@@ -230,7 +251,7 @@ class NativeParams(RequestModel):
             raise InvalidRequest("'lora': this server has no LoRA adapters; send [] or leave it out")
 
     def generation_request(self, prompt: list[int], tokenizer: TokenizerLike, defaults: ServerDefaults, *,
-                           n_predict: int, constraint: Constraint | None = None,
+                           n_predict: int | None, constraint: Constraint | None = None,
                            n_probs: int | None = None, stop: tuple[str, ...] | None = None,
                            checkpoints: tuple = ()) -> GenerationRequest:
         return GenerationRequest(
@@ -245,6 +266,8 @@ class NativeParams(RequestModel):
             t_max_predict_ms=self.t_max_predict_ms or 0,
             return_progress=bool(self.return_progress),
             timings_per_token=bool(self.timings_per_token),
+            n_keep=or_default(self.n_keep, 0),
+            n_discard=or_default(self.n_discard, 0),
             checkpoints=checkpoints,
         )
 
@@ -299,6 +322,9 @@ class NativeParams(RequestModel):
             "speculative.p_min": spec.p_min,
             "timings_per_token": bool(self.timings_per_token),
             "post_sampling_probs": sampling.post_sampling_probs,
+            # llama.cpp's adaptive-p sampler, which refserver does not have: its neutral settings
+            "adaptive_target": -1.0,
+            "adaptive_decay": 0.9,
             "lora": [],
         }
 
@@ -344,6 +370,15 @@ def _bias_value(value: Any) -> float | None:
     return None
 
 
+def _finite_bias(value: Any, where: str) -> float | None:
+    """`_bias_value`, with numbers outside float32's range (and NaN) refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+        raise InvalidRequest(f"logit_bias{where}: the bias must be a finite number within float32's range "
+                             "(send false to ban a token)")
+    return _bias_value(value)
+
+
 def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, float]]:
     """llama.cpp's logit_bias forms: `[[tok|"str", bias|false], ...]` or `{"tok|str": bias|false}`.
 
@@ -352,11 +387,13 @@ def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, floa
     """
     if raw is None or raw is False or raw == [] or raw == {}:
         return []
+    if isinstance(raw, (list, dict)) and len(raw) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias has {len(raw)} entries; at most {MAX_LOGIT_BIAS} per request")
     n_vocab = tokenizer.vocab_size
     pairs: list[tuple[int, float]] = []
 
     def add(key: Any, value: Any, where: str) -> None:
-        bias = _bias_value(value)
+        bias = _finite_bias(value, where)
         if bias is None:
             return
         if isinstance(key, bool):
@@ -385,6 +422,8 @@ def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, floa
             add(key, value, f"[{key!r}]")
     else:
         raise InvalidRequest("logit_bias must be an array of [token, bias] pairs or an object")
+    if len(pairs) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias resolves to {len(pairs)} tokens; at most {MAX_LOGIT_BIAS} per request")
     return pairs
 
 
@@ -442,6 +481,8 @@ def tokenize_prompts(prompt: Any, tokenizer: TokenizerLike) -> tuple[list[list[i
     elif isinstance(prompt, list):
         if not prompt:
             raise InvalidRequest("'prompt' is empty")
+        if len(prompt) > MAX_PROMPTS:
+            raise InvalidRequest(f"'prompt' holds {len(prompt)} prompts; at most {MAX_PROMPTS} per request")
         prompts = [_tokenize_one(p, tokenizer, f"prompt[{i}]") for i, p in enumerate(prompt)]
         many = True
     else:

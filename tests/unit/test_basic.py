@@ -38,24 +38,28 @@ def test_props_shape(chat_server):
 def test_props_reflect_flags(chat_server):
     props = chat_server.props()
     assert props["total_slots"] == chat_server.n_slots
-    assert props["default_generation_settings"]["n_ctx"] == chat_server.n_ctx // chat_server.n_slots
+    n_ctx_train = chat_server.ok("/v1/models")["data"][0]["meta"]["n_ctx_train"]
+    # unified KV: each slot may use the whole context, up to the model's trained length
+    assert props["default_generation_settings"]["n_ctx"] == min(chat_server.n_ctx, n_ctx_train)
     assert props["default_generation_settings"]["params"]["seed"] == chat_server.seed
     assert props["model_alias"] == chat_server.alias
 
 
 @basic
 @pytest.mark.needs_flags
-def test_props_ctx_split_over_slots():
-    """--ctx-size is the total; each of --parallel slots gets ctx/parallel."""
+@pytest.mark.parametrize("unified, per_slot", [(True, 1024), (False, 256)])
+def test_props_ctx_over_slots(unified, per_slot):
+    """--ctx-size is the total; with unified KV each slot may use all of it, with
+    --no-kv-unified each of --parallel slots gets ctx/parallel."""
     server = ServerPreset.chat()
-    server.n_ctx, server.n_slots = 1024, 4
+    server.n_ctx, server.n_slots, server.kv_unified = 1024, 4, unified
     server.start()
     props = server.props()
     assert props["total_slots"] == 4
-    assert props["default_generation_settings"]["n_ctx"] == 256
+    assert props["default_generation_settings"]["n_ctx"] == per_slot
     slots = server.slots()
     assert len(slots) == 4
-    assert all(s["n_ctx"] == 256 for s in slots)
+    assert all(s["n_ctx"] == per_slot for s in slots)
 
 
 @basic

@@ -184,7 +184,7 @@ def test_different_seeds_differ_and_server_seed_applies():
 
 
 def test_context_exceeded_and_context_full():
-    eng = make_engine(n_slots=2, n_ctx=64)
+    eng = make_engine(n_slots=2, n_ctx=64, kv_unified=False)  # llama.cpp's --no-kv-unified split
     assert eng.n_ctx_slot == 32
     with pytest.raises(errors.ContextExceeded):
         eng.submit(GenerationRequest(list(range(3, 35))), lambda e: None)
@@ -194,8 +194,89 @@ def test_context_exceeded_and_context_full():
         eng.submit(GenerationRequest([5, 6], id_slot=2), lambda e: None)
     ev = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True)))
     fin = ev[-1]
-    assert fin.stop_type == "limit" and fin.truncated and fin.tokens_cached == 32
-    assert fin.tokens_predicted == 32 - 20 + 1
+    # llama.cpp's rule: prompt + generated tokens = the slot's context (the last one needs no cell)
+    assert fin.stop_type == "limit" and fin.truncated and fin.tokens_cached == 31
+    assert fin.tokens_evaluated + fin.tokens_predicted == 32
+    eng.shutdown()
+
+
+def test_unified_context_each_slot_may_use_all_of_it():
+    eng = make_engine(n_slots=4, n_ctx=64)
+    assert eng.n_ctx_slot == 64 and eng.n_ctx_total == 64
+    with pytest.raises(errors.ContextExceeded):
+        eng.submit(GenerationRequest(list(range(3, 67))), lambda e: None)
+    fin = run(eng, GenerationRequest(list(range(3, 53)), SamplingParams(ignore_eos=True)))[-1]
+    assert fin.truncated and fin.tokens_evaluated + fin.tokens_predicted == 64  # 50 + 14: past 64 / 4
+    assert make_engine(n_slots=2, n_ctx=8192, start=False).n_ctx_slot == 2048  # capped at the trained context
+    eng.shutdown()
+
+
+def test_unified_context_admission_waits_for_room():
+    """Two 40-token prompts cannot share 64 tokens: the second waits for the first to end."""
+    eng = make_engine(n_slots=2, n_ctx=64, start=False)
+    order: list[tuple[str, object]] = []
+    done = threading.Event()
+
+    def sink(name):
+        def put(e):
+            order.append((name, e))
+            if isinstance(e, Finished) and name == "b":
+                done.set()
+        return put
+    eng.submit(GenerationRequest(list(range(3, 43)), SamplingParams(ignore_eos=True)), sink("a"))
+    eng.submit(GenerationRequest(list(range(50, 90)), SamplingParams(ignore_eos=True)), sink("b"))
+    eng.start()
+    assert done.wait(20)
+    a_end = next(i for i, (n, e) in enumerate(order) if n == "a" and isinstance(e, Finished))
+    b_first = next(i for i, (n, e) in enumerate(order) if n == "b")
+    assert b_first > a_end
+    for name in "ab":
+        fin = next(e for n, e in order if n == name and isinstance(e, Finished))
+        assert fin.tokens_evaluated + fin.tokens_predicted == 64
+    eng.shutdown()
+
+
+def test_unified_context_growth_stops_at_the_shared_budget():
+    """Two 20-token prompts run together; whichever reaches the budget first ends truncated
+    with less than the whole context, and the other then grows to all of it."""
+    eng = make_engine(n_slots=2, n_ctx=64, start=False)
+    cols = [Collector(), Collector()]
+    for i, c in enumerate(cols):
+        eng.submit(GenerationRequest(list(range(3 + 20 * i, 23 + 20 * i)), SamplingParams(ignore_eos=True)), c)
+    eng.start()
+    fins = sorted((c.wait()[-1] for c in cols), key=lambda f: f.tokens_predicted)
+    assert all(f.truncated for f in fins)
+    assert fins[0].tokens_evaluated + fins[0].tokens_predicted < 64 - 20
+    assert fins[1].tokens_evaluated + fins[1].tokens_predicted == 64
+    assert eng.stats()["n_steps"] < 64  # they ran side by side
+    eng.shutdown()
+
+
+@pytest.mark.parametrize("n_keep,kept", [(0, 0), (4, 4), (-1, 20)])
+def test_context_shift_keeps_n_keep_and_goes_on(n_keep, kept):
+    """With context shift a full slot drops half of what follows `n_keep` (-1: the prompt)
+    and re-evaluates the rest at its new positions, so generation goes past the context."""
+    be = RecordingBackend(512, 2048)
+    eng = make_engine(be, n_slots=1, n_ctx=32, context_shift=True)
+    ev = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40,
+                                    n_keep=n_keep))
+    fin = ev[-1]
+    assert isinstance(fin, Finished) and fin.stop_type == "limit" and not fin.truncated
+    assert fin.tokens_predicted == 40 and len(tokens_of(ev)) == 40
+    refills = [call[0] for call in be.calls[1:] if call[0][2] > 1]  # decode steps carry 1 token
+    assert refills, "no re-evaluation step after the shift"
+    _, pos, n, _ = refills[0]
+    # the shift comes when the next token would fill the slot (llama.cpp: n_past + 1 >= n_ctx):
+    # of the 31 cached tokens, half of what follows n_keep is dropped
+    assert pos == kept and n == (31 - kept) - (31 - kept) // 2
+    assert all(p + k <= 32 for call in be.calls for (_, p, k, _) in call)  # never past the slot
+    eng.shutdown()
+
+
+def test_without_context_shift_a_full_slot_ends_truncated():
+    eng = make_engine(n_slots=1, n_ctx=32)
+    fin = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40))[-1]
+    assert fin.truncated and fin.tokens_evaluated + fin.tokens_predicted == 32  # llama.cpp's rule
     eng.shutdown()
 
 
@@ -210,13 +291,16 @@ def test_stop_string_spanning_tokens():
     eng.shutdown()
 
 
-def test_n_predict_and_server_cap():
+def test_n_predict_and_server_default():
+    """The server's -n is the default for requests that give none; a request's own value
+    wins, larger or smaller (llama.cpp's current behaviour)."""
     eng = make_engine(steered(), n_slots=1, n_predict=5)
     a = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=3))
-    b = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=50))
+    b = run(eng, GenerationRequest([1, 261], SamplingParams(temperature=0.0, ignore_eos=True), n_predict=9))
     c = run(eng, GenerationRequest([1, 261], GREEDY))
     assert (a[-1].stop_type, a[-1].tokens_predicted) == ("limit", 3)
-    assert b[-1].tokens_predicted == c[-1].tokens_predicted == 5 and b[-1].stop_type == "limit"
+    assert (b[-1].stop_type, b[-1].tokens_predicted) == ("limit", 9)
+    assert (c[-1].stop_type, c[-1].tokens_predicted) == ("limit", 5)
     assert text_of(a) == " time there was"
     eng.shutdown()
 

@@ -144,7 +144,7 @@ def test_chat_stream_and_non_stream(server):
 @feature("basic")
 @needs_shared
 @pytest.mark.parametrize("method,path,data,status", [
-    ("GET", "/", None, 404), ("GET", "/nope", None, 404), ("GET", "/completion", None, 405),
+    ("GET", "/v1/models/nope", None, 404), ("GET", "/nope", None, 404), ("GET", "/completion", None, 405),
     ("POST", "/completion", b"{bad", 400), ("POST", "/completion", b"[]", 400),
     ("POST", "/completion", b'{"prompt": "x", "top_p": 7}', 400), ("GET", "/metrics", None, 501),
 ])
