@@ -45,6 +45,8 @@ class GraphSpec:
     logits: str
     kv_dtype: np.dtype
     logits_dtype: np.dtype
+    #: LongRoPE: the sequence length past which the graph uses its long-factor cache (0: none)
+    rope_switch: int = 0
 
 
 def read_json(path: Path) -> dict:
@@ -114,6 +116,19 @@ def estimate_params(config: dict, size_bytes: int, bytes_per_weight: int) -> int
     return embeddings + layers * per_layer + h
 
 
+def rope_switch(path: Path, config: dict) -> int | None:
+    """For a graph with the builder's two LongRoPE caches (`cos_cache_large` / `_small`, picked
+    by the attention mask's width): the length it switches at, config.json's
+    original_max_position_embeddings; 0 for other graphs, None when the config does not say."""
+    if not graph_mentions(path, b"cos_cache_large"):
+        return 0
+    for source in (config, config.get("rope_scaling") or {}, config.get("rope_parameters") or {}):
+        value = source.get("original_max_position_embeddings") if isinstance(source, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _kv_names(names: set[str], template: str) -> list[str]:
     found = []
     while template % len(found) in names:
@@ -181,6 +196,10 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
         fail("cannot tell KV heads, head size or vocab size from the graph, genai_config.json or config.json")
     context = int(gmodel.get("context_length") or config.get("max_position_embeddings")
                   or DEFAULT_CONTEXT_LENGTH)
+    switch = rope_switch(path, config)
+    if switch is None:
+        fail("it has LongRoPE caches but config.json gives no original_max_position_embeddings "
+             "(the length at which it switches to the long cache); put config.json beside it")
 
     size = model_size_bytes(path)
     info = ModelInfo(
@@ -190,5 +209,6 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
         uses_position_ids=position_ids is not None,
         n_params=estimate_params(config, size, kv_dtype.itemsize), size_bytes=size, device=device)
     spec = GraphSpec(names["input_ids"], names["attention_mask"], position_ids,
-                     list(zip(past_k, past_v)), list(zip(pres_k, pres_v)), logits, kv_dtype, logits_dtype)
+                     list(zip(past_k, past_v)), list(zip(pres_k, pres_v)), logits, kv_dtype, logits_dtype,
+                     rope_switch=switch)
     return info, spec
