@@ -185,7 +185,7 @@ def run_builder(hf: Path, out: Path, precision: str, cache: Path, extra: list[st
     return None
 
 
-def finish_dir(hf: Path, out: Path, zoo: Path) -> None:
+def finish_dir(hf: Path, out: Path) -> None:
     """Keep the graph, genai_config and the HF side files; the tokenizer is shared via symlinks."""
     keep = {"model.onnx", "model.onnx.data", "genai_config.json"}
     for p in out.iterdir():
@@ -222,12 +222,12 @@ def build_arch(arch: str, zoo: Path, keep_hf: Path | None) -> dict:
                 print(f"  {precision}: builder refused: {refused}", flush=True)
                 expected["exports"][out.name] = {"refused": refused}
                 continue
-            finish_dir(hf, out, zoo)
+            finish_dir(hf, out)
             expected["exports"][out.name] = agreement(out, expected["prompts"])
         if arch == "llama":
             out = zoo / "llama-plain-fp32"
             export_plain(hf, out)
-            finish_dir(hf, out, zoo)
+            finish_dir(hf, out)
             expected["exports"][out.name] = agreement(out, expected["prompts"])
     (zoo / f"{arch}-expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     return expected

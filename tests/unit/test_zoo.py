@@ -157,3 +157,19 @@ def test_ctx_above_trained_context_refused_at_start():
         pytest.skip(f"no zoo in {ZOO}")
     message = start_error(str(ZOO / "llama-int4"), n_ctx=4096)
     assert "-c 4096" in message and "2048 positions" in message
+
+
+def test_longrope_past_the_switch():
+    """phi3's export switches to its long-factor RoPE cache past original_max_position_embeddings
+    (128 here): a 144-token prompt prefilled in one call, then decoding, as transformers and
+    the plain loop do.  (The zoo servers above, with rows of 256 positions and prompts under
+    128, check that the short cache is used until then.)"""
+    name = "phi3-fp32"
+    if name not in SERVED:
+        pytest.skip(f"no zoo in {ZOO}")
+    exp = EXPECTED["phi3"]
+    switch = exp["config"]["original_max_position_embeddings"]
+    prompt = (exp["prompts"]["long"]["prompt_ids"] * 3)[:switch + 16]
+    server = zoo_server(name, n_batch=256, n_slots=1, model_draft=None, draft_max=None).start()
+    body = greedy(server, prompt, exp["n_new"])
+    assert body["tokens"] == onnx_greedy(ZOO / name, prompt, exp["n_new"], exp["banned_ids"])
