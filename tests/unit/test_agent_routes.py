@@ -15,7 +15,7 @@ import pytest
 import requests
 from utils import ServerPreset, SSEComment, deferred_requests, wait_until
 
-pytestmark = pytest.mark.needs_flags
+pytestmark = [pytest.mark.needs_flags, pytest.mark.profile("refserver")]
 
 RESPONSES = ("/v1/responses", {"input": "Tell me a story.", "ignore_eos": True})
 MESSAGES = ("/v1/messages", {"model": "m", "max_tokens": 100000, "ignore_eos": True,

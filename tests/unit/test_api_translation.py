@@ -7,6 +7,8 @@ from refserver.schemas.common import parse_request
 from refserver.schemas.messages import CountTokensRequest, MessagesRequest
 from refserver.schemas.responses import ResponsesRequest
 
+pytestmark = pytest.mark.profile("refserver")
+
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 

@@ -8,6 +8,8 @@ import math
 
 import pytest
 
+pytestmark = pytest.mark.profile("openai")
+
 logprobs = pytest.mark.feature("logprobs")
 
 STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside."

@@ -12,7 +12,7 @@ from engine_helpers import Collector, RecordingBackend, make_engine, prompt, run
 from refserver import errors
 from refserver.engine.types import Failed, Finished, GenerationRequest, Progress, SamplingParams, TokenOut
 
-pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared]
+pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared, pytest.mark.profile("refserver")]
 
 # " a time there was a girl" in the stories260K vocabulary
 STORY = [261, 378, 383, 286, 261, 298, 315, 421]

@@ -13,6 +13,8 @@ import pytest
 import requests
 from utils import REPO_ROOT, TARGET, ServerPreset, ServerProcess, error_of
 
+pytestmark = pytest.mark.profile("refserver")
+
 basic = pytest.mark.feature("basic")
 backend = pytest.mark.feature("backend")
 security = pytest.mark.feature("security")

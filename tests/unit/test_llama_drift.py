@@ -8,6 +8,8 @@ import time
 import pytest
 from utils import TARGET, ServerProcess
 
+pytestmark = pytest.mark.profile("llamacpp")
+
 completion = pytest.mark.feature("completion")
 streaming = pytest.mark.feature("streaming")
 chat = pytest.mark.feature("chat")

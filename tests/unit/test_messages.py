@@ -7,7 +7,7 @@ import anthropic
 import pytest
 from utils import ServerPreset
 
-pytestmark = pytest.mark.feature("messages")
+pytestmark = [pytest.mark.feature("messages"), pytest.mark.profile("refserver")]
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER = {"name": "get_weather", "description": "Get the current weather in a city",

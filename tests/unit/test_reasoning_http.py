@@ -10,7 +10,7 @@ import openai
 import pytest
 from utils import REPO_ROOT, ServerPreset
 
-pytestmark = [pytest.mark.feature("reasoning"), pytest.mark.needs_flags]
+pytestmark = [pytest.mark.profile("llamacpp"), pytest.mark.feature("reasoning"), pytest.mark.needs_flags]
 
 THINKING_TEMPLATE = str(REPO_ROOT / "tests" / "fixtures" / "thinking.jinja")
 # the prompt opened <think>: the model reasons, closes the block, answers

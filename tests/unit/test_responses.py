@@ -9,7 +9,7 @@ import openai
 import pytest
 from utils import ServerPreset
 
-pytestmark = pytest.mark.feature("responses")
+pytestmark = [pytest.mark.feature("responses"), pytest.mark.profile("openai")]
 
 QUESTION = "What is the capital of France?"
 WEATHER = {"type": "function", "name": "get_weather", "description": "Get the current weather in a city",

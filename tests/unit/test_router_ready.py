@@ -14,6 +14,8 @@ import pytest
 import requests
 from utils import ServerPreset, error_of, wait_until
 
+pytestmark = pytest.mark.profile("refserver")
+
 metrics = pytest.mark.feature("metrics")
 limits = pytest.mark.feature("limits")
 

@@ -22,7 +22,7 @@ from shared_models import needs_shared, stories260k_dir
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = stories260k_dir() / "onnx-genai"
-pytestmark = pytest.mark.needs_flags  # every test starts its own server
+pytestmark = [pytest.mark.needs_flags, pytest.mark.profile("refserver")]  # every test starts its own server
 feature = pytest.mark.feature
 
 

@@ -9,7 +9,7 @@ import pytest
 from utils import STORIES260K_DIR, ServerPreset
 
 pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared, pytest.mark.golden,
-              pytest.mark.needs_flags]
+              pytest.mark.needs_flags, pytest.mark.profile("refserver")]
 
 LAYOUTS = ["plain", "genai"]
 

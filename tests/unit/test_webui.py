@@ -16,6 +16,8 @@ import requests
 from tornado.websocket import websocket_connect
 from utils import TARGET, ServerPreset
 
+pytestmark = pytest.mark.profile("refserver")
+
 basic = pytest.mark.feature("basic")
 refserver_only = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own page and schema")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
