@@ -19,7 +19,7 @@ import pytest
 from utils import REPO_ROOT, ServerProcess, parallel_function_calls
 from zoo_reference import onnx_greedy
 
-pytestmark = [pytest.mark.feature("zoo"), pytest.mark.golden, pytest.mark.needs_flags]
+pytestmark = [pytest.mark.feature("zoo"), pytest.mark.profile("refserver"), pytest.mark.golden, pytest.mark.needs_flags]
 
 ZOO = REPO_ROOT / "tests" / "fixtures" / "zoo"
 #: the builder exports mistral without its sliding window (GroupQueryAttention local_window_size

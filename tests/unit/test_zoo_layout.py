@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from utils import REPO_ROOT, ServerProcess
 
-pytestmark = [pytest.mark.feature("zoo"), pytest.mark.golden, pytest.mark.needs_flags]
+pytestmark = [pytest.mark.feature("zoo"), pytest.mark.profile("refserver"), pytest.mark.golden, pytest.mark.needs_flags]
 
 ZOO = REPO_ROOT / "tests" / "fixtures" / "zoo"
 BASE = ZOO / "llama-fp32"
