@@ -258,10 +258,11 @@ class OnnxBackend(Backend):
         else:
             self._high[rows] = totals[sel]
 
-    def _spans(self, rows: list[int], width: int) -> list[tuple[int, int]]:
+    def _spans(self, rows: list[int], width: int | None = None) -> list[tuple[int, int]]:
         """Contiguous row spans [lo, hi) covering the sorted `rows`, split at idle rows too
         full for a dummy write under a `width`-column mask (possible only when row_len reaches
         the RoPE cache length, or past a LongRoPE switch)."""
+        width = width or self._width
         stepping = set(rows)
         spans, lo, last = [], rows[0], rows[0]
         for r in range(rows[0], rows[-1] + 1):

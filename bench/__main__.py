@@ -183,8 +183,7 @@ class Bench:
 
     # ------------------------------------------------------------------ HTTP rows
     def server_args(self, parallel: int, ctx: int) -> list[str]:
-        # each slot its own ctx / parallel (the bench model was trained for 2048 positions)
-        return ["-np", str(parallel), "-c", str(ctx), "--no-kv-unified", "-t", str(self.threads), "--temp", "0"]
+        return ["-np", str(parallel), "-c", str(ctx), "-t", str(self.threads), "--temp", "0"]
 
     def http_rows(self, onnx: Path, engines: list[tuple]) -> None:
         m = self.mode

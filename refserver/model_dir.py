@@ -107,15 +107,22 @@ def search_defaults(model: ModelDir) -> dict:
     return found
 
 
-def check_ctx_size(model: ModelDir, ctx_size: int, per_slot: int) -> None:
-    """Refuse a context above the one the model was trained for (positions past it were never
-    trained, and a RoPE cache built for that length ends there).  `per_slot`: what one slot
-    may hold (`-c` itself with unified KV, `-c / -np` without)."""
+def check_ctx_size(model: ModelDir, ctx_size: int, n_slots: int, kv_unified: bool) -> None:
+    """Refuse a `-c` the slots could only use past the model's trained context (positions past
+    it were never trained, and a RoPE cache built for that length ends there): with unified KV
+    each slot holds up to that context, so `-c` may reach slots x trained; split, each gets
+    `-c / -np`."""
     trained = model.n_ctx_train
-    if trained and per_slot > trained:
-        split = "" if per_slot == ctx_size else f" ({per_slot} per slot with --no-kv-unified)"
-        raise ModelDirError(f"-c {ctx_size}{split} is above the context {model.path.name} was trained for "
-                            f"({trained} positions); pass -c {trained} or less")
+    if not trained:
+        return
+    if kv_unified and ctx_size > trained * n_slots:
+        slots = "" if n_slots == 1 else f" x {n_slots} slots"
+        raise ModelDirError(f"-c {ctx_size} is above the context {model.path.name} was trained for "
+                            f"({trained} positions{slots}); pass -c {trained * n_slots} or less")
+    if not kv_unified and ctx_size // n_slots > trained:
+        raise ModelDirError(f"-c {ctx_size} gives each of {n_slots} slots {ctx_size // n_slots} positions with "
+                            f"--no-kv-unified, above the context {model.path.name} was trained for ({trained} "
+                            f"positions); pass -c {trained * n_slots} or less")
 
 
 def _model_chat_templates(path: Path, tokenizer_config: dict) -> dict[str, str]:

@@ -129,8 +129,7 @@ def server_defaults(config: ServerConfig, search: dict, n_vocab: int, has_draft:
 def run(config: ServerConfig) -> int:
     try:
         model = resolve_model_dir(config.model, config.alias)
-        check_ctx_size(model, config.ctx_size,
-                       config.ctx_size if config.kv_unified else config.ctx_size // config.parallel)
+        check_ctx_size(model, config.ctx_size, config.parallel, config.kv_unified)
         if config.model_draft:
             draft = resolve_model_dir(config.model_draft, flag="-md")
             config.model_draft = str(draft.path / draft.graph) if draft.graph else str(draft.path)

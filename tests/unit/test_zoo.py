@@ -155,8 +155,10 @@ def test_fp16_export_the_cpu_provider_cannot_run_refused_at_start():
 def test_ctx_above_trained_context_refused_at_start():
     if "llama-int4" not in SERVED:
         pytest.skip(f"no zoo in {ZOO}")
-    message = start_error(str(ZOO / "llama-int4"), n_ctx=4096)
+    message = start_error(str(ZOO / "llama-int4"), n_ctx=4096, n_slots=1)
     assert "-c 4096" in message and "2048 positions" in message
+    message = start_error(str(ZOO / "llama-int4"), n_ctx=8192, n_slots=2)  # unified KV: 2 x 2048 at most
+    assert "-c 8192" in message and "2048 positions x 2 slots" in message
 
 
 def test_longrope_past_the_switch():
