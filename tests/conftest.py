@@ -87,6 +87,7 @@ FEATURES: dict[str, str] = {
     "mlx": "mlx-lm's server tests over HTTP",
     "backend": "start-up errors and backend selection",
     "engine": "model execution: reproducing reference greedy ids",
+    "zoo": "every architecture and precision of the model zoo, token for token; HF directory conventions",
     "harness": "the suite's own helpers (tests/utils.py), no server",
 }
 
