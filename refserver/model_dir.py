@@ -108,17 +108,15 @@ def search_defaults(model: ModelDir) -> dict:
 
 
 def check_ctx_size(model: ModelDir, ctx_size: int, n_slots: int, kv_unified: bool) -> None:
-    """Refuse a `-c` the slots could only use past the model's trained context (positions past
-    it were never trained, and a RoPE cache built for that length ends there): with unified KV
-    each slot holds up to that context, so `-c` may reach slots x trained; split, each gets
-    `-c / -np`."""
+    """Refuse a `-c` above the model's trained context (CONTRACT §0): positions past it were
+    never trained, and a RoPE cache built for that length ends there.  With unified KV any
+    one slot may grow to all of `-c`; split (`--no-kv-unified`), each gets `-c / -np`."""
     trained = model.n_ctx_train
     if not trained:
         return
-    if kv_unified and ctx_size > trained * n_slots:
-        slots = "" if n_slots == 1 else f" x {n_slots} slots"
+    if kv_unified and ctx_size > trained:
         raise ModelDirError(f"-c {ctx_size} is above the context {model.path.name} was trained for "
-                            f"({trained} positions{slots}); pass -c {trained * n_slots} or less")
+                            f"({trained} positions); pass -c {trained} or less")
     if not kv_unified and ctx_size // n_slots > trained:
         raise ModelDirError(f"-c {ctx_size} gives each of {n_slots} slots {ctx_size // n_slots} positions with "
                             f"--no-kv-unified, above the context {model.path.name} was trained for ({trained} "

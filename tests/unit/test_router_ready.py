@@ -12,7 +12,7 @@ import time
 
 import pytest
 import requests
-from utils import ServerPreset, error_of, wait_until
+from utils import ServerPreset, deferred_requests, error_of, wait_until
 
 pytestmark = pytest.mark.profile("refserver")
 
@@ -75,7 +75,7 @@ def test_llamacpp_metric_types_and_help_texts(chat_server):
 
 def _router_server():
     server = ServerPreset.chat()
-    server.n_slots, server.n_ctx, server.n_predict, server.context_shift = 2, 4096, None, True  # for hold_slot
+    server.n_slots, server.n_ctx, server.n_predict, server.context_shift = 2, 2048, None, True  # for hold_slot
     server.metrics_compat = "vllm"  # implies --metrics
     return server
 
@@ -122,7 +122,7 @@ def test_vllm_gauges_under_load(server_pool):
     assert idle["llamacpp:n_tokens_max"] > len(server.tokenize("Once upon a time"))
     text = server.ok("/metrics")
     config = _labels(text, "vllm:cache_config_info")
-    assert int(config["block_size"]) * int(config["num_gpu_blocks"]) == 4096
+    assert int(config["block_size"]) * int(config["num_gpu_blocks"]) == 2048  # -c
     assert _labels(text, "vllm:num_requests_running")["model_name"] == server.props()["model_alias"]
 
 
@@ -179,12 +179,13 @@ def test_sigterm_drains_health_503_while_in_flight_requests_finish():
     connection's /health and new requests get 503 (a gateway stops routing here and retries
     elsewhere), the in-flight stream ends normally, then the process exits 0."""
     server = ServerPreset.chat()
-    server.n_slots, server.n_ctx, server.n_predict, server.shutdown_grace = 2, 4096, 1500, 30
+    server.n_slots, server.n_ctx, server.n_predict, server.shutdown_grace = 1, 2048, -1, 30
+    server.context_shift, server.server_metrics = True, True
     server.start()
+    holder = server.hold_slot()  # the in-flight request below waits behind it until the test lets go
     stream = server.make_stream_request("POST", "/v1/completions", {
-        "prompt": "Once", "max_tokens": 400, "ignore_eos": True, "stream": True}, timeout=60)
-    it = iter(stream)
-    next(it)
+        "prompt": "Once", "max_tokens": 8, "ignore_eos": True, "stream": True}, timeout=60)
+    assert wait_until(lambda: deferred_requests(server) >= 1, 30), "the second request was never queued"
     server.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     health = requests.get(f"{server.url}/health", timeout=5)
@@ -192,7 +193,8 @@ def test_sigterm_drains_health_503_while_in_flight_requests_finish():
     assert "shutting down" in health.json()["error"]["message"]
     late = server.post("/v1/completions", {"prompt": "Once", "max_tokens": 4})
     assert late.status_code == 503 and error_of(late)["type"] == "unavailable_error"
-    rest = list(it)
+    holder.close()
+    rest = list(stream)
     assert stream.done and not any("error" in e for e in rest)
     assert rest[-1]["choices"][0]["finish_reason"] == "length"
     assert server.process.wait(timeout=10) == 0
