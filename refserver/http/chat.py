@@ -22,9 +22,10 @@ def render_prompt(state, req: ChatRequest) -> str:
     """The chat template applied to the request's messages (and tools)."""
     if req.messages is None:
         raise InvalidRequest("'messages' is required")
-    add_gen = True if req.add_generation_prompt is None else req.add_generation_prompt
-    return state.template.render(req.messages, tools=req.callable_tools(), add_generation_prompt=add_gen,
-                                 template_kwargs=req.chat_template_kwargs)
+    return state.template.render(req.messages, tools=req.callable_tools(),
+                                 add_generation_prompt=req.add_generation_prompt,
+                                 template_kwargs=req.chat_template_kwargs,
+                                 continue_final_message=bool(req.continue_final_message))
 
 
 def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
