@@ -56,6 +56,7 @@ class ServerConfig:
     max_queue: int | None = None
     shutdown_grace: float = 3.0
     props: bool = False
+    context_shift: bool = False
 
     @property
     def device(self) -> str:
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total context, split over the slots (default 0: the model's)")
     g.add_argument("-np", "--parallel", type=int, default=1, help="number of slots (default 1)")
     g.add_argument("-b", "--batch-size", type=int, default=2048, help="prompt tokens per model call (default 2048)")
+    g.add_argument("--context-shift", action=argparse.BooleanOptionalAction, default=False,
+                   help="when a slot's context fills, drop the older half of its tokens (after n_keep) "
+                        "and go on generating (default off: the request ends, truncated)")
     g.add_argument("--cache-ram", type=int, default=None, metavar="MiB", help="prompt cache size in MiB")
     g.add_argument("--prompt-cache-size", type=int, default=None, metavar="N",
                    help="most entries in the prompt cache")
@@ -173,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,
-        shutdown_grace=a.shutdown_grace, props=a.props,
+        shutdown_grace=a.shutdown_grace, props=a.props, context_shift=a.context_shift,
     )
 
 

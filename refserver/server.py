@@ -71,7 +71,8 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
         raise StartupError(str(exc)) from exc
     engine_kwargs = {"n_slots": config.parallel, "n_ctx": config.ctx_size, "n_batch": config.batch_size,
                      "n_predict": config.n_predict, "seed": config.seed, "draft_max": config.draft_max,
-                     "draft_min": config.draft_min, "draft_p_min": config.draft_p_min}
+                     "draft_min": config.draft_min, "draft_p_min": config.draft_p_min,
+                     "context_shift": config.context_shift}
     for key, value in (("cache_ram_mib", config.cache_ram), ("prompt_cache_size", config.prompt_cache_size),
                        ("max_queue", config.max_queue)):
         if value is not None:

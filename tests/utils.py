@@ -128,6 +128,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("verbose", "--verbose", "switch"),
     Flag("cache_ram", "--cache-ram"),
     Flag("cors_origins", "--cors-origins"),
+    Flag("context_shift", ("--context-shift", "--no-context-shift"), "toggle"),
     Flag("backend", "--backend", refserver_only=True),
     Flag("strict", "--strict", "switch", refserver_only=True),
     Flag("keepalive", "--sse-keepalive", refserver_only=True),
@@ -338,6 +339,7 @@ class ServerProcess:
     verbose: bool = False
     cache_ram: int | None = None
     cors_origins: str | None = None
+    context_shift: bool | None = None
     backend: str | None = None
     strict: bool = False
     keepalive: float | None = None
@@ -536,6 +538,18 @@ class ServerProcess:
                 raise ServerError(res.status_code, res.body)
             return res.body
         return assemble_chat_stream(self.make_stream_request(method, path, data, headers, timeout))
+
+    def hold_slot(self) -> EventStream:
+        """Occupy one slot until the returned stream is closed, however fast the machine:
+        an endless generation (`n_predict` -1, EOS ignored) on a server started with
+        `context_shift` and no `n_predict` cap, which shifts its context instead of ending.
+        Returns once the first token arrived, so the slot is busy."""
+        if not (self.context_shift and self.n_predict in (None, -1)):
+            raise RuntimeError("hold_slot needs a server started with context_shift=True and no n_predict cap")
+        stream = self.make_stream_request("POST", "/completion", {
+            "prompt": "Once upon a time", "n_predict": -1, "ignore_eos": True, "stream": True})
+        next(iter(stream))
+        return stream
 
     # ------------------------------------------------------------------ conveniences
     def get(self, path: str, **kw) -> ServerResponse:
@@ -793,6 +807,11 @@ def assemble_chat_stream(stream: EventStream) -> dict:
             state["message"]["tool_calls"] = [calls[i] for i in sorted(calls)]
         out["choices"].append(state)
     return out
+
+
+def deferred_requests(server: ServerProcess) -> float:
+    """Requests waiting for a slot (`/metrics`), whatever prefix the server puts on the name."""
+    return max((v for k, v in server.metrics().items() if k.endswith(":requests_deferred")), default=0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -59,6 +59,7 @@ class EngineConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     max_queue: int = 0
+    context_shift: bool = False  # a full slot drops old tokens and goes on (llama.cpp's --context-shift)
 
 
 def banned_tokens(sampling, eog: frozenset[int] | set[int]) -> tuple[int, ...]:
@@ -333,7 +334,10 @@ class Engine:
         for slot in active:
             task = slot.task
             pos = len(slot.cache)
-            if task.generating:
+            if task.refill:
+                steps.append(Step(slot.id, pos, task.refill[: self.config.n_batch]))
+                before[slot.id] = list(slot.cache)
+            elif task.generating:
                 d = drafts.get(slot.id, [])
                 steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
             else:
@@ -368,7 +372,10 @@ class Engine:
             task = slot.task
             if task is None:
                 continue
-            if step.row in before:
+            if task.refill:
+                slot.cache.extend(step.tokens)
+                del task.refill[: len(step.tokens)]
+            elif step.row in before:
                 self._after_prefill(slot, task, step, lg)
             elif step.all_logits:
                 self._after_verify(slot, task, step, lg)
@@ -389,7 +396,7 @@ class Engine:
         wants = []
         for slot in active:
             task = slot.task
-            if not task.generating or task.spec is None:
+            if not task.generating or task.spec is None or task.refill:
                 continue
             room = self._n_ctx_slot - len(slot.cache) - 1
             limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
@@ -484,7 +491,7 @@ class Engine:
             self._finish(slot, task, "eos")
         elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:
             self._finish(slot, task, "limit")
-        elif len(slot.cache) >= self._n_ctx_slot:
+        elif len(slot.cache) >= self._n_ctx_slot and not self._shift_context(slot, task):
             self._finish(slot, task, "limit", truncated=True)
         else:
             return True
@@ -510,6 +517,26 @@ class Engine:
 
     def _token_prob(self, tid: int, value: float) -> TokenProb:
         return TokenProb(tid, self.tokenizer.piece(tid), list(self.tokenizer.token_bytes(tid)), value)
+
+    def _shift_context(self, slot: Slot, task: Task) -> bool:
+        """llama.cpp's context shift: keep the first `n_keep` tokens, drop the next
+        `n_discard` (default half of the rest) and go on.  The kept tail is re-evaluated at
+        its new positions (`task.refill`), since a KV row's keys carry their positions."""
+        if not self.config.context_shift:
+            return False
+        cache = slot.cache
+        n_keep = len(task.prompt) if task.request.n_keep < 0 else task.request.n_keep
+        n_keep = min(n_keep, len(cache) - 2)
+        n_discard = task.request.n_discard or (len(cache) - n_keep) // 2
+        n_discard = max(1, min(n_discard, len(cache) - n_keep - 1))
+        kept = cache[:n_keep] + cache[n_keep + n_discard:]
+        log.info("request %d: context shift, %d tokens dropped after the first %d",
+                 task.handle.id, n_discard, n_keep)
+        slot.cache = cache[:n_keep]
+        task.refill = kept[n_keep:]
+        if self.drafter is not None:
+            self.drafter.tokens[slot.id] = []
+        return True
 
     # ------------------------------------------------------------------ finishing
     def _finish(self, slot: Slot, task: Task, stop_type: str, word: str = "", truncated: bool = False) -> None:

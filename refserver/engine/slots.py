@@ -55,6 +55,7 @@ class Task:
     n_cached: int = 0  # prompt tokens reused
     next_idx: int = 0  # next prompt token to evaluate
     pending: int | None = None  # sampled, not yet in the KV (None while pre-filling)
+    refill: list[int] = field(default_factory=list)  # after a context shift: kept tokens to re-evaluate
     n_decoded: int = 0
     draft_n: int = 0
     draft_accepted: int = 0

@@ -81,6 +81,8 @@ class GenerationRequest:
     t_max_predict_ms: int = 0
     return_progress: bool = False
     timings_per_token: bool = False
+    n_keep: int = 0  # context shift: tokens kept at the start (-1: the whole prompt)
+    n_discard: int = 0  # context shift: tokens dropped after them (0: half of the rest)
     # Prompt positions worth keeping in the cross-slot prompt cache, with their kind
     # ("system" prefixes outlive "user" ones, which outlive "assistant" tails on eviction).
     checkpoints: tuple[tuple[int, str], ...] = ()

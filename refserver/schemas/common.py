@@ -138,8 +138,8 @@ class NativeParams(RequestModel):
     mirostat_eta: Number | None = None
     n_predict: NPredict | None = None
     max_tokens: NPredict | None = None
-    n_keep: int | None = None
-    n_discard: int | None = None
+    n_keep: Annotated[int, Field(ge=-1)] | None = None
+    n_discard: NonNegInt | None = None
     n_indent: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -243,6 +243,8 @@ class NativeParams(RequestModel):
             t_max_predict_ms=self.t_max_predict_ms or 0,
             return_progress=bool(self.return_progress),
             timings_per_token=bool(self.timings_per_token),
+            n_keep=or_default(self.n_keep, 0),
+            n_discard=or_default(self.n_discard, 0),
             checkpoints=checkpoints,
         )
 

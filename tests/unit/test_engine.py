@@ -199,6 +199,32 @@ def test_context_exceeded_and_context_full():
     eng.shutdown()
 
 
+@pytest.mark.parametrize("n_keep,kept", [(0, 0), (4, 4), (-1, 20)])
+def test_context_shift_keeps_n_keep_and_goes_on(n_keep, kept):
+    """With context shift a full slot drops half of what follows `n_keep` (-1: the prompt)
+    and re-evaluates the rest at its new positions, so generation goes past the context."""
+    be = RecordingBackend(512, 2048)
+    eng = make_engine(be, n_slots=1, n_ctx=32, context_shift=True)
+    ev = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40,
+                                    n_keep=n_keep))
+    fin = ev[-1]
+    assert isinstance(fin, Finished) and fin.stop_type == "limit" and not fin.truncated
+    assert fin.tokens_predicted == 40 and len(tokens_of(ev)) == 40
+    refills = [call[0] for call in be.calls[1:] if call[0][2] > 1]  # decode steps carry 1 token
+    assert refills, "no re-evaluation step after the shift"
+    _, pos, n, _ = refills[0]
+    assert pos == kept and n == (32 - kept) - (32 - kept) // 2  # half of what follows n_keep dropped
+    assert all(p + k <= 32 for call in be.calls for (_, p, k, _) in call)  # never past the slot
+    eng.shutdown()
+
+
+def test_without_context_shift_a_full_slot_ends_truncated():
+    eng = make_engine(n_slots=1, n_ctx=32)
+    fin = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40))[-1]
+    assert fin.truncated and fin.tokens_predicted == 13
+    eng.shutdown()
+
+
 def test_stop_string_spanning_tokens():
     eng = make_engine(steered(), n_slots=1)
     ev = run(eng, GenerationRequest([1, 261], GREEDY, stop=("e th", "zzz")))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -167,29 +166,14 @@ def test_draft_parallel_streams(draft_server):
 def keepalive_server(server_pool):
     def make():
         server = ServerPreset.one_slot()
-        server.keepalive, server.n_ctx, server.n_predict = 1, 2048, 1500
+        server.keepalive, server.n_ctx, server.n_predict, server.context_shift = 1, 2048, -1, True
         return server
     return server_pool("keepalive", make)
 
 
 def _occupy(server):
-    """Start a long stream on the only slot; returns it once its first token arrived."""
-    stream = server.make_stream_request("POST", "/completion", {
-        "prompt": "Once upon a time", "n_predict": 1500, "ignore_eos": True, "stream": True})
-    next(iter(stream))
-    return stream
-
-
-def _queue_ahead(server, n: int = 3) -> list[threading.Thread]:
-    """Queue `n` more long requests behind the busy slot: the embedded model decodes 1500
-    tokens in well under a second on a fast machine, so one occupier alone is too short
-    a wait to observe keepalives."""
-    threads = [threading.Thread(target=server.post, args=("/completion", {
-        "prompt": "Once upon a time", "n_predict": 1500, "ignore_eos": True})) for _ in range(n)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    return threads
+    """Hold the only slot until the returned stream is closed (an endless generation)."""
+    return server.hold_slot()
 
 
 @keepalive
@@ -200,7 +184,6 @@ def _queue_ahead(server, n: int = 3) -> list[threading.Thread]:
 ], ids=["chat", "native"])
 def test_keepalive_while_queued(keepalive_server, path, data):
     busy = _occupy(keepalive_server)
-    fillers = _queue_ahead(keepalive_server)
     release = threading.Timer(3.5, busy.close)
     release.start()
     try:
@@ -209,14 +192,11 @@ def test_keepalive_while_queued(keepalive_server, path, data):
     finally:
         release.cancel()
         busy.close()
-        for t in fillers:
-            t.join()
     kinds = ["comment" if hasattr(i, "text") else "data" for i in items]
     assert "data" in kinds, "no data after the slot was freed"
     before_first = kinds.index("data")
-    # The wait lasts until the requests ahead end (their tokens or the 3.5 s timer, whichever
-    # comes first, so it depends on the machine's speed): a comment is owed for
-    # every full second of it, minus one for the phase of the clock.
+    # The wait lasts until the timer frees the slot (3.5 s): a comment is owed for every
+    # full second of it, minus one for the phase of the clock.
     first_data = next(t for kind, _, t in stream.items if kind == "data")
     waited = first_data - stream.started
     assert waited >= 1.0, f"the request was not queued behind the busy slot (waited {waited:.2f} s)"
@@ -265,7 +245,8 @@ def test_keepalive_with_draft_model(server_pool):
     """mlx-lm loses keepalives with a draft model; refserver must not."""
     def make():
         server = ServerPreset.chat_with_draft()
-        server.n_slots, server.n_ctx, server.n_predict, server.keepalive = 1, 2048, 1500, 1
+        server.n_slots, server.n_ctx, server.n_predict, server.keepalive = 1, 2048, -1, 1
+        server.context_shift = True
         return server
 
     probe = make()
@@ -273,7 +254,6 @@ def test_keepalive_with_draft_model(server_pool):
         pytest.skip(f"draft model {probe.model_draft} is not there yet")
     server = server_pool("draft-keepalive", make)
     busy = _occupy(server)
-    fillers = _queue_ahead(server)
     release = threading.Timer(3.0, busy.close)
     release.start()
     try:
@@ -283,8 +263,6 @@ def test_keepalive_with_draft_model(server_pool):
     finally:
         release.cancel()
         busy.close()
-        for t in fillers:
-            t.join()
     first_data = next(t for kind, _, t in stream.items if kind == "data")
     waited = first_data - stream.started
     assert waited >= 1.0, f"the request was not queued behind the busy slot (waited {waited:.2f} s)"

@@ -36,9 +36,11 @@ from utils import (
     ServerPreset,
     ServerProcess,
     client_error_status_ok,
+    deferred_requests,
     error_of,
     response_error,
     small_model,
+    wait_until,
 )
 
 security = pytest.mark.feature("security")
@@ -302,17 +304,16 @@ def test_full_queue_is_503_on_every_route():
     """One slot, --max-queue 1: the slot busy and one request waiting, every generating
     route (streamed or not) answers 503 unavailable_error with Retry-After."""
     server = ServerPreset.one_slot()
-    server.n_ctx, server.n_predict, server.max_queue = 2048, 2000, 1
+    server.n_ctx, server.n_predict, server.max_queue = 2048, -1, 1
+    server.context_shift, server.server_metrics = True, True
     server.start()
-    long = {"prompt": "Once upon a time", "n_predict": 2000, "ignore_eos": True, "stream": True}
-    first = server.make_stream_request("POST", "/completion", long, timeout=60)
-    next(iter(first))
+    first = server.hold_slot()  # busy until closed, however fast the machine
     waiting = socket.create_connection((server.host, server.port))
     body = json.dumps({"prompt": "x", "n_predict": 1}).encode()
     waiting.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     try:
-        time.sleep(1.0)  # the raw request is now queued behind the busy slot
+        assert wait_until(lambda: deferred_requests(server) >= 1, 30), "the raw request was never queued"
         chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
         for path, data in (("/completion", {"prompt": "Hi", "n_predict": 1}),
                            ("/completions", {"prompt": "Hi", "n_predict": 1}),
@@ -635,8 +636,7 @@ def test_disconnect_storm():
 
 # =========================================================================== shutdown
 def _long_streams(server, n: int):
-    chat = {"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 3000,
-            "ignore_eos": True, "stream": True}
+    chat = {"messages": [{"role": "user", "content": "Tell me a story"}], "ignore_eos": True, "stream": True}
     streams = [server.make_stream_request("POST", "/v1/chat/completions", chat, timeout=30) for _ in range(n)]
     iters = [iter(s) for s in streams]
     for it in iters:
@@ -647,8 +647,9 @@ def _long_streams(server, n: int):
 @limits
 @pytest.mark.needs_flags
 def test_sigterm_ends_streams_with_an_error_event_and_exits_0():
-    server = ServerPreset.chat()  # slow enough that 3000 tokens outlive the grace
-    server.n_ctx, server.n_slots, server.n_predict, server.shutdown_grace = 8192, 2, 3000, 0.5
+    server = ServerPreset.chat()  # endless streams (no -n, context shift) outlive the grace
+    server.n_ctx, server.n_slots, server.n_predict, server.shutdown_grace = 2048, 2, -1, 0.5
+    server.context_shift = True
     server.start()
     session = requests.Session()
     assert session.get(f"{server.url}/health", timeout=5).status_code == 200  # a kept-alive connection

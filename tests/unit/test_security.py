@@ -11,7 +11,15 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from utils import TARGET, ServerError, ServerPreset, client_error_status_ok, error_of
+from utils import (
+    TARGET,
+    ServerError,
+    ServerPreset,
+    client_error_status_ok,
+    deferred_requests,
+    error_of,
+    wait_until,
+)
 
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
@@ -188,17 +196,18 @@ def test_max_body_mb_flag(server_pool):
 @pytest.mark.needs_flags
 def test_full_queue_is_503_with_retry_after():
     server = ServerPreset.one_slot()
-    server.max_queue, server.n_ctx, server.n_predict = 1, 2048, 1500
+    server.max_queue, server.n_ctx, server.n_predict = 1, 2048, -1
+    server.context_shift, server.server_metrics = True, True
     server.start()
-    long = {"prompt": "Once upon a time", "n_predict": 1500, "ignore_eos": True, "stream": True}
-    first = server.make_stream_request("POST", "/completion", long)
-    next(iter(first))  # the only slot is busy now
+    first = server.hold_slot()  # the only slot is busy until `first` is closed
+    long = {"prompt": "Once upon a time", "n_predict": 8, "stream": True}
     queued: list = []
     t = threading.Thread(target=lambda: queued.append(server.make_stream_request("POST", "/completion", long)),
                          daemon=True)
     t.start()
-    time.sleep(1.0)
     try:
+        assert wait_until(lambda: deferred_requests(server) >= 1, 30), \
+            "the second request was never queued"
         res = server.post("/completion", {"prompt": "Hi", "n_predict": 1}, timeout=30)
         assert res.status_code == 503, res.body
         assert error_of(res)["type"] == "unavailable_error"

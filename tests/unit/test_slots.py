@@ -174,3 +174,22 @@ def test_prompt_cache_honours_the_byte_bound(server_pool):
     server.ok("/completion", {"prompt": prompt, "n_predict": 2, "id_slot": 0})
     again = server.ok("/completion", {"prompt": prompt + "One night", "n_predict": 2, "id_slot": 1})
     assert again["timings"]["cache_n"] > 0
+
+
+@engine
+@pytest.mark.needs_flags
+@pytest.mark.parametrize("draft", [False, True], ids=["plain", "speculative"])
+def test_context_shift_generates_past_the_context(server_pool, draft):
+    """`--context-shift`: a request may generate more tokens than its slot holds; without it
+    the same request ends truncated at the slot's size."""
+    def make():
+        server = ServerPreset.chat_with_draft() if draft else ServerPreset.chat()
+        server.n_slots, server.n_ctx, server.n_predict, server.context_shift = 1, 128, -1, True
+        return server
+    server = server_pool(f"context-shift-{draft}", make)
+    body = {"prompt": "Once upon a time", "n_predict": 300, "ignore_eos": True, "temperature": 0}
+    res = server.ok("/completion", body)
+    assert res["tokens_predicted"] == 300 and res["truncated"] is False
+    assert res["stop_type"] == "limit" and res["content"]
+    again = server.ok("/completion", body)
+    assert again["content"] == res["content"], "greedy output after a shift is not deterministic"
