@@ -38,6 +38,7 @@ import jinja2.meta
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from refserver.chat.formats import detect_tool_format
 from refserver.chat.messages import normalize_messages, template_messages
 from refserver.chat.named_templates import NAMED_TEMPLATES
 from refserver.errors import InvalidRequest
@@ -252,6 +253,14 @@ class ChatTemplate:
             else:
                 msgs.insert(0, {"role": "user", "content": sys})
         return msgs
+
+    @property
+    def tool_call_format(self) -> str | None:
+        """The tool-call format of this template's model (`refserver.chat.formats`); where the
+        template cannot show tools, refserver's own tool prompt asks for Hermes `<tool_call>`."""
+        if not self.caps["supports_tools"]:
+            return "hermes"
+        return detect_tool_format(self.source)
 
     # -- capabilities -----------------------------------------------------------------
     def _probe(self, messages: list, tools: list | None = None, gen: bool = False) -> str:

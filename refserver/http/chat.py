@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from refserver.chat.formats import tool_call_parser
 from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
-from refserver.chat.tool_calls import ContentDelta, HermesToolCallParser, finish_reason_for
+from refserver.chat.tool_calls import ContentDelta, finish_reason_for
 from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut
 from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
@@ -60,7 +61,8 @@ class ChatHandler(BaseHandler):
         if state.config.verbose:
             log.debug("request %s prompt: %r", self.request_id, text)
         prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
-        self.use_tools = req.callable_tools() is not None
+        self.tool_format = state.template.tool_call_format
+        self.use_tools = req.callable_tools() is not None and self.tool_format is not None
         constraint = self._constraint(req)
         n_probs, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)
@@ -84,13 +86,17 @@ class ChatHandler(BaseHandler):
     def _constraint(self, req: ChatRequest):
         rf = response_format_constraint(req.response_format, json_schema=req.json_schema,
                                         grammar=req.grammar or None)
-        if self.use_tools:
+        if req.callable_tools() is not None:
             tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
-                                  token_names=self.state.tokenizer.added_token_names)
+                                  token_names=self.state.tokenizer.added_token_names, fmt=self.tool_format)
             if rf is not None and tc is not None:
                 raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
             return tc
         return rf
+
+    def new_parser(self):
+        """The tool-call parser of the template's format, for one choice."""
+        return tool_call_parser(self.tool_format, self.req.tools)
 
     def envelope(self, choices: list[dict], chunk: bool) -> dict:
         return {"choices": choices, "created": self.created, "id": self.chat_id,
@@ -108,7 +114,7 @@ class ChatHandler(BaseHandler):
             message: dict = {"role": "assistant", "content": c.content}
             calls = []
             if self.use_tools:
-                content, calls = HermesToolCallParser().parse(c.content)
+                content, calls = self.new_parser().parse(c.content)
                 message["content"] = content
                 if calls:
                     message["tool_calls"] = [call.to_dict() for call in calls]
@@ -127,7 +133,7 @@ class ChatHandler(BaseHandler):
     # ------------------------------------------------------------------ streamed
     async def _stream(self, req: ChatRequest, choices: list[ChoiceState]) -> None:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        parsers = [HermesToolCallParser() if self.use_tools else None for _ in choices]
+        parsers = [self.new_parser() if self.use_tools else None for _ in choices]
         pending_probs: list[list] = [[] for _ in choices]
         last_timings: dict = {}
 

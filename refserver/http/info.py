@@ -45,6 +45,7 @@ class PropsHandler(BaseHandler):
             "modalities": {"vision": False, "audio": False},
             "chat_template": template.source if template is not None else "",
             "chat_template_caps": template.caps if template is not None else {},
+            "tool_call_format": template.tool_call_format if template is not None else None,
             "bos_token": state.tokenizer.bos_token or "",
             "eos_token": state.tokenizer.eos_token or "",
             "build_info": BUILD_INFO,
