@@ -116,11 +116,14 @@ def _variant(msg: dict, empty_null: bool, string_args: bool) -> dict:
 
 
 def _cannot_render_tools(tok, source: str, case: dict) -> bool:
-    """True when the case's first user turn renders the same with and without the tools, or
-    fails with them: refserver then describes the tools in a system message."""
-    first = {"messages": [next(m for m in case["messages"] if m["role"] == "user")]}
-    with_tools = _render(tok, source, {**first, "tools": case["tools"]})
-    return "error" in with_tools or with_tools == _render(tok, source, first)
+    """True when a user turn (alone, or after a system turn) renders the same with and without
+    the case's tools, or fails with them: refserver then describes the tools in a system message."""
+    user = next(m for m in case["messages"] if m["role"] == "user")
+    for messages in ([user], [{"role": "system", "content": "Hi"}, user]):
+        with_tools = _render(tok, source, {"messages": messages, "tools": case["tools"]})
+        if "error" not in with_tools and with_tools != _render(tok, source, {"messages": messages}):
+            return False
+    return True
 
 
 def _injected(source: str, case: dict) -> dict:

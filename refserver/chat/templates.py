@@ -256,11 +256,13 @@ class ChatTemplate:
 
     @property
     def tool_call_format(self) -> str | None:
-        """The tool-call format of this template's model (`refserver.chat.formats`); where the
-        template cannot show tools, refserver's own tool prompt asks for Hermes `<tool_call>`."""
-        if not self.caps["supports_tools"]:
+        """The tool-call format of this template's model (`refserver.chat.formats`), detected
+        from the template; when there is none and the template cannot show tools, Hermes
+        `<tool_call>`, the format refserver's own tool prompt asks for."""
+        detected = detect_tool_format(self.source)
+        if detected is None and not self.caps["supports_tools"]:
             return "hermes"
-        return detect_tool_format(self.source)
+        return detected
 
     # -- capabilities -----------------------------------------------------------------
     def _probe(self, messages: list, tools: list | None = None, gen: bool = False) -> str:
@@ -294,8 +296,11 @@ class ChatTemplate:
             "parameters": {"type": "object", "properties": {arg_marker: {"type": "string"}},
                            "required": [arg_marker]}}}
         # any effect of `tools` on the prompt counts (some templates only test `tools|length`)
-        with_tools = self._probe([user], [dummy_tool], gen=True)
-        caps["supports_tools"] = bool(with_tools) and with_tools != self._probe([user], gen=True)
+        # (DeepSeek V3.1 shows them only beside a system message)
+        caps["supports_tools"] = any(
+            bool(with_tools) and with_tools != self._probe(msgs, gen=True)
+            for msgs in ([user], [{"role": "system", "content": "Hi"}, user])
+            for with_tools in [self._probe(msgs, [dummy_tool], gen=True)])
         obj_out = self._probe([user, asst([call(fn_marker, {arg_marker: "x"})]),
                                {"role": "user", "content": "ok"}], [dummy_tool])
         str_out = self._probe([user, asst([call(fn_marker, json.dumps({arg_marker: "x"}))]),
