@@ -206,12 +206,34 @@ def _tools_lark(fns: list[dict], open_first: bool, parallel: bool, token_names: 
     return "\n".join(lines) + "\n"
 
 
-_MARKUP = re.compile(r"(<\|[^|<>]+\|>|<｜[^｜]+｜>|\[[A-Z_]+\])")
-
-
 def _literal(text: str, token_names: frozenset[str]) -> str:
-    """Literal text as a lark sequence, its markers that are added tokens by token reference."""
-    return " ".join(_marker(p, token_names) for p in _MARKUP.split(text) if p)
+    """Literal text as a lark sequence, the added tokens in it referenced as tokens."""
+    names = sorted((t for t in token_names if t and t in text), key=len, reverse=True)
+    if not names:
+        return _lit(text) if text else ""
+    pieces = re.split("(" + "|".join(map(re.escape, names)) + ")", text)
+    return " ".join(p if p in token_names else _lit(p) for p in pieces if p)
+
+
+def _args_rules(syntax: CallSyntax, rule: str, params: dict, token_names: frozenset[str]) -> list[str]:
+    """The lark rule(s) of one tool's arguments: its JSON schema, or for the XML families one
+    tagged value per parameter (schema order; those not required optional)."""
+    if syntax.param is None:
+        return [f"{rule}: %json " + json.dumps(_args_schema(params), ensure_ascii=False)]
+    props = params.get("properties") or {}
+    required = set(params.get("required") or ())
+    parts, lines = [], []
+    for j, (key, schema) in enumerate(props.items()):
+        before, after = syntax.param(key)
+        if isinstance(schema, dict) and schema.get("type") == "string":  # written as bare text
+            enum = [v for v in schema.get("enum") or () if isinstance(v, str)]
+            value = "(" + " | ".join(_lit(v) for v in enum) + ")" if enum else r"/[^<\n]*/"
+        else:
+            value = "%json " + json.dumps(_with_options(schema if isinstance(schema, dict) else {}),
+                                          ensure_ascii=False)
+        lines.append(f"{rule}_{j}: {_literal(before, token_names)} {value} {_literal(after, token_names)}")
+        parts.append(f"{rule}_{j}" + ("" if key in required else "?"))
+    return [f"{rule}: " + (" ".join(parts) if parts else '""')] + lines
 
 
 def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool,
@@ -225,7 +247,7 @@ def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool
         first = syntax.open + head
         if lazy:
             first = first[len(syntax.lazy_trigger):]
-        lines.append(f"fn{i}_args: %json " + json.dumps(_args_schema(fn["parameters"]), ensure_ascii=False))
+        lines += _args_rules(syntax, f"fn{i}_args", fn["parameters"], token_names)
         lines.append(f"first{i}: {_literal(first, token_names)} fn{i}_args {tail}".rstrip())
         lines.append(f"call{i}: {_literal(head, token_names)} fn{i}_args {tail}".rstrip())
         firsts.append(f"first{i}")

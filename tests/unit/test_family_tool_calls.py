@@ -28,6 +28,10 @@ FAMILIES = {
     "nemotron_v2": "NVIDIA-Nemotron-Nano-v2.jinja",
     "firefunction_v2": "fireworks-ai-llama-3-firefunction-v2.jinja",
     "functionary_v3_1": "meetkai-functionary-medium-v3.1.jinja",
+    "qwen3_coder": "Qwen3-Coder.jinja",
+    "seed_oss": "ByteDance-Seed-OSS.jinja",
+    "glm45": "GLM-4.6.jinja",
+    "minimax_m2": "MiniMax-M2.jinja",
 }
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": {"type": "object", "properties": {

@@ -137,6 +137,8 @@ def test_detect_format_of_real_templates(name):
 
 llguidance = pytest.importorskip("llguidance")
 TOKENIZER = Path(__file__).resolve().parents[2] / "refserver" / "models" / "chat" / "tokenizer.json"
+# the embedded model's added tokens (<tool_call> among them): grammars reference them as tokens
+lltok_names = frozenset(t["content"] for t in json.loads(TOKENIZER.read_text())["added_tokens"])
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,14 @@ def accepts(lltok, constraint, text: str) -> bool:
 
 def _call_text(fmt: str, calls: list[tuple[str, dict]]) -> str:
     s = SYNTAX[fmt]
-    parts = [s.head(name) + json.dumps(args, ensure_ascii=False) + s.tail for name, args in calls]
+
+    def args(values: dict) -> str:
+        if s.param is None:
+            return json.dumps(values, ensure_ascii=False)
+        return "".join(s.param(k)[0] + (v if isinstance(v, str) else json.dumps(v)) + s.param(k)[1]
+                       for k, v in values.items())
+
+    parts = [s.head(name) + args(values) + s.tail for name, values in calls]
     return s.open + s.join.join(parts) + s.close
 
 
@@ -161,13 +170,13 @@ def _call_text(fmt: str, calls: list[tuple[str, dict]]) -> str:
 def test_required_grammar_accepts_what_the_parser_reads(fmt, lltok):
     one = [("get_weather", {"city": "Paris", "days": 3})]
     two = one + [("get_weather", {"city": "Rome"})]
-    required = tools_constraint(TOOLS, "required", False, fmt=fmt)
+    required = tools_constraint(TOOLS, "required", False, fmt=fmt, token_names=lltok_names)
     assert required.lazy_trigger is None
     assert accepts(lltok, required, _call_text(fmt, one))
     assert not accepts(lltok, required, "Paris is sunny.")
     assert not accepts(lltok, required, _call_text(fmt, [("get_wether", PARIS)]))
     assert not accepts(lltok, required, _call_text(fmt, two))
-    parallel = tools_constraint(TOOLS, "required", True, fmt=fmt)
+    parallel = tools_constraint(TOOLS, "required", True, fmt=fmt, token_names=lltok_names)
     assert accepts(lltok, parallel, _call_text(fmt, two))
     for calls in (one, two):
         content, parsed = tool_call_parser(fmt, TOOLS).parse(_call_text(fmt, calls))
@@ -176,15 +185,15 @@ def test_required_grammar_accepts_what_the_parser_reads(fmt, lltok):
 
 @pytest.mark.parametrize("fmt", sorted(SYNTAX))
 def test_auto_grammar_is_lazy_from_the_trigger(fmt, lltok):
-    auto = tools_constraint(TOOLS, "auto", False, fmt=fmt)
+    auto = tools_constraint(TOOLS, "auto", False, fmt=fmt, token_names=lltok_names)
     text = _call_text(fmt, [W])
     assert auto.lazy_trigger and text.startswith(auto.lazy_trigger)
     assert accepts(lltok, auto, text[len(auto.lazy_trigger):])
 
 
 def test_formats_without_grammar_refuse_required():
-    assert tools_constraint(TOOLS, "auto", fmt="glm45") is None
+    assert tools_constraint(TOOLS, "auto", fmt="lfm2") is None
     with pytest.raises(InvalidRequest, match="no grammar"):
-        tools_constraint(TOOLS, "required", fmt="glm45")
+        tools_constraint(TOOLS, "required", fmt="lfm2")
     with pytest.raises(InvalidRequest, match="none detected"):
         tools_constraint(TOOLS, {"type": "function", "function": {"name": "get_weather"}}, fmt=None)

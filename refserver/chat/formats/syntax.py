@@ -1,7 +1,9 @@
 """The call syntax of the JSON-argument tool-call formats, for grammars (`tool_choice`).
 
 A format's calls are `open`, then one or more `head(name) ARGS tail` joined by `join`, then
-`close`; ARGS is the tool's JSON arguments. `trigger` is the text whose appearance starts a
+`close`; ARGS is the tool's JSON arguments -- or, for the XML families (`param` set), each
+parameter as `param(key)[0] VALUE param(key)[1]`, VALUE being text for a string parameter
+(one line, no "<") and JSON otherwise. `trigger` is the text whose appearance starts a
 call when the model may also answer in text (lazy grammar, tool_choice "auto"); it is a
 prefix of `open` + `head(name)` for every name. Formats whose arguments are not JSON (the
 XML families) have no entry: `tool_choice` required / named is refused for them.
@@ -22,6 +24,7 @@ class CallSyntax:
     join: str = ""
     close: str = ""
     trigger: str = ""
+    param: Callable[[str], tuple[str, str]] | None = None
 
     @property
     def lazy_trigger(self) -> str:
@@ -51,6 +54,17 @@ SYNTAX: dict[str, CallSyntax] = {
     "firefunction_v2": CallSyntax("functools[", lambda n: '{"name": ' + _q(n) + ', "arguments": ', "}",
                                   join=", ", close="]"),
     "functionary_v3_1": CallSyntax("", lambda n: f"<function={n}>", "</function>", trigger="<function="),
+    "qwen3_coder": CallSyntax("", lambda n: f"<tool_call>\n<function={n}>\n", "</function>\n</tool_call>",
+                              join="\n", trigger="<tool_call>",
+                              param=lambda k: (f"<parameter={k}>\n", "\n</parameter>\n")),
+    "seed_oss": CallSyntax("", lambda n: f"<seed:tool_call>\n<function={n}>\n", "</function>\n</seed:tool_call>",
+                           join="\n", trigger="<seed:tool_call>",
+                           param=lambda k: (f"<parameter={k}>", "</parameter>\n")),
+    "glm45": CallSyntax("", lambda n: f"<tool_call>{n}\n", "</tool_call>", join="\n", trigger="<tool_call>",
+                        param=lambda k: (f"<arg_key>{k}</arg_key>\n<arg_value>", "</arg_value>\n")),
+    "minimax_m2": CallSyntax("", lambda n: f'<minimax:tool_call>\n<invoke name="{n}">\n',
+                             "</invoke>\n</minimax:tool_call>", join="\n", trigger="<minimax:tool_call>",
+                             param=lambda k: (f'<parameter name="{k}">', "</parameter>\n")),
     "harmony": CallSyntax("", lambda n: f"<|channel|>commentary to=functions.{n} <|constrain|>json<|message|>",
                           "<|call|>", join="<|start|>assistant", trigger="<|channel|>commentary to="),
 }
