@@ -57,6 +57,7 @@ SAMPLES = [
      '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>'), None, [W]),
     ("command_r7b", ('<|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "get_weather", '
      '"parameters": {"city": "Paris"}}\n]<|END_ACTION|>'), None, [W]),
+    ("command_r7b", "<|START_RESPONSE|>Paris is sunny.<|END_RESPONSE|>", "Paris is sunny.", []),
     ("granite", '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]', None, [W]),
     ("nemotron_v2", '<TOOLCALL>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</TOOLCALL>', None, [W]),
     ("firefunction_v2", 'functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]', None, [W]),

@@ -6,6 +6,8 @@ streaming, with the rules of `HermesToolCallParser` (`refserver.chat.tool_calls`
 - Text outside blocks is content; a tail that could be the start of the start marker is
   held back, so markup (whole or partial) never reaches content. Whitespace right after a
   call is dropped.
+- Markup a format puts around plain answers (`drop`, e.g. Command-R7B's response markers)
+  is removed from content.
 - A block's calls are emitted when the block ends, each as one `ToolCallDelta` carrying id,
   name and the whole arguments (JSON text).
 - A block whose text is not a call in the format comes back as content, markers included
@@ -72,6 +74,7 @@ def typed_value(text: str, schema_type: Any) -> Any:
 class BlockToolCallParser:
     start: ClassVar[str]
     end: ClassVar[str | None] = None
+    drop: ClassVar[tuple[str, ...]] = ()  # markup around plain answers, removed from content
 
     def __init__(self, tools: list | None = None):
         self.tools = tools
@@ -95,8 +98,8 @@ class BlockToolCallParser:
         return (i, len(self.start)) if i >= 0 else None
 
     def held(self, buf: str) -> int:
-        """How many trailing characters may be the start of a block (held back)."""
-        return _partial_suffix(buf, self.start)
+        """How many trailing characters may be the start of a block or of dropped markup."""
+        return max(_partial_suffix(buf, m) for m in (self.start, *self.drop))
 
     # -- protocol -------------------------------------------------------------------------
     def feed(self, text: str) -> list[Delta]:
@@ -155,6 +158,8 @@ class BlockToolCallParser:
         return False
 
     def _content(self, out: list[Delta], text: str) -> None:
+        for marker in self.drop:
+            text = text.replace(marker, "")
         if self._after_call:
             text = text.lstrip()
         if text:

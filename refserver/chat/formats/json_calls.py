@@ -4,7 +4,8 @@
   one or more `NAME[ARGS]{...}` (optionally `NAME[CALL_ID]ID[ARGS]{...}`), each after its
   own `[TOOL_CALLS]`; to the end of the output.
 - Granite 3.x `<|tool_call|>[{"name", "arguments"}]`; firefunction-v2 `functools[...]`.
-- Command-R7B `<|START_ACTION|>[{"tool_call_id", "tool_name", "parameters"}]<|END_ACTION|>`.
+- Command-R7B `<|START_ACTION|>[{"tool_call_id", "tool_name", "parameters"}]<|END_ACTION|>`; an answer's
+  `<|START_RESPONSE|>`/`<|END_RESPONSE|>` are dropped (its thinking block stays content).
 - DeepSeek V3.1 `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>
   <｜tool▁calls▁end｜>`; R1 writes `function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```` inside.
 - NVIDIA Nemotron Nano v2 `<TOOLCALL>[...]</TOOLCALL>`; functionary v3.1 `<function=NAME>{...}</function>`;
@@ -76,6 +77,7 @@ class FirefunctionParser(_JsonListParser):
 
 class CommandR7BParser(_JsonListParser):
     start, end = "<|START_ACTION|>", "<|END_ACTION|>"
+    drop = ("<|START_RESPONSE|>", "<|END_RESPONSE|>")
     name_key, args_key = "tool_name", "parameters"
 
 
