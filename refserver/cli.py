@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads of the draft model (default 1: a small draft gains nothing from more, "
                         "and its idle threads would spin against the main model's; 0: all cores)")
     g = p.add_argument_group("sampling and chat")
-    g.add_argument("-n", "--n-predict", type=int, default=-1, help="cap on generated tokens (default -1: none)")
+    g.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens to generate for requests that give no n_predict/max_tokens; a request's own value wins (default -1: until EOS or the context is full)")
     g.add_argument("--temp", type=float, default=0.8, help="default temperature (0.8)")
     g.add_argument("-s", "--seed", type=int, default=-1, help="default seed (-1: random)")
     g.add_argument("--jinja", action=argparse.BooleanOptionalAction, default=True,

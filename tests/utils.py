@@ -587,11 +587,10 @@ class ServerProcess:
         assert total >= n, f"the preset asked for at least {n} slots; /props reports {total}"
 
     def generation_cap(self) -> int:
-        """The most tokens a request may generate when it asks for more: the server's
-        `--n-predict` when set (> 0), else the slot's context size (from /props)."""
-        settings = self.props()["default_generation_settings"]
-        cap = settings.get("params", {}).get("n_predict", -1)
-        return cap if isinstance(cap, int) and cap > 0 else int(settings["n_ctx"])
+        """The most tokens a request may generate when it asks for more: the slot's context
+        size (from /props).  The server's `--n-predict` is only the default of requests that
+        give none (llama.cpp's current behaviour), so it does not bound this."""
+        return int(self.props()["default_generation_settings"]["n_ctx"])
 
     def wait_slots_idle(self, timeout: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout

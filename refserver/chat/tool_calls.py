@@ -16,9 +16,10 @@ Streaming (`feed` / `finish`), `HermesToolCallParser`'s rules:
   the end marker and then emitted as one delta with compact `json.dumps` arguments.
 - `finish()`: an unterminated call whose text is already complete JSON is emitted as a
   call; an unterminated call whose header was already streamed stays a (truncated) call
-  (finish_reason is then "length" when cut by the limit); any other unterminated call --
-  or a terminated one whose text is not a JSON call -- is returned as content verbatim,
-  markers included, so no generated text is lost.
+  (finish_reason is then "length" when cut by the limit); any other unterminated call is
+  dropped.  That last one is a refserver decision (CONTRACT §9 item 7: no tool-call markup
+  in content after a cut-off call); llama.cpp returns it as content.  A terminated call
+  whose text is not a JSON call is returned as content verbatim, markers included.
 `parse(text)` runs the same machine over a whole text and returns (content or None, calls).
 """
 
@@ -30,6 +31,8 @@ import secrets
 import string
 from dataclasses import dataclass
 from typing import Protocol
+
+from refserver.stream.deltas import finish_reason_for  # noqa: F401 - re-exported
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -85,15 +88,6 @@ class ToolCallParser(Protocol):
     def feed(self, text: str) -> list[Delta]: ...
     def finish(self) -> list[Delta]: ...
     def parse(self, text: str) -> tuple[str | None, list[ToolCall]]: ...
-
-
-def finish_reason_for(stop_type: str, has_tool_calls: bool) -> str:
-    """OpenAI finish_reason from the engine's stop_type ("eos" | "limit" | "word" | "none")."""
-    if stop_type == "limit":
-        return "length"
-    if has_tool_calls and stop_type in ("eos", "word"):
-        return "tool_calls"
-    return "stop"
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -27,10 +27,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class RequestHandle:
-    """What `Engine.submit` returns: the request's id and a thread-safe cancel."""
+    """What `Engine.submit` returns: the request's id, the slot serving it (-1 until it has
+    one; set by the engine thread before the request's first event) and a thread-safe cancel."""
 
     def __init__(self, id: int):
         self.id = id
+        self.id_slot = -1
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:

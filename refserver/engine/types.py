@@ -72,7 +72,7 @@ class SpeculativeParams:
 class GenerationRequest:
     prompt: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    n_predict: int = -1  # -1: until EOS or context full; capped by the server's --n-predict
+    n_predict: int | None = None  # None: the server's -n; -1: until EOS or the context is full
     stop: tuple[str, ...] = ()
     id_slot: int = -1
     cache_prompt: bool = True

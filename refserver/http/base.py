@@ -1,29 +1,26 @@
 """BaseHandler: the one error path, JSON and SSE writing, API keys, CORS, request logs,
-and the bridge from the engine thread to the handler's coroutine.
+and the HTTP side of a `refserver.stream.Generation` (the handler is its `Transport`).
 
-Engine events reach a handler's `Inbox` through the server's `EventBridge` (bridge.py).
-SSE events are written as they come and flushed once the inbox is empty, so a burst
-(speculative tokens, n choices) leaves in one `send()`.  A generation is cancelled when
-the client goes (`on_connection_close`, or a flush failing with `StreamClosedError`) and
-whenever the handler ends before it finished.
+SSE events are written as they come and flushed once no engine event is pending, so a
+burst (speculative tokens, n choices) leaves in one `send()`.  A generation is cancelled
+when the client goes (`on_connection_close`, or a flush failing with `StreamClosedError`)
+and whenever the handler ends before it finished.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
-import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from refserver.engine.types import Failed, Finished, GenerationRequest, TokenOut
+from refserver.engine.types import GenerationRequest
 from refserver.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -34,27 +31,23 @@ from refserver.errors import (
     Unavailable,
 )
 from refserver.schemas.common import RequestModel, parse_request
+from refserver.stream.choice import ChoiceStream
+from refserver.stream.deltas import Delta
+from refserver.stream.generation import ClientGone, Generation
+from refserver.stream.parsers import ParserChain
 
-from .bridge import Inbox
 from .state import AppState
 
 log = logging.getLogger("refserver.http")
-
-LOWEST_FLOAT = -3.4028234663852886e38  # what a log-probability of -inf is reported as
-_SHUTDOWN = -1  # queue index that tells a handler the server is stopping
-_WAKE = -2  # queue index that wakes a handler whose client has gone
-
-
-class ClientGone(Exception):
-    """The client closed the connection; the handler ends quietly."""
-
 
 class MethodNotAllowed(RefserverError):
     status, type = 405, "invalid_request_error"
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+# allow_nan=False: a non-finite number anywhere in a response is a bug to surface as a 500,
+# never `Infinity` or `NaN` in a body that JSON parsers reject.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 def dumps(obj: Any) -> bytes:
@@ -68,11 +61,6 @@ def dumps(obj: Any) -> bytes:
         return _JSON.encode(obj).encode("utf-8")
     except UnicodeEncodeError:
         return _JSON_ASCII.encode(obj).encode("ascii")
-
-
-def finite(x: float) -> float:
-    """A log-probability safe for JSON: -inf (and NaN) become the lowest float."""
-    return x if math.isfinite(x) else LOWEST_FLOAT
 
 
 def _reject_constant(name: str):
@@ -111,14 +99,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self._body_too_large = False
         self._sse_started = False
         self._client_gone = False
-        self._inbox: Inbox | None = None
         self._unflushed = False
-        self._handles: list = []
-        self._open: set[int] = set()
-        self._pending_first: set[int] = set()
-        self._last_write = time.monotonic()
+        self.generation: Generation | None = None
+        self.last_write = time.monotonic()
         self.n_prompt_tokens = 0
-        self.n_predicted_tokens = 0
         self._set_cors()
 
     # ------------------------------------------------------------------ headers
@@ -261,7 +245,7 @@ class BaseHandler(tornado.web.RequestHandler):
         path = path if len(path) <= 200 else path[:200] + "..."  # a 60 kB URL makes no 60 kB log line
         log.info("request id=%s method=%s route=%s status=%d prompt_tokens=%d predicted_tokens=%d ms=%.1f",
                  self.request_id, self.request.method, path, status,
-                 self.n_prompt_tokens, self.n_predicted_tokens, ms)
+                 self.n_prompt_tokens, self.generation.n_predicted_tokens if self.generation else 0, ms)
         if self.state.metrics is not None:
             self.state.metrics.observe_request(self.route, status, ms / 1000)
 
@@ -281,7 +265,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self._gone()
             raise ClientGone() from None
         self._unflushed = False
-        self._last_write = time.monotonic()
+        self.last_write = time.monotonic()
 
     def sse_send(self, obj: Any) -> None:
         """Write one `data:` event; `events()` flushes once no event is pending."""
@@ -298,94 +282,43 @@ class BaseHandler(tornado.web.RequestHandler):
         self.write(f": {text}\n\n")
         await self._flush()
 
-    # ------------------------------------------------------------------ engine bridge
-    def submit(self, requests: list[GenerationRequest]) -> None:
-        """Submit every request to the engine; their events come back through `events()`."""
-        engine, bridge = self.state.engine, self.state.bridge
-        inbox = Inbox()
-        handles = []
-        try:
-            for i, req in enumerate(requests):
-                handles.append(engine.submit(req, bridge.sink(inbox, i)))
-        except BaseException:
-            for h in handles:
-                h.cancel()
-            raise
-        self._inbox, self._handles = inbox, handles
-        self._open = set(range(len(requests)))
-        self._pending_first = set(self._open)
-        self.n_prompt_tokens = sum(len(r.prompt) for r in requests)
+    # ------------------------------------------------------------------ generation
+    def start_generation(self, requests: list[GenerationRequest], *, n: int = 1,
+                         parsers: Callable[[], ParserChain] | None = None) -> Generation:
+        """Submit every request to the engine (all or none); see `refserver.stream`."""
+        gen = Generation(self.state.engine, self.state.bridge, requests, n=n, parsers=parsers)
+        self.generation = gen
+        self.n_prompt_tokens = gen.n_prompt_tokens
         self.state.active.add(self)
+        return gen
 
-    async def collect(self, choices: list) -> None:
-        """Non-streamed responses: every event into its choice (a `ChoiceState`) until all
-        have finished."""
-        async for i, event in self.events(keepalive=False):
-            if isinstance(event, TokenOut):
-                choices[i].add(event)
-            elif isinstance(event, Finished):
-                choices[i].finish(event)
-        self.n_predicted_tokens = sum(c.finished.tokens_predicted for c in choices)
+    def stream_deltas(self) -> AsyncIterator[tuple[ChoiceStream, list[Delta]]]:
+        """The generation's (choice, deltas), this handler draining its SSE writes and
+        sending keepalives while a choice waits for its first token."""
+        return self.generation.stream(self, self.state.config.sse_keepalive)
+
+    async def drain(self) -> None:
+        """`Transport.drain`: flush what was written, in one `send()`."""
+        if self._unflushed:
+            await self._flush()
+
+    async def keepalive(self) -> None:
+        """`Transport.keepalive`."""
+        await self.sse_comment("keepalive")
 
     def cancel_generation(self) -> None:
-        for h in self._handles:
-            h.cancel()
-        self._handles = []
+        if self.generation is not None:
+            self.generation.cancel()
 
     def _gone(self) -> None:
         self._client_gone = True
-        self.cancel_generation()
-        if self._inbox is not None:
-            self._inbox.put(_WAKE, None)
+        if self.generation is not None:
+            self.generation.client_gone()
 
     def on_connection_close(self) -> None:
         self._gone()
 
     def abort_for_shutdown(self) -> None:
         """Called by the server when --shutdown-grace has run out."""
-        if self._inbox is not None:
-            self._inbox.put(_SHUTDOWN, None)
-
-    async def events(self, keepalive: bool = False) -> AsyncIterator[tuple[int, Any]]:
-        """(index, event) pairs until every submitted request has finished.
-
-        A `Failed` event raises its error.  With `keepalive` (streams), an SSE comment goes
-        out whenever nothing was written for --sse-keepalive seconds while some request
-        still waits for its first token (queued or pre-filling).
-        """
-        interval = self.state.config.sse_keepalive
-        items = self._inbox.items
-        while self._open:
-            if self._client_gone:
-                raise ClientGone()
-            if not items:
-                if self._unflushed:  # everything pending is written: send it in one go
-                    await self._flush()
-                    continue
-                timeout = None
-                if keepalive and self._pending_first:
-                    timeout = max(0.0, self._last_write + interval - time.monotonic())
-                try:
-                    await self._inbox.wait(timeout)
-                except asyncio.TimeoutError:
-                    await self.sse_comment("keepalive")
-                continue
-            index, event = items.popleft()
-            if index == _WAKE:
-                continue
-            if index == _SHUTDOWN:
-                self.cancel_generation()
-                raise Unavailable("Server is shutting down")
-            if isinstance(event, Failed):
-                self._open.discard(index)
-                self.cancel_generation()
-                err = event.error
-                if not isinstance(err, RefserverError):
-                    err = ServerError(f"generation failed: {err}")
-                raise err
-            if isinstance(event, (TokenOut, Finished)):
-                self._pending_first.discard(index)
-            if isinstance(event, Finished):
-                self._open.discard(index)
-            yield index, event
-        self._handles = []
+        if self.generation is not None:
+            self.generation.shutdown()

@@ -5,17 +5,27 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from refserver.chat.formats import tool_call_parser
 from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
-from refserver.chat.tool_calls import ContentDelta, finish_reason_for
-from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut
+from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
 from refserver.schemas.common import encode_text
+from refserver.stream.choice import ChoiceStream
+from refserver.stream.deltas import (
+    FinishDelta,
+    ProgressDelta,
+    ReasoningDelta,
+    TextDelta,
+    TokenDelta,
+    ToolCallArgs,
+    ToolCallStart,
+)
+from refserver.stream.generation import Generation
+from refserver.stream.parsers import select_parsers
 
 from .base import BaseHandler, log
 from .completion import native_final
-from .formats import ChoiceState, choice_states, completion_id, oai_logprob, usage
+from .formats import completion_id, oai_logprob
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -67,21 +77,21 @@ class ChatHandler(BaseHandler):
         n_probs, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)
         n = req.n_choices(state.defaults)
-        n_predict = req.chat_n_predict(state.defaults)
+        n_predict = req.requested_n_predict()
         reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
                                        constraint=constraint, n_probs=n_probs) for _ in range(n)]
         if req.tools and req.tool_choice == "none":
             reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
         self.req = req
-        self.reqs = reqs
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
-        choices = choice_states(reqs, n)
-        self.submit(reqs)
+        gen = self.start_generation(reqs, n=n, parsers=select_parsers(
+            tools=self.use_tools, tool_format=self.tool_format or "hermes", tool_defs=req.tools,
+            reasoning_format=req.reasoning_format))
         if req.stream:
-            await self._stream(req, choices)
+            await self._stream(req, gen)
         else:
-            await self._collect(req, choices)
+            await self._collect(gen)
 
     def _constraint(self, req: ChatRequest):
         rf = response_format_constraint(req.response_format, json_schema=req.json_schema,
@@ -94,108 +104,126 @@ class ChatHandler(BaseHandler):
             return tc
         return rf
 
-    def new_parser(self):
-        """The tool-call parser of the template's format, for one choice."""
-        return tool_call_parser(self.tool_format, self.req.tools)
-
     def envelope(self, choices: list[dict], chunk: bool) -> dict:
         return {"choices": choices, "created": self.created, "id": self.chat_id,
                 "model": self.state.model.alias, "system_fingerprint": SYSTEM_FINGERPRINT,
                 "object": "chat.completion.chunk" if chunk else "chat.completion"}
 
-    def verbose_object(self, choice: ChoiceState, stream: bool) -> dict:
-        return native_final(self.state, self.req, self.reqs[choice.index], choice, stream)
+    def verbose_object(self, choice: ChoiceStream, stream: bool) -> dict:
+        return native_final(self.state, self.req, choice, stream)
+
+    def logprobs_of(self, probs: list) -> dict:
+        return {"content": [oai_logprob(p, self.top_n) for p in probs]}
 
     # ------------------------------------------------------------------ non-streamed
-    async def _collect(self, req: ChatRequest, choices: list[ChoiceState]) -> None:
-        await self.collect(choices)
-        out_choices = []
-        for c in choices:
-            message: dict = {"role": "assistant", "content": c.content}
-            calls = []
-            if self.use_tools:
-                content, calls = self.new_parser().parse(c.content)
-                message["content"] = content
-                if calls:
-                    message["tool_calls"] = [call.to_dict() for call in calls]
-            entry = {"finish_reason": finish_reason_for(c.finished.stop_type, bool(calls)), "index": c.index,
-                     "message": message}
-            if self.want_logprobs:
-                entry["logprobs"] = {"content": [oai_logprob(p, self.top_n) for p in c.probs]}
-            out_choices.append(entry)
-        out = self.envelope(out_choices, chunk=False)
-        out["usage"] = usage(choices)
-        out["timings"] = choices[-1].finished.timings
+    async def _collect(self, gen: Generation) -> None:
+        await gen.collect()
+        out = self.envelope([self.message_choice(c) for c in gen.choices], chunk=False)
+        out["usage"] = gen.usage().to_openai()
+        out["timings"] = gen.choices[-1].finished.timings
         if self.state.config.verbose:
-            out["__verbose"] = self.verbose_object(choices[0], stream=False)
+            out["__verbose"] = self.verbose_object(gen.choices[0], stream=False)
         self.write_json(out)
 
+    def message_choice(self, c: ChoiceStream) -> dict:
+        r = c.result
+        message: dict = {"role": "assistant", "content": r.content}
+        if r.reasoning:
+            message["reasoning_content"] = r.reasoning_text
+        if r.tool_calls:
+            message["content"] = r.content.strip() or None
+            message["tool_calls"] = [{"id": t.id, "type": "function",
+                                      "function": {"name": t.name, "arguments": t.arguments}}
+                                     for t in r.tool_calls]
+        entry = {"finish_reason": r.finish.reason, "index": c.index, "message": message}
+        if self.want_logprobs:
+            entry["logprobs"] = self.logprobs_of(r.logprobs)
+        return entry
+
     # ------------------------------------------------------------------ streamed
-    async def _stream(self, req: ChatRequest, choices: list[ChoiceState]) -> None:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        parsers = [self.new_parser() if self.use_tools else None for _ in choices]
-        pending_probs: list[list] = [[] for _ in choices]
-        last_timings: dict = {}
-
-        def send(i: int, delta: dict, finish_reason=None, **extra) -> None:
-            entry = {"finish_reason": finish_reason, "index": i, "delta": delta}
-            if self.want_logprobs and "content" in delta and delta["content"] is not None:
-                entry["logprobs"] = {"content": [oai_logprob(p, self.top_n) for p in pending_probs[i]]}
-                pending_probs[i] = []
-            chunk = self.envelope([entry], chunk=True)
-            chunk.update(extra)
-            self.sse_send(chunk)
-
-        def send_deltas(i: int, deltas: list, **extra) -> None:
-            for d in deltas:
-                if isinstance(d, ContentDelta):
-                    if d.text:
-                        send(i, {"content": d.text}, **extra)
-                else:
-                    send(i, {"tool_calls": [d.to_dict()]}, **extra)
-
-        def send_text(i: int, text: str, **extra) -> None:
-            parser = parsers[i]
-            send_deltas(i, parser.feed(text) if parser is not None else [ContentDelta(text)], **extra)
-
-        async for i, event in self.events(keepalive=True):
-            c = choices[i]
-            if isinstance(event, Progress):
-                if self.reqs[i].return_progress:
-                    c.sent_role = True
-                    send(i, {"role": "assistant", "content": None},
-                         prompt_progress={"total": event.total, "cache": event.cache,
-                                          "processed": event.processed, "time_ms": event.time_ms})
-                continue
-            if not c.sent_role:
-                c.sent_role = True
-                send(i, {"role": "assistant", "content": None})
-            if isinstance(event, TokenOut):
-                c.add(event)
-                if event.probs is not None and self.want_logprobs:
-                    pending_probs[i].append(event.probs)
-                extra = {"timings": event.timings} if event.timings else {}
-                if event.text:
-                    send_text(i, event.text, **extra)
-                if event.timings:
-                    last_timings = event.timings
-            elif isinstance(event, Finished):
-                c.finish(event)
-                self.n_predicted_tokens += event.tokens_predicted
-                if event.text:
-                    send_text(i, event.text)
-                if parsers[i] is not None:
-                    send_deltas(i, parsers[i].finish())
-                has_calls = bool(parsers[i] is not None and parsers[i].calls)
-                extra = {"timings": event.timings}
-                if self.state.config.verbose:
-                    extra["__verbose"] = self.verbose_object(c, stream=True)
-                send(i, {}, finish_reason_for(event.stop_type, has_calls), **extra)
-                last_timings = event.timings
-        if include_usage:
+    async def _stream(self, req: ChatRequest, gen: Generation) -> None:
+        chunkers = [ChatChunker(self, c) for c in gen.choices]
+        async for c, deltas in self.stream_deltas():
+            chunkers[c.index].write(deltas)
+        if req.stream_options and req.stream_options.include_usage:
             tail = self.envelope([], chunk=True)
-            tail["usage"] = usage(choices)
-            tail["timings"] = last_timings
+            tail["usage"] = gen.usage().to_openai()
+            tail["timings"] = gen.choices[-1].finished.timings
             self.sse_send(tail)
         self.sse_done_line()
         self.finish()
+
+
+class ChatChunker:
+    """One choice's deltas → `chat.completion.chunk` events.
+
+    The first chunk carries the role; each token's logprob entry rides on the next chunk
+    the choice sends (content, reasoning, tool call or the finish chunk), so every
+    generated token -- EOS and tool-call markup included -- has exactly one entry.
+    """
+
+    def __init__(self, handler: ChatHandler, choice: ChoiceStream):
+        self.h = handler
+        self.choice = choice
+        self.sent_role = False
+        self.probs: list = []
+        self.extra: dict = {}
+
+    def send(self, delta: dict, finish_reason: str | None = None, **extra) -> None:
+        entry = {"finish_reason": finish_reason, "index": self.choice.index, "delta": delta}
+        if self.probs and self.h.want_logprobs:
+            entry["logprobs"] = self.h.logprobs_of(self.probs)
+            self.probs = []
+        chunk = self.h.envelope([entry], chunk=True)
+        chunk.update(self.extra)
+        chunk.update(extra)
+        self.h.sse_send(chunk)
+
+    def write(self, deltas: list) -> None:
+        self.extra = {}
+        skip = -1
+        for k, d in enumerate(deltas):
+            if k == skip:
+                continue
+            if isinstance(d, ProgressDelta):
+                self.progress(d)
+                continue
+            if not self.sent_role:
+                self.sent_role = True
+                self.send({"role": "assistant", "content": None})
+            if isinstance(d, TokenDelta):
+                if d.probs is not None:
+                    self.probs.append(d.probs)
+                self.extra = {"timings": d.timings} if d.timings else {}
+            elif isinstance(d, TextDelta):
+                self.send({"content": d.text})
+            elif isinstance(d, ReasoningDelta):
+                self.send({"reasoning_content": d.text})
+            elif isinstance(d, ToolCallStart):
+                nxt = deltas[k + 1] if k + 1 < len(deltas) else None
+                args = nxt.text if isinstance(nxt, ToolCallArgs) and nxt.index == d.index else ""
+                self.send({"tool_calls": [{"index": d.index, "id": d.id, "type": "function",
+                                           "function": {"name": d.name, "arguments": args}}]})
+                if args:
+                    skip = k + 1  # sent with the start
+            elif isinstance(d, ToolCallArgs):
+                if d.text:
+                    self.send({"tool_calls": [{"index": d.index, "function": {"arguments": d.text}}]})
+            elif isinstance(d, FinishDelta):
+                self.finish(d)
+
+    def progress(self, d: ProgressDelta) -> None:
+        if not self.choice.request.return_progress:
+            return
+        p = d.progress
+        self.sent_role = True
+        self.send({"role": "assistant", "content": None},
+                  prompt_progress={"total": p.total, "cache": p.cache, "processed": p.processed,
+                                   "time_ms": p.time_ms})
+
+    def finish(self, d: FinishDelta) -> None:
+        extra = {"timings": d.finished.timings}
+        if self.h.state.config.verbose:
+            extra["__verbose"] = self.h.verbose_object(self.choice, stream=True)
+        self.extra = {}
+        self.send({}, d.reason, **extra)

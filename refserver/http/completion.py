@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from refserver.chat.grammars import response_format_constraint
-from refserver.engine.types import Finished, Progress, TokenOut
 from refserver.schemas.completion import CompletionRequest
+from refserver.stream.choice import ChoiceStream
+from refserver.stream.deltas import FinishDelta, ProgressDelta, TokenDelta
+from refserver.stream.generation import Generation
 
 from .base import BaseHandler, log
-from .formats import ChoiceState, choice_states, native_probs, select_fields
+from .formats import native_probs, select_fields
 
 
 def native_constraint(req):
@@ -19,24 +21,25 @@ def native_constraint(req):
     return response_format_constraint(None, json_schema=schema, grammar=grammar)
 
 
-def native_final(state, req, gen, choice: ChoiceState, stream: bool) -> dict:
+def native_final(state, req, choice: ChoiceStream, stream: bool) -> dict:
     """llama.cpp's final `/completion` object (also chat's `__verbose`)."""
-    fin: Finished = choice.finished
+    result = choice.result
+    fin = result.finished
+    gen = choice.request
     tok = state.tokenizer
-    content = fin.text if stream else choice.content
     out = {
         "index": choice.index,
-        "content": content,
-        "tokens": list(choice.tokens) if getattr(req, "return_tokens", False) and not stream else [],
+        "content": fin.text if stream else result.raw_text,
+        "tokens": list(result.tokens) if getattr(req, "return_tokens", False) and not stream else [],
         "id_slot": fin.id_slot,
         "stop": True,
         "model": state.model.alias,
         "tokens_predicted": fin.tokens_predicted,
         "tokens_evaluated": fin.tokens_evaluated,
         "generation_settings": req.generation_settings(
-            gen.sampling, gen.n_predict, fin.seed, bool(req.stream), gen.stop, tok, state.defaults),
+            gen.sampling, state.engine.n_predict_for(gen), fin.seed, bool(req.stream), gen.stop, tok, state.defaults),
         "prompt": tok.decode(gen.prompt),
-        "has_new_line": "\n" in choice.content,
+        "has_new_line": "\n" in result.raw_text,
         "truncated": fin.truncated,
         "stop_type": fin.stop_type,
         "stopping_word": fin.stopping_word,
@@ -45,8 +48,29 @@ def native_final(state, req, gen, choice: ChoiceState, stream: bool) -> dict:
     }
     if gen.sampling.n_probs > 0 and not stream:
         out["completion_probabilities"] = [native_probs(p, gen.sampling.post_sampling_probs)
-                                           for p in choice.probs]
+                                           for p in result.logprobs]
     return out
+
+
+def partial_object(choice: ChoiceStream, d: TokenDelta) -> dict:
+    """One streamed token's chunk."""
+    gen = choice.request
+    out = {"index": choice.index, "content": d.text, "tokens": [d.token], "stop": False,
+           "id_slot": choice.id_slot, "tokens_predicted": choice.n_tokens,
+           "tokens_evaluated": len(gen.prompt)}
+    if d.probs is not None and gen.sampling.n_probs > 0:
+        out["completion_probabilities"] = [native_probs(d.probs, gen.sampling.post_sampling_probs)]
+    if d.timings:
+        out["timings"] = d.timings
+    return out
+
+
+def progress_object(choice: ChoiceStream, d: ProgressDelta) -> dict:
+    p = d.progress
+    return {"index": choice.index, "content": "", "tokens": [], "stop": False, "id_slot": choice.id_slot,
+            "tokens_predicted": 0, "tokens_evaluated": p.total,
+            "prompt_progress": {"total": p.total, "cache": p.cache, "processed": p.processed,
+                                "time_ms": p.time_ms}}
 
 
 class CompletionHandler(BaseHandler):
@@ -57,68 +81,32 @@ class CompletionHandler(BaseHandler):
         req = self.parse_body(CompletionRequest)
         reqs, many = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
         n = req.n_choices(state.defaults)
-        choices = choice_states(reqs, n)
         if state.config.verbose:
             self.log_prompts(reqs)
-        self.submit(reqs)
+        gen = self.start_generation(reqs, n=n)
         if req.stream:
-            await self._stream(req, reqs, choices)
+            await self._stream(req)
         else:
-            await self._collect(req, reqs, choices, many)
+            await self._collect(req, gen, many)
 
     def log_prompts(self, reqs) -> None:
         for r in reqs:
             log.debug("request %s prompt: %r", self.request_id, self.state.tokenizer.decode(r.prompt))
 
-    # ------------------------------------------------------------------ shapes
-    def partial_object(self, choice: ChoiceState, gen, event: TokenOut) -> dict:
-        out = {"index": choice.index, "content": event.text, "tokens": [event.token], "stop": False,
-               "id_slot": choice.id_slot, "tokens_predicted": len(choice.tokens),
-               "tokens_evaluated": len(choice.prompt)}
-        if event.probs is not None and gen.sampling.n_probs > 0:
-            out["completion_probabilities"] = [native_probs(event.probs, gen.sampling.post_sampling_probs)]
-        if event.timings:
-            out["timings"] = event.timings
-        return out
-
-    def _slot_of(self, choice: ChoiceState) -> None:
-        """The slot serving a choice, for partial chunks (best effort: -1 until known)."""
-        if choice.id_slot >= 0 or choice.index >= len(self._handles):
-            return
-        handle = self._handles[choice.index]
-        slot = getattr(handle, "id_slot", None)
-        if slot is not None:
-            choice.id_slot = slot
-            return
-        for s in self.state.engine.slots():
-            if s.get("id_task") == getattr(handle, "id", None):
-                choice.id_slot = s.get("id", -1)
-
-    # ------------------------------------------------------------------ modes
-    async def _collect(self, req, reqs, choices, many: bool) -> None:
-        await self.collect(choices)
-        results = [native_final(self.state, req, reqs[c.index], c, stream=False) for c in choices]
+    async def _collect(self, req, gen: Generation, many: bool) -> None:
+        await gen.collect()
+        results = [native_final(self.state, req, c, stream=False) for c in gen.choices]
         if req.response_fields:
             results = [select_fields(r, req.response_fields) for r in results]
         self.write_json(results if many else results[0])
 
-    async def _stream(self, req, reqs, choices) -> None:
-        async for i, event in self.events(keepalive=True):
-            c = choices[i]
-            if isinstance(event, TokenOut):
-                if not c.tokens:
-                    self._slot_of(c)
-                c.add(event)
-                self.sse_send(self.partial_object(c, reqs[i], event))
-            elif isinstance(event, Progress):
-                if reqs[i].return_progress:
-                    self.sse_send({
-                        "index": i, "content": "", "tokens": [], "stop": False, "id_slot": c.id_slot,
-                        "tokens_predicted": 0, "tokens_evaluated": event.total,
-                        "prompt_progress": {"total": event.total, "cache": event.cache,
-                                            "processed": event.processed, "time_ms": event.time_ms}})
-            elif isinstance(event, Finished):
-                c.finish(event)
-                self.n_predicted_tokens += event.tokens_predicted
-                self.sse_send(native_final(self.state, req, reqs[i], c, stream=True))
+    async def _stream(self, req) -> None:
+        async for c, deltas in self.stream_deltas():
+            for d in deltas:
+                if isinstance(d, TokenDelta):
+                    self.sse_send(partial_object(c, d))
+                elif isinstance(d, ProgressDelta) and c.request.return_progress:
+                    self.sse_send(progress_object(c, d))
+                elif isinstance(d, FinishDelta):
+                    self.sse_send(native_final(self.state, req, c, stream=True))
         self.finish()

@@ -51,11 +51,12 @@ class ChatRequest(NativeParams):
         top = 20 if self.top_logprobs is None else self.top_logprobs
         return max(top, 1), top
 
-    def chat_n_predict(self, defaults: ServerDefaults) -> int:
-        value = self.max_completion_tokens
-        if value is None:
-            value = self.max_tokens if self.max_tokens is not None else self.n_predict
-        return self.effective_n_predict(defaults, -1 if value is None else value)
+    def requested_n_predict(self) -> int | None:
+        """`max_completion_tokens`, else `max_tokens`, else `n_predict`; None: the server's -n."""
+        for value in (self.max_completion_tokens, self.max_tokens, self.n_predict):
+            if value is not None:
+                return value
+        return None
 
     def check_tools(self, jinja: bool) -> None:
         uses_tools = bool(self.tools) or self.tool_choice not in (None, "auto")

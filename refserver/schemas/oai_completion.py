@@ -51,7 +51,7 @@ class OAICompletionRequest(NativeParams):
         self.check_common()
         prompts, _ = tokenize_prompts(self.prompt, tokenizer)
         n = self.n_choices(defaults)
-        n_predict = self.effective_n_predict(defaults)
+        n_predict = self.requested_n_predict()
         return [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
                                         constraint=constraint, n_probs=self.top_n_probs())
                 for p in prompts for _ in range(n)]

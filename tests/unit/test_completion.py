@@ -95,9 +95,9 @@ def test_completion_stream(chat_server, n_predict):
 @streaming
 @pytest.mark.needs_flags
 def test_completion_stream_settings_reflect_server(chat_server):
-    """n_predict is capped by the server's -n; the seed defaults to the server's --seed."""
+    """A request without n_predict gets the server's -n; the seed defaults to the server's --seed."""
     events = chat_server.make_stream_request("POST", "/completion", {
-        "prompt": STORY, "n_predict": 1000, "stream": True}).read_all()
+        "prompt": STORY, "stream": True}).read_all()
     settings = events[-1]["generation_settings"]
     assert settings["n_predict"] == chat_server.n_predict
     assert settings["seed"] == chat_server.seed
@@ -494,14 +494,21 @@ def test_v1_completions_context_exceeded_stream_is_plain_error(chat_server):
 
 @completion
 @pytest.mark.needs_flags
-def test_server_n_predict_caps_request():
+def test_server_n_predict_is_the_default_a_request_overrides():
+    """-n is the default for requests that give no n_predict / max_tokens; a request's own
+    value wins, above or below it (llama.cpp's current behaviour, CONTRACT §0)."""
     server = ServerPreset.one_slot()
     server.n_predict = 5
     server.start()
-    body = server.ok("/completion", {"prompt": STORY, "n_predict": 50, "ignore_eos": True})
-    assert body["tokens_predicted"] == 5
-    assert body["generation_settings"]["n_predict"] == 5
-    assert body["stop_type"] == "limit"
+    body = server.ok("/completion", {"prompt": STORY, "ignore_eos": True})
+    assert (body["tokens_predicted"], body["generation_settings"]["n_predict"], body["stop_type"]) == (5, 5, "limit")
+    for path, key in (("/completion", "n_predict"), ("/v1/completions", "max_tokens"),
+                      ("/v1/chat/completions", "max_tokens"), ("/v1/chat/completions", "max_completion_tokens")):
+        for value in (9, 3):
+            data = {"prompt": STORY} if "chat" not in path else {"messages": [{"role": "user", "content": STORY}]}
+            body = server.ok(path, {**data, key: value, "ignore_eos": True})
+            n = body["usage"]["completion_tokens"] if "usage" in body else body["tokens_predicted"]
+            assert n == value, (path, key, body)
 
 
 @completion

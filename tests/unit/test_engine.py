@@ -236,13 +236,16 @@ def test_stop_string_spanning_tokens():
     eng.shutdown()
 
 
-def test_n_predict_and_server_cap():
+def test_n_predict_and_server_default():
+    """The server's -n is the default for requests that give none; a request's own value
+    wins, larger or smaller (llama.cpp's current behaviour)."""
     eng = make_engine(steered(), n_slots=1, n_predict=5)
     a = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=3))
-    b = run(eng, GenerationRequest([1, 261], GREEDY, n_predict=50))
+    b = run(eng, GenerationRequest([1, 261], SamplingParams(temperature=0.0, ignore_eos=True), n_predict=9))
     c = run(eng, GenerationRequest([1, 261], GREEDY))
     assert (a[-1].stop_type, a[-1].tokens_predicted) == ("limit", 3)
-    assert b[-1].tokens_predicted == c[-1].tokens_predicted == 5 and b[-1].stop_type == "limit"
+    assert (b[-1].stop_type, b[-1].tokens_predicted) == ("limit", 9)
+    assert (c[-1].stop_type, c[-1].tokens_predicted) == ("limit", 5)
     assert text_of(a) == " time there was"
     eng.shutdown()
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from refserver.engine.types import Finished, TokenOut
-from refserver.http.bridge import EventBridge, Inbox
+from refserver.stream.bridge import EventBridge, Inbox
 
 pytestmark = [pytest.mark.feature("streaming"), pytest.mark.extension]
 

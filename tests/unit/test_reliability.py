@@ -269,11 +269,11 @@ def test_prompt_longer_than_the_slot_is_400(limited):
 @pytest.mark.parametrize("value", [-2, -10**6, pytest.param(1.5, marks=pytest.mark.extension), "4",
                                    pytest.param(True, marks=pytest.mark.extension), 10**30, 2**63])
 def test_n_predict_bounds(limited, value):
-    cap = limited.generation_cap()  # the preset's -n 4; an external server's own -n or context
-    assert limited.external or cap == 4, f"/props reports n_predict {cap}; the preset sets -n 4"
+    cap = limited.generation_cap()  # the slot's context: a request's own n_predict wins over -n
+    assert limited.external or cap == 256, f"/props reports n_ctx {cap}; the preset has 4 slots of 256"
     for path, key in (("/completion", "n_predict"), ("/v1/completions", "max_tokens")):
         res = limited.post(path, {"prompt": "Once", key: value})
-        if res.status_code == 200:  # a huge value is capped by --n-predict / the context
+        if res.status_code == 200:  # a huge value runs into the slot's context
             assert isinstance(value, int) and not isinstance(value, bool) and value > 0
             usage = res.body.get("usage", {}).get("completion_tokens", res.body.get("tokens_predicted"))
             assert usage <= cap

@@ -1,0 +1,87 @@
+"""Output parsers: generated text → `TextDelta` / `ReasoningDelta` / tool-call deltas.
+
+A parser has the protocol `feed(text) -> list[ParsedDelta]`, `finish() -> list[ParsedDelta]`
+(end of generation: release or settle what is held back) and `parse(text)` (a whole text
+at once, for callers outside a stream).  Parsers chain: `ParserChain` feeds the text to the
+first one and only the `TextDelta`s it lets through to the next, so a reasoning parser
+placed first keeps `<think>` text away from the tool-call parser.
+
+`select_parsers` is the one place that decides which parsers a request gets; a new
+tool-call format or a reasoning format is added there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from refserver.chat.formats import PARSERS
+from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
+
+from .deltas import ParsedDelta, TextDelta, ToolCallArgs, ToolCallStart
+
+
+class OutputParser(Protocol):
+    def feed(self, text: str) -> list[Any]: ...
+    def finish(self) -> list[Any]: ...
+
+
+def as_parsed(deltas: list[Any]) -> list[ParsedDelta]:
+    """A parser's output in the core's delta types (the Hermes parser's `ContentDelta` /
+    `ToolCallDelta` become `TextDelta` / `ToolCallStart` + `ToolCallArgs`)."""
+    out: list[ParsedDelta] = []
+    for d in deltas:
+        if isinstance(d, ContentDelta):
+            if d.text:
+                out.append(TextDelta(d.text))
+        elif isinstance(d, ToolCallDelta):
+            if d.id is not None:
+                out.append(ToolCallStart(d.index, d.id, d.name or ""))
+            if d.arguments:
+                out.append(ToolCallArgs(d.index, d.arguments))
+        elif not isinstance(d, TextDelta) or d.text:
+            out.append(d)
+    return out
+
+
+class ParserChain:
+    """Parsers applied in order; each sees only the text the previous one left as text."""
+
+    def __init__(self, parsers: list[OutputParser]):
+        self.parsers = parsers
+
+    def feed(self, text: str) -> list[ParsedDelta]:
+        return self._run([TextDelta(text)] if text else [], final=False)
+
+    def finish(self) -> list[ParsedDelta]:
+        return self._run([], final=True)
+
+    def _run(self, deltas: list[ParsedDelta], final: bool) -> list[ParsedDelta]:
+        for parser in self.parsers:
+            out: list[ParsedDelta] = []
+            for d in deltas:
+                out += as_parsed(parser.feed(d.text)) if isinstance(d, TextDelta) else [d]
+            if final:
+                out += as_parsed(parser.finish())
+            deltas = out
+        return deltas
+
+
+# tool-call formats by name (refserver.chat.formats); a maker takes the request's tools
+TOOL_CALL_FORMATS: dict[str, Callable[[list | None], OutputParser]] = PARSERS
+REASONING_FORMATS: dict[str, Callable[[], OutputParser]] = {}  # e.g. "deepseek": a <think> parser
+
+
+def select_parsers(*, tools: bool = False, tool_format: str = "hermes", tool_defs: list | None = None,
+                   reasoning_format: str | None = None) -> Callable[[], ParserChain]:
+    """A factory of one request's per-choice parser chain: reasoning first (when the format
+    is known), then tool calls (when the request lets the model call tools) in the chat
+    template's format (`ChatTemplate.tool_call_format`), given the request's tools
+    (`tool_defs`: the XML formats read parameter types from them)."""
+    makers: list[Callable[[], OutputParser]] = []
+    if reasoning_format in REASONING_FORMATS:
+        makers.append(REASONING_FORMATS[reasoning_format])
+    if tools:
+        make_tool_parser = TOOL_CALL_FORMATS[tool_format]
+        makers.append(lambda: make_tool_parser(tool_defs))
+    return lambda: ParserChain([make() for make in makers])
