@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from refserver.chat.formats import WHOLE_OUTPUT
 from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest
@@ -72,7 +73,8 @@ class ChatHandler(BaseHandler):
             log.debug("request %s prompt: %r", self.request_id, text)
         prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
         self.tool_format = state.template.tool_call_format
-        self.use_tools = req.callable_tools() is not None and self.tool_format is not None
+        self.use_tools = self.tool_format is not None and (
+            req.callable_tools() is not None or self.tool_format in WHOLE_OUTPUT)
         constraint = self._constraint(req)
         n_probs, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)

@@ -86,3 +86,31 @@ def test_required_call_in_family_syntax(fmt):
         assert (content or None, stream_calls, finish) == (msg["content"] or None, calls, "tool_calls")
     finally:
         server.stop()
+
+
+def test_harmony_channels_without_tools():
+    """gpt-oss answers in channels even without tools: analysis -> reasoning_content, final ->
+    content (a grammar makes the embedded model write them), streamed == non-streamed."""
+    if not TARGET.runs_refserver:
+        pytest.skip("format detection is refserver's")
+    path = SHARED_DIR / "templates" / FAMILIES["harmony"]
+    if not path.is_file():
+        pytest.skip(f"{path} not found (../shared/templates beside the checkout)")
+    server = ServerPreset.long_context()
+    server.n_predict = 256
+    server.chat_template_file = str(path)
+    server.start()
+    try:
+        body = {"messages": BODY["messages"], "max_tokens": 256, "temperature": 0,
+                "grammar": 'root ::= "<|channel|>analysis<|message|>Check the sky.<|end|>'
+                           '<|start|>assistant<|channel|>final<|message|>It is sunny."'}
+        msg = server.ok("/v1/chat/completions", body)["choices"][0]["message"]
+        assert (msg.get("reasoning_content"), msg["content"]) == ("Check the sky.", "It is sunny.")
+        reasoning = content = ""
+        for chunk in server.make_stream_request("POST", "/v1/chat/completions", {**body, "stream": True}):
+            for choice in chunk.get("choices", []):
+                reasoning += choice["delta"].get("reasoning_content") or ""
+                content += choice["delta"].get("content") or ""
+        assert (reasoning, content) == ("Check the sky.", "It is sunny.")
+    finally:
+        server.stop()

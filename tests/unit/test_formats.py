@@ -16,6 +16,7 @@ from refserver.chat.formats.syntax import SYNTAX
 from refserver.chat.grammars import to_llguidance_grammar, tools_constraint
 from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
 from refserver.errors import InvalidRequest
+from refserver.stream.deltas import ReasoningDelta
 
 pytestmark = pytest.mark.feature("tools")
 
@@ -101,6 +102,15 @@ def test_parse_and_stream(fmt, text, content, calls):
         streamed, streamed_calls = _stream(fmt, text, rng)
         assert (streamed.strip() or None if calls else streamed) == content
         assert streamed_calls == calls
+
+
+def test_harmony_analysis_is_reasoning():
+    text = SAMPLES[10][1]
+    parser = tool_call_parser("harmony", TOOLS)
+    deltas = [d for i in range(0, len(text), 3) for d in parser.feed(text[i:i + 3])] + parser.finish()
+    assert "".join(d.text for d in deltas if isinstance(d, ReasoningDelta)) == "Need the weather."
+    assert not any(isinstance(d, ContentDelta) for d in deltas)
+    assert parser.calls[0].name == "get_weather"
 
 
 @pytest.mark.parametrize("fmt", sorted({s[0] for s in SAMPLES}))

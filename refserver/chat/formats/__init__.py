@@ -46,6 +46,9 @@ PARSERS: dict[str, Callable[[list | None], ToolCallParser]] = {
     "firefunction_v2": FirefunctionParser,
 }
 
+# formats that structure every answer (channels), parsed with or without tools
+WHOLE_OUTPUT = frozenset({"harmony"})
+
 # (format, markers that must all be in the template), most specific first
 _SIGNS: list[tuple[str, tuple[str, ...]]] = [
     ("harmony", ("<|channel|>", "<|call|>")),

@@ -2,8 +2,8 @@
 <|message|>TEXT` ended by `<|end|>`, `<|call|>` or `<|return|>`, the later ones opened by
 `<|start|>assistant` (the prompt opens the first). The `final` channel (and text outside any
 header, and a `commentary` message to no one) is content; a message to `functions.NAME` is a
-call of NAME with TEXT as its JSON arguments; the `analysis` channel is reasoning, kept out
-of content and collected in `reasoning` (the chat response has no reasoning delta yet).
+call of NAME with TEXT as its JSON arguments; the `analysis` channel is reasoning
+(`ReasoningDelta`s, also collected in `reasoning`).
 Same protocol and rules as `BlockToolCallParser`: markup never reaches content.
 """
 
@@ -19,6 +19,7 @@ from refserver.chat.tool_calls import (
     ToolCallDelta,
     new_tool_call_id,
 )
+from refserver.stream.deltas import ReasoningDelta
 
 from .block import args_text, json_prefix
 
@@ -39,14 +40,14 @@ class HarmonyParser:
         self.reasoning = ""
         self.calls: list[ToolCall] = []
 
-    def feed(self, text: str) -> list[Delta]:
+    def feed(self, text: str) -> list[Delta | ReasoningDelta]:
         self._buf += text
         out: list[Delta] = []
         while self._step(out):
             pass
         return HermesToolCallParser._merge(out)
 
-    def finish(self) -> list[Delta]:
+    def finish(self) -> list[Delta | ReasoningDelta]:
         out: list[Delta] = []
         if self._state == "body":
             self._text(out, self._buf)
@@ -67,7 +68,7 @@ class HarmonyParser:
         return content, []
 
     # -- machine --------------------------------------------------------------------------
-    def _step(self, out: list[Delta]) -> bool:
+    def _step(self, out: list) -> bool:
         if self._state == "between":
             stripped = self._buf.lstrip()
             if any(stripped.startswith(h) for h in _HEADS):
@@ -110,13 +111,14 @@ class HarmonyParser:
         self._buf = self._buf[len(self._buf) - keep:]
         return False
 
-    def _text(self, out: list[Delta], text: str) -> None:
+    def _text(self, out: list, text: str) -> None:
         if not text:
             return
         if self._recipient is not None:
             self._body += text
         elif self._channel == "analysis":
             self.reasoning += text
+            out.append(ReasoningDelta(text))
         else:
             out.append(ContentDelta(text))
 
