@@ -258,6 +258,13 @@ def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool
     return "\n".join(head_lines + lines) + "\n"
 
 
+def close_reasoning_first(c: Constraint, end: str, token_names: frozenset[str] = frozenset()) -> Constraint:
+    """A forced tool grammar for a prompt that ends inside an open reasoning block (the
+    template opened `<think>`): the block is closed first, then the call is forced."""
+    text = c.text.replace("start:", "tool_start:", 1)
+    return Constraint(kind=c.kind, text=f'start: {_literal(end, token_names)} ("\\n" | "\\n\\n")? tool_start\n' + text)
+
+
 def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool_calls: bool = False,
                      token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes") -> Constraint | None:
     """Grammar for tool calls in the format `fmt` (Hermes, or one in

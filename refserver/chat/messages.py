@@ -7,7 +7,8 @@
   it stays None (templates test `message.content` for that case).
 - `tool_calls[*].function.arguments`, when a JSON string holding valid JSON, is parsed
   into an object (templates render arguments with `tojson`); otherwise left as is.
-- Other keys (`name`, `tool_call_id`, `reasoning_content`, ...) are kept.
+- Other keys (`name`, `tool_call_id`, `reasoning_content`, ...) are kept; `reasoning` (vLLM's
+  newer name) is copied to `reasoning_content` when that is absent.
 
 `template_messages` then gives the messages as transformers' `apply_chat_template` hands
 them to a template: keys whose value is None dropped, and a message's reasoning (given as
@@ -120,6 +121,8 @@ def normalize_messages(messages: Any) -> list[dict]:
         for key in REASONING_KEYS:
             if msg.get(key) is not None and not isinstance(msg[key], str):
                 raise InvalidRequest(f"{where}: '{key}' must be a string")
+        if msg.get("reasoning") and not msg.get("reasoning_content"):
+            new["reasoning_content"] = msg["reasoning"]  # vLLM's newer name; templates read reasoning_content
         out.append(new)
     return out
 

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
-from refserver.chat.formats import WHOLE_OUTPUT
-from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
-from refserver.engine.types import GenerationRequest
-from refserver.errors import InvalidRequest
 from refserver.schemas.chat import ChatRequest
-from refserver.schemas.common import encode_text
 from refserver.stream.choice import ChoiceStream
 from refserver.stream.deltas import (
     FinishDelta,
@@ -22,32 +16,12 @@ from refserver.stream.deltas import (
     ToolCallStart,
 )
 from refserver.stream.generation import Generation
-from refserver.stream.parsers import select_parsers
 
 from .base import BaseHandler, log
+from .chat_pipeline import prepare_chat, render_prompt
 from .completion import native_final
 from .formats import completion_id, oai_logprob
 from .state import SYSTEM_FINGERPRINT
-
-
-def render_prompt(state, req: ChatRequest) -> str:
-    """The chat template applied to the request's messages (and tools)."""
-    if req.messages is None:
-        raise InvalidRequest("'messages' is required")
-    return state.template.render(req.messages, tools=req.callable_tools(),
-                                 add_generation_prompt=req.add_generation_prompt,
-                                 template_kwargs=req.chat_template_kwargs,
-                                 continue_final_message=bool(req.continue_final_message))
-
-
-def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
-    """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
-    when it is one token; otherwise the parser still keeps markup out of content)."""
-    marker = tokenizer.encode(TOOL_START)
-    if len(marker) != 1:
-        return request
-    sampling = replace(request.sampling, logit_bias=request.sampling.logit_bias + ((marker[0], float("-inf")),))
-    return replace(request, sampling=sampling)
 
 
 class ApplyTemplateHandler(BaseHandler):
@@ -66,45 +40,21 @@ class ChatHandler(BaseHandler):
     async def post(self) -> None:
         state = self.state
         req = self.parse_body(ChatRequest)
-        req.check_tools(state.config.jinja)
-        req.check_common()
-        text = render_prompt(state, req)
-        if state.config.verbose:
-            log.debug("request %s prompt: %r", self.request_id, text)
-        prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
-        self.tool_format = state.template.tool_call_format
-        self.use_tools = self.tool_format is not None and (
-            req.callable_tools() is not None or self.tool_format in WHOLE_OUTPUT)
-        constraint = self._constraint(req)
         n_probs, self.top_n = req.n_probs_requested()
-        self.want_logprobs = bool(req.logprobs)
         n = req.n_choices(state.defaults)
-        n_predict = req.requested_n_predict()
-        reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
-                                       constraint=constraint, n_probs=n_probs) for _ in range(n)]
-        if req.tools and req.tool_choice == "none":
-            reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
+        chat = prepare_chat(state, req, n=n, n_probs=n_probs)
+        if state.config.verbose:
+            log.debug("request %s prompt: %r", self.request_id, chat.prompt_text)
+        self.use_tools = chat.use_tools
+        self.want_logprobs = bool(req.logprobs)
         self.req = req
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
-        gen = self.start_generation(reqs, n=n, parsers=select_parsers(
-            tools=self.use_tools, tool_format=self.tool_format or "hermes", tool_defs=req.tools,
-            reasoning_format=req.reasoning_format))
+        gen = self.start_generation(chat.requests, n=n, parsers=chat.parsers)
         if req.stream:
             await self._stream(req, gen)
         else:
             await self._collect(gen)
-
-    def _constraint(self, req: ChatRequest):
-        rf = response_format_constraint(req.response_format, json_schema=req.json_schema,
-                                        grammar=req.grammar or None)
-        if req.callable_tools() is not None:
-            tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
-                                  token_names=self.state.tokenizer.added_token_names, fmt=self.tool_format)
-            if rf is not None and tc is not None:
-                raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
-            return tc
-        return rf
 
     def envelope(self, choices: list[dict], chunk: bool) -> dict:
         return {"choices": choices, "created": self.created, "id": self.chat_id,
@@ -123,7 +73,7 @@ class ChatHandler(BaseHandler):
         out = self.envelope([self.message_choice(c) for c in gen.choices], chunk=False)
         out["usage"] = gen.usage().to_openai()
         out["timings"] = gen.choices[-1].finished.timings
-        if self.state.config.verbose:
+        if self.state.config.verbose or self.req.verbose:
             out["__verbose"] = self.verbose_object(gen.choices[0], stream=False)
         self.write_json(out)
 
@@ -221,11 +171,11 @@ class ChatChunker:
         self.sent_role = True
         self.send({"role": "assistant", "content": None},
                   prompt_progress={"total": p.total, "cache": p.cache, "processed": p.processed,
-                                   "time_ms": p.time_ms})
+                                   "time_ms": p.time_ms}, timings=p.timings())
 
     def finish(self, d: FinishDelta) -> None:
         extra = {"timings": d.finished.timings}
-        if self.h.state.config.verbose:
+        if self.h.state.config.verbose or self.h.req.verbose:
             extra["__verbose"] = self.h.verbose_object(self.choice, stream=True)
         self.extra = {}
         self.send({}, d.reason, **extra)

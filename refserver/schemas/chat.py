@@ -12,10 +12,12 @@ from pydantic import Field
 
 from refserver.errors import InvalidRequest
 
+from . import documented_fields
 from .common import NativeParams, ServerDefaults, StreamOptions, n_within_slots
 
 
 class ChatRequest(NativeParams):
+    documented_fields = documented_fields.OPENAI_CHAT
     messages: Any = None
     model: str | None = None
     stream: bool | None = None
@@ -32,7 +34,9 @@ class ChatRequest(NativeParams):
     continue_final_message: bool | None = None
     chat_template_kwargs: dict | None = None
     reasoning_format: str | None = None
+    reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # per request, as --reasoning-budget
     user: str | None = None
+    verbose: bool | None = None  # llama.cpp: `__verbose` (the native final object) in the response
 
     def n_choices(self, defaults: ServerDefaults) -> int:
         return n_within_slots(self.n or 1, defaults)

@@ -7,8 +7,8 @@ Null means "use the default", as in llama.cpp (`json_value(body, key, default)`)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -45,6 +45,7 @@ class ServerDefaults:
     draft_min: int = 0
     draft_p_min: float = 0.75
     has_draft: bool = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # --top-k, --min-p, ... (and --temp)
 
 
 class RequestModel(BaseModel):
@@ -53,6 +54,8 @@ class RequestModel(BaseModel):
     float field takes a non-finite number (it could only come back as invalid JSON)."""
 
     model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False)
+    # fields some API documents that this model does not read: ignored even with --strict
+    documented_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class StreamOptions(RequestModel):
@@ -76,8 +79,9 @@ def parse_request(cls: type[RequestModel], body: Any, strict: bool = False) -> R
         model = cls.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(_validation_message(exc)) from None
-    if strict and model.model_extra:
-        names = ", ".join(sorted(model.model_extra))
+    unknown = set(model.model_extra or ()) - cls.documented_fields
+    if strict and unknown:
+        names = ", ".join(sorted(unknown))
         raise InvalidRequest(f"unknown field(s): {names} (the server runs with --strict)")
     return model
 
@@ -199,7 +203,7 @@ class NativeParams(RequestModel):
 
     def _new_sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                              n_probs: int | None) -> SamplingParams:
-        d = SamplingParams()
+        d = defaults.sampling
         temperature = or_default(self.temperature, defaults.temperature)
         return SamplingParams(
             temperature=float(temperature),
@@ -221,7 +225,7 @@ class NativeParams(RequestModel):
             post_sampling_probs=bool(self.post_sampling_probs),
             min_keep=or_default(self.min_keep, d.min_keep),
             samplers=parse_samplers(self.samplers),
-            ignore_eos=bool(self.ignore_eos),
+            ignore_eos=bool(or_default(self.ignore_eos, d.ignore_eos)),
             top_n_sigma=float(or_default(self.top_n_sigma, d.top_n_sigma)),
             dry_multiplier=float(or_default(self.dry_multiplier, d.dry_multiplier)),
             # llama.cpp replaces a base below 1 by the default
@@ -318,6 +322,9 @@ class NativeParams(RequestModel):
             "speculative.p_min": spec.p_min,
             "timings_per_token": bool(self.timings_per_token),
             "post_sampling_probs": sampling.post_sampling_probs,
+            # llama.cpp's adaptive-p sampler, which refserver does not have: its neutral settings
+            "adaptive_target": -1.0,
+            "adaptive_decay": 0.9,
             "lora": [],
         }
 

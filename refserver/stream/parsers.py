@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from refserver.chat.formats import PARSERS
+from refserver.chat.reasoning import ReasoningParser
 from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
 
 from .deltas import ParsedDelta, TextDelta, ToolCallArgs, ToolCallStart
@@ -50,6 +51,11 @@ class ParserChain:
     def __init__(self, parsers: list[OutputParser]):
         self.parsers = parsers
 
+    @property
+    def in_reasoning(self) -> bool:
+        """The text fed last ended inside a reasoning block (its tokens are reasoning tokens)."""
+        return any(getattr(p, "in_block", False) for p in self.parsers)
+
     def feed(self, text: str) -> list[ParsedDelta]:
         return self._run([TextDelta(text)] if text else [], final=False)
 
@@ -69,18 +75,22 @@ class ParserChain:
 
 # tool-call formats by name (refserver.chat.formats); a maker takes the request's tools
 TOOL_CALL_FORMATS: dict[str, Callable[[list | None], OutputParser]] = PARSERS
-REASONING_FORMATS: dict[str, Callable[[], OutputParser]] = {}  # e.g. "deepseek": a <think> parser
+# Reasoning parsers are made with whether the prompt itself opened the reasoning block;
+# llama.cpp's --reasoning-format names ("none" leaves reasoning in content).
+REASONING_FORMATS: dict[str, Callable[[bool], OutputParser]] = {"deepseek": ReasoningParser,
+                                                                 "auto": ReasoningParser}
 
 
 def select_parsers(*, tools: bool = False, tool_format: str = "hermes", tool_defs: list | None = None,
-                   reasoning_format: str | None = None) -> Callable[[], ParserChain]:
+                   reasoning_format: str | None = None, reasoning_opened: bool = False) -> Callable[[], ParserChain]:
     """A factory of one request's per-choice parser chain: reasoning first (when the format
-    is known), then tool calls (when the request lets the model call tools) in the chat
-    template's format (`ChatTemplate.tool_call_format`), given the request's tools
-    (`tool_defs`: the XML formats read parameter types from them)."""
+    is known; `reasoning_opened` when the prompt ends inside the block), then tool calls
+    (when the request lets the model call tools) in the chat template's format, given the
+    request's tools (`tool_defs`: the XML formats read parameter types from them)."""
     makers: list[Callable[[], OutputParser]] = []
     if reasoning_format in REASONING_FORMATS:
-        makers.append(REASONING_FORMATS[reasoning_format])
+        make_reasoning = REASONING_FORMATS[reasoning_format]
+        makers.append(lambda: make_reasoning(reasoning_opened))
     if tools:
         make_tool_parser = TOOL_CALL_FORMATS[tool_format]
         makers.append(lambda: make_tool_parser(tool_defs))

@@ -15,7 +15,7 @@ import json
 import pytest
 from utils import SHARED_DIR, TARGET, ServerPreset
 
-pytestmark = [pytest.mark.feature("tools"), pytest.mark.needs_flags]
+pytestmark = [pytest.mark.feature("tools"), pytest.mark.profile("refserver"), pytest.mark.needs_flags]
 
 FAMILIES = {
     "hermes": "Qwen-Qwen3-0.6B.jinja",

@@ -13,12 +13,12 @@ from utils import SHARED_DIR
 
 from refserver.chat.formats import detect_tool_format, tool_call_parser
 from refserver.chat.formats.syntax import SYNTAX
-from refserver.chat.grammars import to_llguidance_grammar, tools_constraint
+from refserver.chat.grammars import close_reasoning_first, to_llguidance_grammar, tools_constraint
 from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
 from refserver.errors import InvalidRequest
 from refserver.stream.deltas import ReasoningDelta
 
-pytestmark = pytest.mark.feature("tools")
+pytestmark = [pytest.mark.feature("tools"), pytest.mark.profile("refserver")]
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -208,3 +208,12 @@ def test_formats_without_grammar_refuse_required():
         tools_constraint(TOOLS, "required", fmt="lfm2")
     with pytest.raises(InvalidRequest, match="none detected"):
         tools_constraint(TOOLS, {"type": "function", "function": {"name": "get_weather"}}, fmt=None)
+
+
+def test_forced_call_after_a_reasoning_block_the_prompt_opened(lltok):
+    """A template that opens <think> in the prompt: a forced call comes after the block closes."""
+    c = close_reasoning_first(tools_constraint(TOOLS, "required", fmt="deepseek", token_names=lltok_names),
+                              "</think>", lltok_names)
+    call = _call_text("deepseek", [W])
+    assert accepts(lltok, c, "</think>\n\n" + call)
+    assert not accepts(lltok, c, call)

@@ -9,7 +9,7 @@ from refserver.chat import response_format_constraint, tools_constraint, validat
 from refserver.chat.grammars import to_llguidance_grammar
 from refserver.errors import InvalidRequest
 
-pytestmark = pytest.mark.feature("structured_output")
+pytestmark = [pytest.mark.feature("structured_output"), pytest.mark.profile("refserver")]
 llguidance = pytest.importorskip("llguidance")
 
 TOKENIZER = STORIES260K_DIR / "onnx-genai" / "tokenizer.json"

@@ -21,7 +21,7 @@ from utils import SHARED_DIR, TARGET, ServerPreset
 from refserver.chat.templates import ChatTemplate
 from refserver.errors import InvalidRequest
 
-pytestmark = pytest.mark.feature("templates")
+pytestmark = [pytest.mark.feature("templates"), pytest.mark.profile("refserver")]
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = json.loads((FIXTURES / "template_cases.json").read_text())
