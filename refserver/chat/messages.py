@@ -142,7 +142,7 @@ def template_messages(messages: list[dict], empty_null_content: bool = False,
         view = {k: v for k, v in msg.items() if v is not None}
         if empty_null_content and "tool_calls" in msg and msg.get("content") is None:
             view["content"] = ""
-        if string_arguments and "tool_calls" in view:
+        if string_arguments and msg.get("role") == "assistant" and isinstance(view.get("tool_calls"), list):
             view["tool_calls"] = [_with_string_arguments(c) for c in view["tool_calls"]]
         reasoning = next((msg[k] for k in REASONING_KEYS if msg.get(k) is not None), None)
         if reasoning is not None:

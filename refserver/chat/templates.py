@@ -173,9 +173,10 @@ class ChatTemplate:
         """Render transformers' view of the messages; where the template fails on it (not by
         its own raise_exception), retry with null content as "" and/or arguments as JSON
         text, the forms llama.cpp and OpenAI clients hand templates."""
+        calls = [c for m in msgs if m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list)
+                 for c in m["tool_calls"]]
         has_null = any("tool_calls" in m and m.get("content") is None for m in msgs)
-        has_objects = any(not isinstance(c["function"].get("arguments"), str)
-                          for m in msgs for c in m.get("tool_calls") or ())
+        has_objects = any(not isinstance(c["function"].get("arguments"), str) for c in calls)
         variants = [(e, s) for e, s in ((False, False), (True, False), (False, True), (True, True))
                     if (has_null or not e) and (has_objects or not s)]
         first_error: InvalidRequest | None = None

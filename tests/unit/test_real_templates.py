@@ -178,3 +178,13 @@ def test_apply_template_http_rejects_both_generation_modes(chat_server):
         "messages": USER + [{"role": "assistant", "content": "The"}],
         "add_generation_prompt": True, "continue_final_message": True})
     assert res.status_code == 400 and "continue_final_message" in res.body["error"]["message"]
+
+
+def test_tool_calls_on_other_roles_are_left_to_the_template():
+    """Only an assistant's tool_calls are normalized; odd values elsewhere reach the template
+    as given (a 400 or a rendering, never a server error)."""
+    t = ChatTemplate("{% for m in messages %}{{ m.tool_calls }};{% endfor %}")
+    msgs = [{"role": "system", "content": None, "tool_calls": 1}, USER[0],
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]
+    assert t.render(msgs, add_generation_prompt=False).startswith("1;;[")
