@@ -120,6 +120,11 @@ DOCS: dict[tuple[str, str], str] = {
     ("openai", "openai_client"): "openai-python (github.com/openai/openai-python) against the "
                                  f"{OPENAI_REF} shapes",
     ("openai", "complaints"): f"{OPENAI_REF}; the user reports gathered in CONTRACT.md §9",
+    ("openai", "responses"): f"{OPENAI_REF}/responses (create, streaming events, retrieve, delete, "
+                             "input items)",
+    ("llamacpp", "messages"): f"{LLAMACPP_REF} `POST /v1/messages` (Anthropic Messages, "
+                              "docs.anthropic.com/en/api/messages)",
+    ("llamacpp", "reasoning"): f"{LLAMACPP_REF} `reasoning_content`, `--reasoning-format`",
     ("llamacpp", "basic"): f"{LLAMACPP_REF} `GET /health`, `GET /props`, `GET /slots`",
     ("llamacpp", "completion"): f"{LLAMACPP_REF} `POST /completion`",
     ("llamacpp", "chat"): f"{LLAMACPP_REF} `POST /v1/chat/completions` (llama.cpp's extensions)",

@@ -258,7 +258,7 @@ class Engine:
         return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=len(busy),
                     requests_deferred=deferred, n_busy_slots=len(busy),
                     kv_cache_tokens=sum(len(s.cache) for s in busy),
-                    kv_cache_capacity=self._n_ctx_slot * len(self.slots_),
+                    kv_cache_capacity=self.n_ctx_total,
                     prompt_cache_entries=len(cache) if cache is not None else 0,
                     prompt_cache_bytes=cache.nbytes if cache is not None else 0)
 

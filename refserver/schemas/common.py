@@ -154,6 +154,8 @@ class NativeParams(RequestModel):
     mirostat: Annotated[int, Field(ge=0, le=2)] | None = None
     mirostat_tau: Number | None = None
     mirostat_eta: Number | None = None
+    adaptive_target: Number | None = None
+    adaptive_decay: Number | None = None
     n_predict: NPredict | None = None
     max_tokens: NPredict | None = None
     n_keep: Annotated[int, Field(ge=-1)] | None = None
@@ -162,7 +164,7 @@ class NativeParams(RequestModel):
     stop: Stop | None = None
     seed: int | None = None
     ignore_eos: bool | None = None
-    logit_bias: list | dict | bool | None = None
+    logit_bias: Any = None  # shape checked by parse_logit_bias: pydantic would copy 4k+ entries holding the GIL
     n_probs: Annotated[int, Field(ge=0, le=MAX_N_PROBS)] | None = None
     post_sampling_probs: bool | None = None
     min_keep: NonNegInt | None = None
@@ -236,6 +238,8 @@ class NativeParams(RequestModel):
             mirostat=or_default(self.mirostat, d.mirostat),
             mirostat_tau=float(or_default(self.mirostat_tau, d.mirostat_tau)),
             mirostat_eta=float(or_default(self.mirostat_eta, d.mirostat_eta)),
+            adaptive_target=float(or_default(self.adaptive_target, d.adaptive_target)),
+            adaptive_decay=float(or_default(self.adaptive_decay, d.adaptive_decay)),
         )
 
     def speculative_params(self, defaults: ServerDefaults) -> SpeculativeParams | None:
@@ -322,9 +326,8 @@ class NativeParams(RequestModel):
             "speculative.p_min": spec.p_min,
             "timings_per_token": bool(self.timings_per_token),
             "post_sampling_probs": sampling.post_sampling_probs,
-            # llama.cpp's adaptive-p sampler, which refserver does not have: its neutral settings
-            "adaptive_target": -1.0,
-            "adaptive_decay": 0.9,
+            "adaptive_target": sampling.adaptive_target,
+            "adaptive_decay": sampling.adaptive_decay,
             "lora": [],
         }
 
