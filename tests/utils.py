@@ -387,6 +387,8 @@ class ServerProcess:
     responses_store_size: int | None = None
     # True: owned by a module/session fixture, not stopped at the end of each test
     persistent: bool = False
+    # extra environment variables for the started process (e.g. REFSERVER_NOW)
+    env: dict[str, str] | None = None
     # argv appended after the flags (a test of the command line itself, e.g. llama-server habits)
     extra_args: tuple[str, ...] = ()
 
@@ -446,6 +448,7 @@ class ServerProcess:
         self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the process
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.env or {})
         self.process = subprocess.Popen(argv, stdout=self._stdout_file, stderr=self._stderr_file,
                                         env=env, cwd=str(REPO_ROOT))
         with _RUNNING_LOCK:

@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any
 
+from refserver.chat.formats.syntax import SYNTAX, CallSyntax
 from refserver.engine.types import Constraint
 from refserver.errors import InvalidRequest
 
@@ -205,11 +206,72 @@ def _tools_lark(fns: list[dict], open_first: bool, parallel: bool, token_names: 
     return "\n".join(lines) + "\n"
 
 
+def _literal(text: str, token_names: frozenset[str]) -> str:
+    """Literal text as a lark sequence, the added tokens in it referenced as tokens."""
+    names = sorted((t for t in token_names if t and t in text), key=len, reverse=True)
+    if not names:
+        return _lit(text) if text else ""
+    pieces = re.split("(" + "|".join(map(re.escape, names)) + ")", text)
+    return " ".join(p if p in token_names else _lit(p) for p in pieces if p)
+
+
+def _args_rules(syntax: CallSyntax, rule: str, params: dict, token_names: frozenset[str]) -> list[str]:
+    """The lark rule(s) of one tool's arguments: its JSON schema, or for the XML families one
+    tagged value per parameter (schema order; those not required optional)."""
+    if syntax.param is None:
+        return [f"{rule}: %json " + json.dumps(_args_schema(params), ensure_ascii=False)]
+    props = params.get("properties") or {}
+    required = set(params.get("required") or ())
+    parts, lines = [], []
+    for j, (key, schema) in enumerate(props.items()):
+        before, after = syntax.param(key)
+        if isinstance(schema, dict) and schema.get("type") == "string":  # written as bare text
+            enum = [v for v in schema.get("enum") or () if isinstance(v, str)]
+            value = "(" + " | ".join(_lit(v) for v in enum) + ")" if enum else r"/[^<\n]*/"
+        else:
+            value = "%json " + json.dumps(_with_options(schema if isinstance(schema, dict) else {}),
+                                          ensure_ascii=False)
+        lines.append(f"{rule}_{j}: {_literal(before, token_names)} {value} {_literal(after, token_names)}")
+        parts.append(f"{rule}_{j}" + ("" if key in required else "?"))
+    return [f"{rule}: " + (" ".join(parts) if parts else '""')] + lines
+
+
+def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool,
+                 token_names: frozenset[str]) -> str:
+    """Grammar of a family's calls (`refserver.chat.formats.syntax`); when lazy, of the text
+    after its trigger."""
+    lines, firsts, calls = [], [], []
+    tail = _literal(syntax.tail, token_names)
+    for i, fn in enumerate(fns):
+        head = syntax.head(fn["name"])
+        first = syntax.open + head
+        if lazy:
+            first = first[len(syntax.lazy_trigger):]
+        lines += _args_rules(syntax, f"fn{i}_args", fn["parameters"], token_names)
+        lines.append(f"first{i}: {_literal(first, token_names)} fn{i}_args {tail}".rstrip())
+        lines.append(f"call{i}: {_literal(head, token_names)} fn{i}_args {tail}".rstrip())
+        firsts.append(f"first{i}")
+        calls.append(f"call{i}")
+    more = f" ({_literal(syntax.join, token_names)} call)*" if parallel else ""
+    close = f" {_literal(syntax.close, token_names)}" if syntax.close else ""
+    head_lines = [f"start: first{more}{close}", "first: " + " | ".join(firsts), "call: " + " | ".join(calls)]
+    return "\n".join(head_lines + lines) + "\n"
+
+
+def close_reasoning_first(c: Constraint, end: str, token_names: frozenset[str] = frozenset()) -> Constraint:
+    """A forced tool grammar for a prompt that ends inside an open reasoning block (the
+    template opened `<think>`): the block is closed first, then the call is forced."""
+    text = c.text.replace("start:", "tool_start:", 1)
+    return Constraint(kind=c.kind, text=f'start: {_literal(end, token_names)} ("\\n" | "\\n\\n")? tool_start\n' + text)
+
+
 def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool_calls: bool = False,
-                     token_names: frozenset[str] = frozenset()) -> Constraint | None:
-    """Grammar for Hermes tool calls.  "auto": lazy, from the "<tool_call>" trigger on (the
+                     token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes") -> Constraint | None:
+    """Grammar for tool calls in the format `fmt` (Hermes, or one in
+    `refserver.chat.formats.syntax.SYNTAX`).  "auto": lazy, from the format's trigger on (the
     grammar describes the text after it); "required" / a named function: forced from the
-    first token; "none" (or no tools): None.  `token_names`: the vocabulary's added tokens
+    first token; "none" (or no tools): None.  A format without a grammar gets none for "auto"
+    and a 400 for "required" / named.  `token_names`: the vocabulary's added tokens
     (`TextTokenizer.added_token_names`), so markers that are single tokens are referenced
     as tokens."""
     if tool_choice is None:
@@ -225,21 +287,25 @@ def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool
         if tool_choice.get("type", "function") != "function" or not isinstance(name, str):
             raise InvalidRequest("'tool_choice' object must be "
                                  '{"type": "function", "function": {"name": ...}}')
-        chosen = [f for f in fns if f["name"] == name]
-        if not chosen:
+        fns = [f for f in fns if f["name"] == name]
+        if not fns:
             raise InvalidRequest(f"tool_choice names function {name!r}, which is not in 'tools' "
-                                 f"({', '.join(f['name'] for f in fns)})")
-        text = _tools_lark(chosen, open_first=True, parallel=parallel_tool_calls, token_names=token_names)
-        lazy = None
-    elif tool_choice == "auto":
-        text = _tools_lark(fns, open_first=False, parallel=parallel_tool_calls, token_names=token_names)
-        lazy = TOOL_START
-    elif tool_choice == "required":
-        text = _tools_lark(fns, open_first=True, parallel=parallel_tool_calls, token_names=token_names)
-        lazy = None
-    else:
+                                 f"({', '.join(f['name'] for f in _tool_functions(tools))})")
+    elif tool_choice not in ("auto", "required"):
         raise InvalidRequest(f"'tool_choice' must be 'none', 'auto', 'required' or "
                              f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}')
-    c = Constraint(kind="lark", text=text, lazy_trigger=lazy)
+    lazy = tool_choice == "auto"
+    if fmt == "hermes":
+        text = _tools_lark(fns, open_first=not lazy, parallel=parallel_tool_calls, token_names=token_names)
+        trigger = TOOL_START
+    elif fmt in SYNTAX:
+        text = _syntax_lark(SYNTAX[fmt], fns, lazy, parallel_tool_calls, token_names)
+        trigger = SYNTAX[fmt].lazy_trigger
+    elif lazy:
+        return None
+    else:
+        raise InvalidRequest(f"tool_choice {tool_choice!r} is not supported with this chat template: its "
+                             f"tool-call format ({fmt or 'none detected'}) has no grammar here; use \"auto\"")
+    c = Constraint(kind="lark", text=text, lazy_trigger=trigger if lazy else None)
     _check(to_llguidance_grammar(c), "tool parameters schema")
     return c

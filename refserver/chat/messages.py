@@ -9,6 +9,11 @@
   into an object (templates render arguments with `tojson`); otherwise left as is.
 - Other keys (`name`, `tool_call_id`, `reasoning_content`, ...) are kept; `reasoning` (vLLM's
   newer name) is copied to `reasoning_content` when that is absent.
+
+`template_messages` then gives the messages as transformers' `apply_chat_template` hands
+them to a template: keys whose value is None dropped, and a message's reasoning (given as
+`reasoning_content`, `thinking` or `reasoning`) under both `reasoning_content` and
+`thinking` (gpt-oss templates read the latter).
 """
 
 from __future__ import annotations
@@ -113,10 +118,42 @@ def normalize_messages(messages: Any) -> list[dict]:
             else:
                 is_prefill = role == "assistant" and i == n - 1
                 new["content"] = _content_text(content, where, "" if is_prefill else "\n")
-        for key in ("reasoning_content", "reasoning"):
+        for key in REASONING_KEYS:
             if msg.get(key) is not None and not isinstance(msg[key], str):
                 raise InvalidRequest(f"{where}: '{key}' must be a string")
         if msg.get("reasoning") and not msg.get("reasoning_content"):
             new["reasoning_content"] = msg["reasoning"]  # vLLM's newer name; templates read reasoning_content
         out.append(new)
     return out
+
+
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def template_messages(messages: list[dict], empty_null_content: bool = False,
+                      string_arguments: bool = False) -> list[dict]:
+    """Normalized messages as a template sees them (transformers' semantics).
+
+    The two options are refserver's fall-backs for templates that cannot render
+    transformers' form: `content` "" instead of a dropped null beside `tool_calls`, and
+    tool-call arguments as JSON text (as OpenAI clients send them) instead of objects."""
+    out = []
+    for msg in messages:
+        view = {k: v for k, v in msg.items() if v is not None}
+        if empty_null_content and "tool_calls" in msg and msg.get("content") is None:
+            view["content"] = ""
+        if string_arguments and msg.get("role") == "assistant" and isinstance(view.get("tool_calls"), list):
+            view["tool_calls"] = [_with_string_arguments(c) for c in view["tool_calls"]]
+        reasoning = next((msg[k] for k in REASONING_KEYS if msg.get(k) is not None), None)
+        if reasoning is not None:
+            view = {"thinking": reasoning, **view, "reasoning_content": reasoning}
+        out.append(view)
+    return out
+
+
+def _with_string_arguments(call: dict) -> dict:
+    fn = call["function"]
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        return call
+    return {**call, "function": {**fn, "arguments": json.dumps(args, ensure_ascii=False)}}

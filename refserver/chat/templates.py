@@ -3,12 +3,19 @@
 - Environment: `ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)` with
   the `loopcontrols` extension and a no-op `{% generation %}` block (as HF has);
   globals `raise_exception(msg)` (-> InvalidRequest with the template's message) and
-  `strftime_now(fmt)`; filter `tojson` like HF's (no HTML escaping, keeps non-ASCII).
-- Variables: `messages, tools, add_generation_prompt, bos_token, eos_token`, plus the
-  request's `chat_template_kwargs` merged in (they may override the defaults).
+  `strftime_now(fmt)` (REFSERVER_NOW pins "now"); filter `tojson` like HF's (no HTML
+  escaping, keeps non-ASCII).
+- Messages reach the template as transformers hands them (`template_messages`): None-valued
+  keys dropped, reasoning under `reasoning_content` and `thinking`, tool-call arguments as
+  objects; where a template fails on that form, null content as "" and arguments as JSON
+  text are tried before the error is reported.
+- Variables: `messages, tools, documents, add_generation_prompt, bos_token, eos_token`,
+  llama.cpp's extras (`enable_thinking` true, `date_string`, firefunction's `functions` /
+  `datetime`), and the request's `chat_template_kwargs`, which override all but the first four.
 - Prefill: a trailing assistant message (without tool_calls) is not given to the
   template; the messages before it are rendered with add_generation_prompt=True and its
-  content is appended verbatim.
+  content is appended verbatim (llama.cpp), unless add_generation_prompt is false or
+  `continue_final_message` is true (transformers' tag-and-cut).
 - Tools with a template that cannot render them (caps["supports_tools"] false, e.g. every
   named built-in, or chatml fallback): a tool description in the Hermes `<tool_call>`
   format is merged into the system message, so tools are never dropped silently.
@@ -21,15 +28,18 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from typing import Any, ClassVar
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from refserver.chat.messages import normalize_messages
+from refserver.chat.formats import detect_tool_format
+from refserver.chat.messages import normalize_messages, template_messages
 from refserver.chat.named_templates import NAMED_TEMPLATES
 from refserver.errors import InvalidRequest
 
@@ -42,8 +52,21 @@ def _raise_exception(message: Any = "") -> None:
     raise _TemplateRaised(str(message))
 
 
+def template_now() -> datetime:
+    """"Now" as templates see it: REFSERVER_NOW (ISO 8601) pins it, so tests (and users who
+    want reproducible prompts) get the same `strftime_now` / `date_string` every time."""
+    pinned = os.environ.get("REFSERVER_NOW")
+    if not pinned:
+        return datetime.now()
+    try:
+        return datetime.fromisoformat(pinned)
+    except ValueError as e:
+        raise InvalidRequest(f"REFSERVER_NOW={pinned!r} is not an ISO 8601 date-time "
+                             "(e.g. 2024-07-26T09:30:00)") from e
+
+
 def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
+    return template_now().strftime(fmt)
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
@@ -93,6 +116,9 @@ def _tool_system_prompt(tools: list) -> str:
     return "\n".join(lines)
 
 
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str | None = None, eos_token: str | None = None,
                  name: str | None = None, jinja: bool = True):
@@ -105,6 +131,7 @@ class ChatTemplate:
         self.jinja = jinja
         try:
             self._template = _ENV.from_string(source)
+            self._free = jinja2.meta.find_undeclared_variables(_ENV.parse(source))
         except jinja2.TemplateSyntaxError as e:
             raise InvalidRequest(f"chat template syntax error at line {e.lineno}: {e.message}") from e
         self._caps: dict | None = None
@@ -113,18 +140,27 @@ class ChatTemplate:
         return f"ChatTemplate(name={self.name!r}, jinja={self.jinja})"
 
     # -- rendering --------------------------------------------------------------------
+    def _extra_context(self, tools: list | None) -> dict[str, Any]:
+        """What llama.cpp gives templates beyond transformers' variables: thinking on,
+        `date_string`, and firefunction-v2's `functions` / `datetime` where the template
+        reads them without defining them. The request's chat_template_kwargs override these."""
+        now = template_now()
+        ctx: dict[str, Any] = {"enable_thinking": True, "date_string": now.strftime("%d %b %Y")}
+        if "functions" in self._free and "datetime" in self._free:
+            ctx["functions"] = json.dumps(tools, indent=2) if tools else ""
+            ctx["datetime"] = now.strftime("%b %d %Y %H:%M:%S GMT")
+        return ctx
+
     def _render_raw(self, messages: list, tools: list | None, add_generation_prompt: bool,
                     template_kwargs: dict | None) -> str:
-        ctx: dict[str, Any] = {
-            "messages": messages, "tools": tools, "add_generation_prompt": add_generation_prompt,
-            "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
-        }
-        if template_kwargs:
-            ctx.update(template_kwargs)
+        ctx: dict[str, Any] = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                               **self._extra_context(tools), **(template_kwargs or {}),
+                               "messages": messages, "tools": tools, "documents": None,
+                               "add_generation_prompt": add_generation_prompt}
         try:
             return self._template.render(**ctx)
-        except _TemplateRaised as e:
-            raise InvalidRequest(f"chat template error: {e}") from e
+        except _TemplateRaised:
+            raise
         except jinja2.TemplateError as e:
             raise InvalidRequest(f"chat template error: {type(e).__name__}: {e}") from e
         except InvalidRequest:
@@ -132,28 +168,75 @@ class ChatTemplate:
         except Exception as e:  # TypeError, KeyError, ... raised while rendering
             raise InvalidRequest(f"chat template error: {type(e).__name__}: {e}") from e
 
-    def render(self, messages: Any, tools: list | None = None, add_generation_prompt: bool = True,
-               template_kwargs: dict | None = None) -> str:
+    def _render_messages(self, msgs: list[dict], tools: list | None, add_generation_prompt: bool,
+                         template_kwargs: dict | None) -> str:
+        """Render transformers' view of the messages; where the template fails on it (not by
+        its own raise_exception), retry with null content as "" and/or arguments as JSON
+        text, the forms llama.cpp and OpenAI clients hand templates."""
+        calls = [c for m in msgs if m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list)
+                 for c in m["tool_calls"]]
+        has_null = any("tool_calls" in m and m.get("content") is None for m in msgs)
+        has_objects = any(not isinstance(c["function"].get("arguments"), str) for c in calls)
+        variants = [(e, s) for e, s in ((False, False), (True, False), (False, True), (True, True))
+                    if (has_null or not e) and (has_objects or not s)]
+        first_error: InvalidRequest | None = None
+        for empty_null, string_args in variants:
+            view = template_messages(msgs, empty_null_content=empty_null, string_arguments=string_args)
+            try:
+                return self._render_raw(view, tools, add_generation_prompt, template_kwargs)
+            except _TemplateRaised as e:
+                raise InvalidRequest(f"chat template error: {e}") from e
+            except InvalidRequest as e:
+                first_error = first_error or e
+        assert first_error is not None
+        raise first_error
+
+    def render(self, messages: Any, tools: list | None = None, add_generation_prompt: bool | None = None,
+               template_kwargs: dict | None = None, continue_final_message: bool = False) -> str:
+        """The prompt for `messages`. A trailing assistant message is a prefill (llama.cpp):
+        the conversation before it gets the generation prompt and its text is appended --
+        unless add_generation_prompt is false (then it is rendered as a finished turn) or
+        continue_final_message is set (transformers: the turn is rendered open)."""
         if tools is not None and not isinstance(tools, list):
             raise InvalidRequest("'tools' must be an array")
         if tools and not self.jinja:
             raise InvalidRequest("tools require --jinja (the server was started with --no-jinja)")
         if template_kwargs is not None and not isinstance(template_kwargs, dict):
             raise InvalidRequest("'chat_template_kwargs' must be an object")
+        if continue_final_message and add_generation_prompt:
+            raise InvalidRequest("'continue_final_message' and 'add_generation_prompt' cannot both be true: "
+                                 "continue the final message, or start a new assistant turn")
         msgs = normalize_messages(messages)
-        prefill = None
-        if msgs[-1]["role"] == "assistant" and not msgs[-1].get("tool_calls"):
-            prefill = msgs[-1]["content"] or ""
-            msgs = msgs[:-1]
-            add_generation_prompt = True
         tools = tools or None
         if tools and not self.caps["supports_tools"]:
-            msgs = self._inject_tools(msgs, tools)
+            msgs = self.inject_tools(msgs, tools)
             tools = None
-        text = self._render_raw(msgs, tools, add_generation_prompt, template_kwargs)
-        return text + prefill if prefill is not None else text
+        if continue_final_message:
+            return self._render_continued(msgs, tools, template_kwargs)
+        if (add_generation_prompt is not False and msgs[-1]["role"] == "assistant"
+                and not msgs[-1].get("tool_calls")):
+            text = self._render_messages(msgs[:-1], tools, True, template_kwargs)
+            return text + (msgs[-1]["content"] or "")
+        return self._render_messages(msgs, tools, add_generation_prompt is not False, template_kwargs)
 
-    def _inject_tools(self, msgs: list[dict], tools: list) -> list[dict]:
+    def _render_continued(self, msgs: list[dict], tools: list | None, template_kwargs: dict | None) -> str:
+        """transformers' continue_final_message: render the final message with a tag after its
+        text and cut the prompt at the tag, so the turn's closing markup is left out."""
+        final = msgs[-1].get("content")
+        if not final:
+            raise InvalidRequest("'continue_final_message' needs a final message with text content to continue")
+        msgs = msgs[:-1] + [{**msgs[-1], "content": final + _CONTINUE_TAG}]
+        text = self._render_messages(msgs, tools, False, template_kwargs)
+        tag = _CONTINUE_TAG.strip()
+        if final.strip() not in text or tag not in text:
+            raise InvalidRequest("'continue_final_message': this chat template does not render the final "
+                                 "message's text as given, so it cannot be continued")
+        at = text.rindex(tag)
+        if text[at:at + len(_CONTINUE_TAG)] == _CONTINUE_TAG:
+            return text[:at]
+        return text[:at].rstrip()
+
+    def inject_tools(self, msgs: list[dict], tools: list) -> list[dict]:
         desc = _tool_system_prompt(tools)
         msgs = [dict(m) for m in msgs]
         if msgs and msgs[0]["role"] == "system":
@@ -172,10 +255,20 @@ class ChatTemplate:
                 msgs.insert(0, {"role": "user", "content": sys})
         return msgs
 
+    @property
+    def tool_call_format(self) -> str | None:
+        """The tool-call format of this template's model (`refserver.chat.formats`), detected
+        from the template; when there is none and the template cannot show tools, Hermes
+        `<tool_call>`, the format refserver's own tool prompt asks for."""
+        detected = detect_tool_format(self.source)
+        if detected is None and not self.caps["supports_tools"]:
+            return "hermes"
+        return detected
+
     # -- capabilities -----------------------------------------------------------------
     def _probe(self, messages: list, tools: list | None = None, gen: bool = False) -> str:
         try:
-            return self._render_raw(messages, tools, gen, None)
+            return self._render_raw(template_messages(messages), tools, gen, None)
         except Exception:  # noqa: BLE001 -- a probe the template cannot render means "unsupported"
             return ""
 
@@ -203,7 +296,12 @@ class ChatTemplate:
             "name": tool_marker, "description": "probe",
             "parameters": {"type": "object", "properties": {arg_marker: {"type": "string"}},
                            "required": [arg_marker]}}}
-        caps["supports_tools"] = tool_marker in self._probe([user], [dummy_tool], gen=True)
+        # any effect of `tools` on the prompt counts (some templates only test `tools|length`)
+        # (DeepSeek V3.1 shows them only beside a system message)
+        caps["supports_tools"] = any(
+            bool(with_tools) and with_tools != self._probe(msgs, gen=True)
+            for msgs in ([user], [{"role": "system", "content": "Hi"}, user])
+            for with_tools in [self._probe(msgs, [dummy_tool], gen=True)])
         obj_out = self._probe([user, asst([call(fn_marker, {arg_marker: "x"})]),
                                {"role": "user", "content": "ok"}], [dummy_tool])
         str_out = self._probe([user, asst([call(fn_marker, json.dumps({arg_marker: "x"}))]),

@@ -9,6 +9,9 @@ N > 0 (`--reasoning-budget`, a request's `reasoning_budget`, Anthropic's
 `thinking.budget_tokens`) makes the engine force `</think>` after N reasoning tokens.  A prompt
 that ends inside an open `<think>` block (templates that open it themselves) starts the
 parser in reasoning.
+
+Tool calls are parsed and constrained in the format the chat template implies
+(`ChatTemplate.tool_call_format`); gpt-oss's channels are parsed with or without tools.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
+from refserver.chat.formats import WHOLE_OUTPUT
+from refserver.chat.grammars import (
+    TOOL_START,
+    close_reasoning_first,
+    response_format_constraint,
+    tools_constraint,
+)
 from refserver.chat.reasoning import THINK_END, THINK_START, opened_by_prompt
 from refserver.engine.budget import SpanBudget
 from refserver.engine.types import GenerationRequest
@@ -51,11 +60,11 @@ def render_prompt(state, req: ChatRequest) -> str:
     """The chat template applied to the request's messages (and tools)."""
     if req.messages is None:
         raise InvalidRequest("'messages' is required")
-    add_gen = True if req.add_generation_prompt is None else req.add_generation_prompt
     tools = req.callable_tools()
     template = state.tool_template if tools and state.tool_template is not None else state.template
-    return template.render(req.messages, tools=tools, add_generation_prompt=add_gen,
-                           template_kwargs=template_kwargs(state.config, req))
+    return template.render(req.messages, tools=tools, add_generation_prompt=req.add_generation_prompt,
+                           template_kwargs=template_kwargs(state.config, req),
+                           continue_final_message=bool(req.continue_final_message))
 
 
 def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
@@ -68,14 +77,16 @@ def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationReques
     return replace(request, sampling=sampling)
 
 
-def _constraint(state, req: ChatRequest, use_tools: bool):
+def _constraint(state, req: ChatRequest, tool_format: str | None, think_open: bool):
     rf = response_format_constraint(req.response_format, json_schema=req.json_schema, grammar=req.grammar or None)
-    if not use_tools:
+    if req.callable_tools() is None:
         return rf
     tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
-                          token_names=state.tokenizer.added_token_names)
+                          token_names=state.tokenizer.added_token_names, fmt=tool_format)
     if rf is not None and tc is not None:
         raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
+    if tc is not None and tc.lazy_trigger is None and think_open:
+        tc = close_reasoning_first(tc, THINK_END, state.tokenizer.added_token_names)
     return tc
 
 
@@ -86,19 +97,21 @@ def prepare_chat(state, req: ChatRequest, n: int = 1, n_probs: int | None = None
     req.check_common()
     text = render_prompt(state, req)
     prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
-    use_tools = req.callable_tools() is not None
-    constraint = _constraint(state, req, use_tools)
+    tool_format = state.template.tool_call_format  # refserver.chat.formats
+    use_tools = tool_format is not None and (req.callable_tools() is not None or tool_format in WHOLE_OUTPUT)
+    fmt = req.reasoning_format or state.config.reasoning_format
+    opened = opened_by_prompt(text)
+    constraint = _constraint(state, req, tool_format, opened and fmt != "none")
     n_predict = req.requested_n_predict()
     reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
                                    constraint=constraint, n_probs=n_probs) for _ in range(n)]
     if req.tools and req.tool_choice == "none":
         reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
-    fmt = req.reasoning_format or state.config.reasoning_format
-    opened = opened_by_prompt(text)
     budget = state.config.reasoning_budget if req.reasoning_budget is None else req.reasoning_budget
     if budget > 0 and fmt != "none":
         span = SpanBudget(tuple(state.tokenizer.encode(THINK_START)), tuple(state.tokenizer.encode(THINK_END)),
                           budget, opened)
         reqs = [replace(r, budget=span) for r in reqs]
-    parsers = select_parsers(tools=use_tools, reasoning_format=fmt, reasoning_opened=opened)
+    parsers = select_parsers(tools=use_tools, tool_format=tool_format or "hermes", tool_defs=req.tools,
+                             reasoning_format=fmt, reasoning_opened=opened)
     return ChatGeneration(text, reqs, parsers, use_tools)

@@ -56,6 +56,7 @@ class PropsHandler(BaseHandler):
             "chat_template_caps": template.caps if template is not None else {},
             "chat_template_names": state.template_names,
             **({"chat_template_tool_use": state.tool_template.source} if state.tool_template is not None else {}),
+            "tool_call_format": template.tool_call_format if template is not None else None,
             "bos_token": state.tokenizer.bos_token or "",
             "eos_token": state.tokenizer.eos_token or "",
             "build_info": BUILD_INFO,

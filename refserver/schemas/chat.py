@@ -31,6 +31,7 @@ class ChatRequest(NativeParams):
     parallel_tool_calls: bool | None = None
     response_format: Any = None
     add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
     chat_template_kwargs: dict | None = None
     reasoning_format: str | None = None
     reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # per request, as --reasoning-budget

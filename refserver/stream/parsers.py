@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from refserver.chat.formats import PARSERS
 from refserver.chat.reasoning import ReasoningParser
-from refserver.chat.tool_calls import ContentDelta, HermesToolCallParser, ToolCallDelta
+from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
 
 from .deltas import ParsedDelta, TextDelta, ToolCallArgs, ToolCallStart
 
@@ -72,22 +73,25 @@ class ParserChain:
         return deltas
 
 
-TOOL_CALL_FORMATS: dict[str, Callable[[], OutputParser]] = {"hermes": HermesToolCallParser}
+# tool-call formats by name (refserver.chat.formats); a maker takes the request's tools
+TOOL_CALL_FORMATS: dict[str, Callable[[list | None], OutputParser]] = PARSERS
 # Reasoning parsers are made with whether the prompt itself opened the reasoning block;
 # llama.cpp's --reasoning-format names ("none" leaves reasoning in content).
 REASONING_FORMATS: dict[str, Callable[[bool], OutputParser]] = {"deepseek": ReasoningParser,
                                                                  "auto": ReasoningParser}
 
 
-def select_parsers(*, tools: bool = False, tool_format: str = "hermes", reasoning_format: str | None = None,
-                   reasoning_opened: bool = False) -> Callable[[], ParserChain]:
+def select_parsers(*, tools: bool = False, tool_format: str = "hermes", tool_defs: list | None = None,
+                   reasoning_format: str | None = None, reasoning_opened: bool = False) -> Callable[[], ParserChain]:
     """A factory of one request's per-choice parser chain: reasoning first (when the format
     is known; `reasoning_opened` when the prompt ends inside the block), then tool calls
-    (when the request lets the model call tools)."""
+    (when the request lets the model call tools) in the chat template's format, given the
+    request's tools (`tool_defs`: the XML formats read parameter types from them)."""
     makers: list[Callable[[], OutputParser]] = []
     if reasoning_format in REASONING_FORMATS:
         make_reasoning = REASONING_FORMATS[reasoning_format]
         makers.append(lambda: make_reasoning(reasoning_opened))
     if tools:
-        makers.append(TOOL_CALL_FORMATS[tool_format])
+        make_tool_parser = TOOL_CALL_FORMATS[tool_format]
+        makers.append(lambda: make_tool_parser(tool_defs))
     return lambda: ParserChain([make() for make in makers])
