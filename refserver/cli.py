@@ -12,55 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-
-BACKENDS = {"onnx-cpu": "cpu", "onnx-cuda": "cuda", "onnx-dml": "dml"}
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    model: str | None = None
-    model_draft: str | None = None
-    draft_max: int = 16
-    draft_min: int = 0
-    draft_p_min: float = 0.75
-    threads_draft: int = 1
-    ctx_size: int = 0  # 0: the model's context length
-    parallel: int = 1
-    batch_size: int = 2048
-    n_predict: int = -1
-    temp: float = 0.8
-    seed: int = -1
-    slots: bool = True
-    jinja: bool = True
-    chat_template: str | None = None
-    chat_template_file: str | None = None
-    alias: str | None = None
-    api_keys: list[str] = field(default_factory=list)
-    metrics: bool = False
-    verbose: bool = False
-    threads: int = 0
-    cache_ram: int | None = None  # MiB
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    backend: str = "onnx-cpu"
-    strict: bool = False
-    sse_keepalive: float = 5.0
-    stream_interval_ms: float = 25.0
-    prompt_cache_size: int | None = None
-    max_body_mb: float = 16.0
-    max_queue: int | None = None
-    shutdown_grace: float = 3.0
-    props: bool = False
-    context_shift: bool = False
-
-    @property
-    def device(self) -> str:
-        return BACKENDS[self.backend]
+from .config import BACKENDS, ServerConfig
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -17,12 +17,11 @@ import time
 
 from tornado.httpserver import HTTPServer
 
-from .cli import ServerConfig
+from .config import ServerConfig
 from .errors import RefserverError
 from .http.app import make_app
 from .http.state import AppState, ModelSummary
 from .model_dir import ModelDir, ModelDirError, resolve_model_dir
-from .schemas.common import ServerDefaults
 from .stream.bridge import EventBridge
 
 log = logging.getLogger("refserver")
@@ -49,7 +48,7 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
     from backends.errors import BackendError
 
     from .chat.templates import resolve_chat_template
-    from .engine import Engine, EngineConfig
+    from .engine import Engine
     from .metrics import Metrics
     from .tokenizer import TextTokenizer
 
@@ -69,16 +68,8 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
             draft = backends.load(config.model_draft, device=config.device, threads=config.threads_draft)
     except BackendError as exc:
         raise StartupError(str(exc)) from exc
-    engine_kwargs = {"n_slots": config.parallel, "n_ctx": config.ctx_size, "n_batch": config.batch_size,
-                     "n_predict": config.n_predict, "seed": config.seed, "draft_max": config.draft_max,
-                     "draft_min": config.draft_min, "draft_p_min": config.draft_p_min,
-                     "context_shift": config.context_shift}
-    for key, value in (("cache_ram_mib", config.cache_ram), ("prompt_cache_size", config.prompt_cache_size),
-                       ("max_queue", config.max_queue)):
-        if value is not None:
-            engine_kwargs[key] = value
     try:
-        engine = Engine(backend, tokenizer, EngineConfig(**engine_kwargs), draft=draft)
+        engine = Engine(backend, tokenizer, config.engine_config(), draft=draft)
         engine.start()
     except (BackendError, RefserverError, ValueError) as exc:
         raise StartupError(f"cannot start the engine: {exc}") from exc
@@ -88,10 +79,7 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
         alias=model.alias, path=str(model.path), n_vocab=info.vocab_size,
         n_ctx_train=info.context_length or model.n_ctx_train,
         n_embd=int(model.config.get("hidden_size", 0) or 0), n_params=info.n_params, size=info.size_bytes)
-    state.defaults = ServerDefaults(
-        temperature=config.temp, seed=config.seed, n_predict=config.n_predict, n_slots=config.parallel,
-        n_vocab=tokenizer.vocab_size, draft_max=config.draft_max, draft_min=config.draft_min,
-        draft_p_min=config.draft_p_min, has_draft=draft is not None)
+    state.defaults = config.request_defaults(has_draft=draft is not None)
     state.tokenizer, state.template, state.engine = tokenizer, template, engine
     if config.metrics:
         state.metrics = Metrics(engine.stats)

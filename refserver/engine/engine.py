@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,9 +55,7 @@ class EngineConfig:
     seed: int = -1
     cache_ram_mib: int = 256  # cross-slot prompt cache byte bound (0 disables)
     prompt_cache_size: int = 10
-    draft_max: int = 16
-    draft_min: int = 0
-    draft_p_min: float = 0.75
+    speculative: SpeculativeParams = field(default_factory=SpeculativeParams)  # draft settings of requests that give none
     max_queue: int = 0
     context_shift: bool = False  # a full slot drops old tokens and goes on (llama.cpp's --context-shift)
 
@@ -164,8 +162,7 @@ class Engine:
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
         if self.draft_backend is not None and constraint is None and not sampler.stateful:
-            spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
-                                                            self.config.draft_p_min)
+            spec = request.speculative or self.config.speculative
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),

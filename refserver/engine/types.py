@@ -59,6 +59,7 @@ class Constraint:
     kind: str
     text: str
     lazy_trigger: str | None = None
+    source: str = ""  # what the client sent it as ("'grammar'", "tool parameters schema"), for errors
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
-from refserver.chat.grammars import TOOL_START, response_format_constraint, tools_constraint
-from refserver.engine.types import GenerationRequest
-from refserver.errors import InvalidRequest
+from refserver.chat.grammars import TOOL_START, chat_constraint
+from refserver.errors import InvalidRequest, RefserverError
 from refserver.schemas.chat import ChatRequest
 from refserver.schemas.common import encode_text
 from refserver.stream.choice import ChoiceStream
@@ -38,14 +36,35 @@ def render_prompt(state, req: ChatRequest) -> str:
                                  template_kwargs=req.chat_template_kwargs)
 
 
-def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
+def banned_markers(req: ChatRequest, tokenizer) -> tuple[int, ...]:
     """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
     when it is one token; otherwise the parser still keeps markup out of content)."""
+    if not (req.tools and req.tool_choice == "none"):
+        return ()
     marker = tokenizer.encode(TOOL_START)
-    if len(marker) != 1:
-        return request
-    sampling = replace(request.sampling, logit_bias=request.sampling.logit_bias + ((marker[0], float("-inf")),))
-    return replace(request, sampling=sampling)
+    return tuple(marker) if len(marker) == 1 else ()
+
+
+def system_checkpoint(state, req: ChatRequest, text: str, prompt: list[int]) -> tuple[tuple[int, str], ...]:
+    """The prompt's leading system message(s) as a "system" prompt-cache checkpoint (it
+    outlives per-conversation entries on eviction), when the rendered system part is a
+    prefix of the prompt in text and in tokens; otherwise none."""
+    msgs = req.messages if isinstance(req.messages, list) else []
+    k = 0
+    while k < len(msgs) and isinstance(msgs[k], dict) and msgs[k].get("role") == "system":
+        k += 1
+    if k == 0 or k == len(msgs):
+        return ()
+    try:
+        head = state.template.render(msgs[:k], tools=req.callable_tools(), add_generation_prompt=False,
+                                     template_kwargs=req.chat_template_kwargs)
+    except RefserverError:  # a template that refuses a system-only conversation
+        return ()
+    if not head or not text.startswith(head):
+        return ()
+    ids = encode_text(state.tokenizer, head, True)
+    n = len(ids)
+    return ((n, "system"),) if 0 < n < len(prompt) and prompt[:n] == ids else ()
 
 
 class ApplyTemplateHandler(BaseHandler):
@@ -65,21 +84,21 @@ class ChatHandler(BaseHandler):
         state = self.state
         req = self.parse_body(ChatRequest)
         req.check_tools(state.config.jinja)
-        req.check_common()
         text = render_prompt(state, req)
         if state.config.verbose:
             log.debug("request %s prompt: %r", self.request_id, text)
         prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
         self.use_tools = req.callable_tools() is not None
-        constraint = self._constraint(req)
-        n_probs, self.top_n = req.n_probs_requested()
+        constraint = chat_constraint(
+            tools=req.tools, tool_choice=req.tool_choice, parallel_tool_calls=bool(req.parallel_tool_calls),
+            response_format=req.response_format, json_schema=req.json_schema, grammar=req.grammar,
+            token_names=state.tokenizer.added_token_names)
+        _, self.top_n = req.n_probs_requested()
         self.want_logprobs = bool(req.logprobs)
         n = req.n_choices(state.defaults)
-        n_predict = req.requested_n_predict()
-        reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
-                                       constraint=constraint, n_probs=n_probs) for _ in range(n)]
-        if req.tools and req.tool_choice == "none":
-            reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
+        reqs = req.to_generation_requests(prompt, state.tokenizer, state.defaults, constraint,
+                                          banned=banned_markers(req, state.tokenizer),
+                                          checkpoints=system_checkpoint(state, req, text, prompt))
         self.req = req
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
@@ -89,17 +108,6 @@ class ChatHandler(BaseHandler):
             await self._stream(req, gen)
         else:
             await self._collect(gen)
-
-    def _constraint(self, req: ChatRequest):
-        rf = response_format_constraint(req.response_format, json_schema=req.json_schema,
-                                        grammar=req.grammar or None)
-        if self.use_tools:
-            tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
-                                  token_names=self.state.tokenizer.added_token_names)
-            if rf is not None and tc is not None:
-                raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
-            return tc
-        return rf
 
     def envelope(self, choices: list[dict], chunk: bool) -> dict:
         return {"choices": choices, "created": self.created, "id": self.chat_id,

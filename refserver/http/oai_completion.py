@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
+from refserver.chat.grammars import native_constraint
 from refserver.schemas.oai_completion import OAICompletionRequest
 from refserver.stream.choice import ChoiceStream, usage
 from refserver.stream.deltas import FinishDelta, TokenDelta
 from refserver.stream.generation import Generation
 
 from .base import BaseHandler
-from .completion import native_constraint
 from .formats import completion_id, oai_completion_logprobs
 from .state import SYSTEM_FINGERPRINT
 
@@ -22,7 +22,7 @@ class OAICompletionHandler(BaseHandler):
     async def post(self) -> None:
         state = self.state
         req = self.parse_body(OAICompletionRequest)
-        reqs = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
+        reqs = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req.grammar, req.json_schema))
         n = req.n_choices(state.defaults)
         self.top_n = req.top_n_probs()
         self.cmpl_id = completion_id("cmpl-")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refserver import __version__
-from refserver.cli import ServerConfig
+from refserver.config import ServerConfig
 from refserver.schemas.common import ServerDefaults
 
 BUILD_INFO = f"b{__version__}-refserver"
