@@ -3,17 +3,21 @@
 `/health` answers 503 "Loading model" until the tokenizer, template, backend and engine
 are ready.  SIGTERM/SIGINT: stop accepting connections, give in-flight requests
 --shutdown-grace seconds, end the streams still open with an error event, exit 0.
-Start-up failures print one line on stderr and exit 1.
+Start-up failures print one line on stderr and exit 1.  Should the engine thread die, the
+server cannot serve any more: `/health` answers 503 at once and the process exits 1, so
+a supervisor restarts it (`REFSERVER_INJECT_ENGINE_FAULT=1` forces this, for tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from tornado.httpserver import HTTPServer
 
@@ -69,7 +73,9 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
     except BackendError as exc:
         raise StartupError(str(exc)) from exc
     try:
-        engine = Engine(backend, tokenizer, config.engine_config(), draft=draft)
+        engine_config = replace(config.engine_config(),
+                                inject_fault=os.environ.get("REFSERVER_INJECT_ENGINE_FAULT") == "1")
+        engine = Engine(backend, tokenizer, engine_config, draft=draft)
         engine.start()
     except (BackendError, RefserverError, ValueError) as exc:
         raise StartupError(f"cannot start the engine: {exc}") from exc
@@ -147,7 +153,16 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     state.status = "ready"
     log.info("serving %s (alias %s) on http://%s:%d with %d slot(s) of %d tokens", model.path, model.alias,
              config.host, config.port, config.parallel, state.engine.n_ctx_slot)
-    await stop_wait
+    engine_died = asyncio.Event()
+    state.engine.watch(lambda exc: loop.call_soon_threadsafe(engine_died.set))
+    died_wait = asyncio.ensure_future(engine_died.wait())
+    await asyncio.wait([stop_wait, died_wait], return_when=asyncio.FIRST_COMPLETED)
+    if engine_died.is_set():
+        log.critical("the engine failed (%s); exiting so that a supervisor restarts the server",
+                     state.engine.failure)
+        await _shutdown(state, server, 0.0)
+        return 1
+    died_wait.cancel()
     await _shutdown(state, server, config.shutdown_grace)
     return 0
 

@@ -28,6 +28,11 @@ If the trigger token also carried bytes after the trigger, they are fed to the g
 first.  A constraint never fails open: when the grammar rejects a token or leaves no
 token allowed, `error` is set and the engine ends the request with an error.  With no
 lazy trigger the grammar describes the whole generated text.
+
+Some grammars validate yet exceed llguidance's limits once used (a regex such as
+/a{65535}{65535}/, a schema whose required `$ref` recurses forever): `compile` tries the
+first step on a copy of the matcher so that these are a 400 before anything is streamed.
+Errors carry llguidance's first line only, not the parser state it appends.
 """
 
 from __future__ import annotations
@@ -110,8 +115,18 @@ class ConstraintCompiler:
 
     def compile(self, c: Constraint) -> ConstraintState:
         """Convert and validate `c` against the model's tokenizer (the only check a
-        constraint gets); raises InvalidRequest."""
-        return ConstraintState(self, validate_constraint(c, self.lltokenizer()), c.lazy_trigger)
+        constraint gets), then try its first step; raises InvalidRequest."""
+        state = ConstraintState(self, validate_constraint(c, self.lltokenizer()), c.lazy_trigger)
+        err = state.first_step_error()
+        if err:
+            raise errors.InvalidRequest(f"the grammar cannot be followed: {err}")
+        return state
+
+
+def short_error(message: str | None) -> str:
+    """llguidance's error without the parser state dump it appends."""
+    first = (message or "").strip().split("\n", 1)[0]
+    return first if len(first) <= 300 else first[:300] + "..."
 
 
 class ConstraintState:
@@ -132,6 +147,18 @@ class ConstraintState:
         self._mask = llguidance.numpy.allocate_token_bitmask(1, tok.vocab_size)
         return llguidance.LLMatcher(tok, self.grammar)
 
+    def first_step_error(self) -> str | None:
+        """Why the grammar fails at its first step (on a copy: the state is unchanged):
+        no token allowed, or its forced first token exceeds llguidance's limits."""
+        matcher = self.matcher if self.matcher is not None else self._new_matcher()
+        probe = matcher.deep_copy()
+        forced = probe.compute_ff_tokens()[:1]
+        if forced and not probe.consume_tokens(forced):
+            return short_error(probe.get_error())
+        if not forced and probe.is_error():
+            return short_error(probe.get_error())
+        return None
+
     @property
     def active(self) -> bool:
         return self.matcher is not None and self.error is None
@@ -148,7 +175,7 @@ class ConstraintState:
         m = min(n, len(bits))
         out[:m] = bits[:m]
         if not out.any():
-            self.error = f"the grammar allows no token here ({self.matcher.get_error() or 'dead end'})"
+            self.error = f"the grammar allows no token here ({short_error(self.matcher.get_error()) or 'dead end'})"
             return None
         return out
 
@@ -165,10 +192,10 @@ class ConstraintState:
             if rest:
                 toks = self.compiler.lltokenizer().tokenize_bytes(rest)
                 if not self.matcher.consume_tokens(toks):
-                    self.error = f"the grammar rejects the text after its trigger: {self.matcher.get_error()}"
+                    self.error = f"the grammar rejects the text after its trigger: {short_error(self.matcher.get_error())}"
             return
         if not self.matcher.consume_token(token):
-            self.error = f"the grammar rejected token {token}: {self.matcher.get_error()}"
+            self.error = f"the grammar rejected token {token}: {short_error(self.matcher.get_error())}"
 
     def done(self) -> bool:
         """True when the grammar has ended: nothing but EOS may follow."""

@@ -155,5 +155,13 @@ def dry_penalties(history: Sequence[int], multiplier: float, base: float, allowe
         exponent = length - allowed_length
         if max_exponent > 0:
             exponent = min(exponent, max_exponent)
-        out[token] = multiplier * base ** exponent
+        out[token] = multiplier * _saturating_pow(base, exponent)
     return out
+
+
+def _saturating_pow(base: float, exponent: int) -> float:
+    """base ** exponent, inf where it overflows (a huge base), as C's powf gives."""
+    try:
+        return base ** exponent
+    except OverflowError:
+        return math.inf

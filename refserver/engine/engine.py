@@ -5,6 +5,10 @@ decode step (or a speculative verify step) for each generating slot plus a promp
 (<= n_batch tokens) for each slot still pre-filling, so a long prompt never stalls the
 others.  Events go to each request's sink from this thread.  No tornado, no asyncio:
 the HTTP layer hops back to its own loop inside the sink.
+
+A failure while serving one request (sampling, emitting, admitting it) fails that request
+alone and frees its slot.  Should the loop itself die, every request in flight fails, and
+`alive` turns False and the callbacks given to `watch` run, so the server can stop.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class EngineConfig:
     speculative: SpeculativeParams = field(default_factory=SpeculativeParams)  # draft settings of requests that give none
     max_queue: int = 0
     context_shift: bool = False  # a full slot drops old tokens and goes on (llama.cpp's --context-shift)
+    inject_fault: bool = False  # tests only: the loop dies when it first has work
 
 
 def banned_tokens(sampling, eog: frozenset[int] | set[int]) -> tuple[int, ...]:
@@ -108,6 +113,8 @@ class Engine:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.failure: BaseException | None = None  # what ended the loop, if not shutdown()
+        self._watchers: list[Callable[[BaseException], None]] = []
         self._tick = 0
         self._finished_rows: list[tuple[Slot, int]] = []  # (slot, cached length) to save after a step
         self._stats = {"n_steps": 0, "n_decode_total": 0, "prompt_tokens_total": 0, "prompt_tokens_seconds": 0.0,
@@ -124,6 +131,21 @@ class Engine:
             self.drafter = Drafter(self.draft_backend, len(self.slots_), self._n_ctx_slot, self.config.n_batch)
         self._thread = threading.Thread(target=self._run, name="refserver-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread still serves requests."""
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
+
+    def watch(self, callback: Callable[[BaseException], None]) -> None:
+        """Call `callback(error)` (on the engine thread, or now if it already happened)
+        when the loop dies of an error."""
+        with self._lock:
+            failure = self.failure
+            if failure is None:
+                self._watchers.append(callback)
+        if failure is not None:
+            callback(failure)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._lock:
@@ -222,13 +244,20 @@ class Engine:
                 self._drop_cancelled()
                 self._assign()
                 if any(s.busy for s in self.slots_):
+                    if self.config.inject_fault:
+                        raise RuntimeError("injected engine fault (REFSERVER_INJECT_ENGINE_FAULT)")
                     self._step()
                 else:
                     with self._lock:  # only tasks waiting on a busy id_slot: impossible, but never spin
                         if self._queue and not self._stopping:
                             self._lock.wait(0.01)
-        except Exception:  # pragma: no cover - a bug; fail everything rather than hang clients
+        except BaseException as exc:  # a bug: fail everything rather than hang clients, and say so
             log.exception("engine loop crashed")
+            with self._lock:
+                self.failure = exc
+                watchers, self._watchers = self._watchers, []
+            for callback in watchers:
+                callback(exc)
         finally:
             self._fail_all(errors.Unavailable("server is shutting down"))
 
@@ -258,6 +287,17 @@ class Engine:
             if slot.task is not None and slot.task.handle.cancelled:
                 self._release(slot)
 
+    def _fail_task(self, slot: Slot, task: Task, exc: Exception, what: str = "generation failed") -> None:
+        """End one request with a 500 after `exc`; its slot's KV is dropped (it may be
+        half-written) and the slot freed."""
+        log.error("request %d: %s", task.handle.id, what, exc_info=exc)
+        if slot.task is task:
+            slot.cache = []
+            if self.drafter is not None:
+                self.drafter.tokens[slot.id] = []
+            self._release(slot)
+        self._send(task, Failed(errors.ServerError(f"{what}: {type(exc).__name__}: {exc}")))
+
     def _release(self, slot: Slot) -> None:
         slot.task = None
         self._tick += 1
@@ -281,7 +321,11 @@ class Engine:
             else:
                 slot = self._pick_slot(idle, task.prompt)
             taken.append(task)
-            self._begin(task, slot)
+            try:
+                self._begin(task, slot)
+            except Exception as exc:  # noqa: BLE001 - e.g. loading a cached prefix; logged by _fail_task
+                slot.task = task
+                self._fail_task(slot, task, exc)
         if taken:
             with self._lock:
                 self._queue = deque(t for t in self._queue if all(t is not x for x in taken))
@@ -344,14 +388,9 @@ class Engine:
         t0 = time.perf_counter()
         try:
             logits = self.backend.forward(steps)
-        except Exception as exc:  # a runtime failure ends the requests in this step only
-            log.exception("forward failed")
+        except Exception as exc:  # noqa: BLE001 - a runtime failure ends the requests in this step only
             for slot in active:
-                self._send(slot.task, Failed(errors.ServerError(f"model step failed: {exc}")))
-                slot.cache = []
-                if self.drafter is not None:
-                    self.drafter.tokens[slot.id] = []
-                self._release(slot)
+                self._fail_task(slot, slot.task, exc, "model step failed")
             return
         dt = time.perf_counter() - t0
         self._stats["n_steps"] += 1
@@ -369,16 +408,19 @@ class Engine:
             task = slot.task
             if task is None:
                 continue
-            if task.refill:
-                slot.cache.extend(step.tokens)
-                del task.refill[: len(step.tokens)]
-            elif step.row in before:
-                self._after_prefill(slot, task, step, lg)
-            elif step.all_logits:
-                self._after_verify(slot, task, step, lg)
-            else:
-                slot.cache.append(task.pending)
-                self._generate(slot, task, lg[-1])
+            try:
+                if task.refill:
+                    slot.cache.extend(step.tokens)
+                    del task.refill[: len(step.tokens)]
+                elif step.row in before:
+                    self._after_prefill(slot, task, step, lg)
+                elif step.all_logits:
+                    self._after_verify(slot, task, step, lg)
+                else:
+                    slot.cache.append(task.pending)
+                    self._generate(slot, task, lg[-1])
+            except Exception as exc:  # noqa: BLE001 - one request's failure ends that request only
+                self._fail_task(slot, task, exc)
         # The prompt-cache copies of the requests that finished in this step, once every
         # event of the step is out: each takes 0.3-3 ms (page faults on fresh buffers) that
         # neither their clients nor the other rows' need wait for.  Their slots are free,
@@ -482,7 +524,8 @@ class Engine:
         elif word is not None:
             self._finish(slot, task, "word", word)
         elif task.constraint is not None and task.constraint.error is not None:
-            self._send(task, Failed(errors.ServerError(f"constrained decoding failed: {task.constraint.error}")))
+            # the mask allowed the token, so only the grammar's size can fail it: a client error
+            self._send(task, Failed(errors.InvalidRequest(f"constrained decoding failed: {task.constraint.error}")))
             self._release(slot)
         elif task.constraint is not None and task.constraint.done():
             self._finish(slot, task, "eos")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -36,12 +37,32 @@ class Sampled:
     cand_probs: np.ndarray
 
 
+FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
+    """Probabilities of logits that may hold +-inf: +inf entries share all the mass."""
     m = np.max(x)
-    if not np.isfinite(m):
+    if m == np.inf:
+        e = (x == np.inf).astype(np.float64)
+    elif not np.isfinite(m):
         return np.full_like(x, 1.0 / len(x), dtype=np.float64)
-    e = np.exp(x - m)
+    else:
+        e = np.exp(x - m)
     return e / e.sum()
+
+
+def saturating(value: float, fallback: float) -> float:
+    """`value` clamped to float32's range (C float semantics); NaN becomes `fallback`."""
+    if math.isnan(value):
+        return fallback
+    return min(max(value, -FLOAT_MAX), FLOAT_MAX)
+
+
+def _pow(base: float, exponent: float) -> float:
+    """base ** exponent, +-inf on overflow and inf for 0 to a negative power (C's powf)."""
+    with np.errstate(all="ignore"):
+        return float(np.power(np.float64(base), np.float64(exponent)))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -76,7 +97,7 @@ class Sampler:
             names.insert(names.index("dry") + 1 if "dry" in names else 0, "top_n_sigma")
         self.chain_names = tuple(names)
         self.mirostat = params.mirostat if params.mirostat in (1, 2) else 0
-        self.mu = 2.0 * params.mirostat_tau  # Mirostat's running surprise bound
+        self.mu = saturating(2.0 * params.mirostat_tau, 0.0)  # Mirostat's running surprise bound
         # Greedy with nothing that moves a logit but bans (ignore_eos, -inf biases): the
         # argmax of the float32 row with the bans applied is the same token, without the
         # float64 copy of the vocabulary (this runs once per generated token).
@@ -119,7 +140,10 @@ class Sampler:
         x = raw[: self.vocab_size].astype(np.float64)  # a copy
         if self.bias is not None:
             x += self.bias
-        self._penalties(x, self.history if history is None else history)
+        if self._penalties_active():
+            with np.errstate(all="ignore"):  # a zero repeat_penalty divides by zero, as in C
+                self._penalties(x, self.history if history is None else history)
+            x[np.isnan(x)] = NEG_INF
         if allowed is not None:
             x[~allowed[: len(x)]] = NEG_INF
         return x
@@ -136,84 +160,116 @@ class Sampler:
 
     @classmethod
     def _candidates(cls, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Finite (ids, logits), sorted descending."""
-        ids = np.flatnonzero(np.isfinite(x))
+        """(ids, logits) of the tokens not banned (above -inf), sorted descending."""
+        ids = np.flatnonzero(x > NEG_INF)
         if len(ids) == 0:  # everything banned: fall back to the unbanned argmax source
             ids = np.array([int(np.argmax(x))])
         return cls._sorted(ids, x[ids])
 
+    @staticmethod
+    def _pruned(ids: np.ndarray, lg: np.ndarray, before: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """What a stage left, less the tokens it pushed to -inf (or NaN); when nothing is
+        left, the best candidate the stage was given."""
+        keep = lg > NEG_INF
+        if keep.all():
+            return ids, lg
+        if keep.any():
+            return ids[keep], lg[keep]
+        return before[0][:1], before[1][:1]
+
     def chain(self, x: np.ndarray, history: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidates (ids, logits) after the samplers list, temperature included."""
-        p = self.params
         ids, lg = self._candidates(x)  # sorted descending from here on
-        min_keep = max(p.min_keep, 1)
+        min_keep = max(self.params.min_keep, 1)
         for name in self.chain_names:
             if len(ids) <= 1:
                 break
-            if name == "dry":
-                pen = self._dry_penalties(history)
-                if pen:
-                    ids, lg = self._sorted(ids, lg - np.array([pen.get(int(i), 0.0) for i in ids]))
-            elif name == "top_n_sigma":
-                if p.top_n_sigma > 0:
-                    keep = lg >= lg[0] - p.top_n_sigma * float(np.std(lg))
-                    ids, lg = ids[keep], lg[keep]
-            elif name == "top_k":
-                if p.top_k > 0:
-                    k = max(p.top_k, min_keep)
-                    ids, lg = ids[:k], lg[:k]
-            elif name in ("typ_p", "typical_p"):
-                if p.typical_p < 1.0:
-                    probs = softmax(lg)
-                    ent = -float(np.sum(probs[probs > 0] * np.log(probs[probs > 0])))
-                    with np.errstate(divide="ignore"):
-                        shifted = np.abs(-np.log(probs) - ent)
-                    idx = np.argsort(shifted, kind="stable")
-                    cum = np.cumsum(probs[idx])
-                    last = len(idx)
-                    for i in range(len(idx)):
-                        if cum[i] > p.typical_p and i >= min_keep - 1:
-                            last = i + 1
-                            break
-                    keep = np.sort(idx[:last])
-                    ids, lg = ids[keep], lg[keep]
-            elif name == "top_p":
-                if p.top_p < 1.0:
-                    cum = np.cumsum(softmax(lg))
-                    hit = np.flatnonzero(cum >= p.top_p)
-                    last = len(ids) if len(hit) == 0 else int(hit[0]) + 1
-                    last = max(last, min(min_keep, len(ids)))
-                    ids, lg = ids[:last], lg[:last]
-            elif name == "min_p":
-                if p.min_p > 0.0:
-                    keep = lg >= lg[0] + math.log(p.min_p)
-                    n = max(int(keep.sum()), min(min_keep, len(ids)))
-                    ids, lg = ids[:n], lg[:n]
-            elif name == "xtc":
-                if (p.xtc_probability > 0 and p.xtc_threshold <= 0.5
-                        and self.rng.random() <= p.xtc_probability):
-                    probs = softmax(lg)
-                    above = np.flatnonzero(probs >= p.xtc_threshold)
-                    pos_last = int(above[-1]) if len(above) and above[0] == 0 else 0
-                    if pos_last > 0 and len(ids) - pos_last >= min_keep:
-                        ids, lg = ids[pos_last:], lg[pos_last:]
-            elif name == "temperature":
-                lg = self._temperature(lg)
-            # "penalties" (applied first) and unknown names: no effect here
+            stage = self._STAGES.get(name)  # "penalties" (applied first) and unknown names: none
+            if stage is not None:
+                with np.errstate(all="ignore"):  # overflow saturates to +-inf, as in C
+                    ids, lg = self._pruned(*stage(self, ids, lg, min_keep, history), (ids, lg))
         return ids, lg
+
+    # Each stage takes and returns (ids, logits) sorted descending, and keeps >= min_keep.
+    def _dry(self, ids, lg, min_keep, history):
+        pen = self._dry_penalties(history)
+        if not pen:
+            return ids, lg
+        return self._sorted(ids, lg - np.array([pen.get(int(i), 0.0) for i in ids]))
+
+    def _top_n_sigma(self, ids, lg, min_keep, history):
+        if self.params.top_n_sigma <= 0:
+            return ids, lg
+        keep = lg >= lg[0] - self.params.top_n_sigma * float(np.std(lg))
+        keep[0] = True  # NaN spread (inf logits) keeps the best
+        return ids[keep], lg[keep]
+
+    def _top_k(self, ids, lg, min_keep, history):
+        if self.params.top_k <= 0:
+            return ids, lg
+        k = max(self.params.top_k, min_keep)
+        return ids[:k], lg[:k]
+
+    def _typical(self, ids, lg, min_keep, history):
+        if self.params.typical_p >= 1.0:
+            return ids, lg
+        probs = softmax(lg)
+        ent = -float(np.sum(probs[probs > 0] * np.log(probs[probs > 0])))
+        shifted = np.abs(-np.log(probs) - ent)
+        idx = np.argsort(shifted, kind="stable")
+        cum = np.cumsum(probs[idx])
+        over = np.flatnonzero(cum[min_keep - 1:] > self.params.typical_p)
+        last = len(idx) if len(over) == 0 else int(over[0]) + min_keep
+        keep = np.sort(idx[:last])
+        return ids[keep], lg[keep]
+
+    def _top_p(self, ids, lg, min_keep, history):
+        if self.params.top_p >= 1.0:
+            return ids, lg
+        cum = np.cumsum(softmax(lg))
+        hit = np.flatnonzero(cum >= self.params.top_p)
+        last = len(ids) if len(hit) == 0 else int(hit[0]) + 1
+        last = max(last, min(min_keep, len(ids)))
+        return ids[:last], lg[:last]
+
+    def _min_p(self, ids, lg, min_keep, history):
+        if self.params.min_p <= 0.0:
+            return ids, lg
+        keep = lg >= lg[0] + math.log(self.params.min_p)
+        n = max(int(keep.sum()), min(min_keep, len(ids)))
+        return ids[:n], lg[:n]
+
+    def _xtc(self, ids, lg, min_keep, history):
+        p = self.params
+        if p.xtc_probability <= 0 or p.xtc_threshold > 0.5 or self.rng.random() > p.xtc_probability:
+            return ids, lg
+        probs = softmax(lg)
+        above = np.flatnonzero(probs >= p.xtc_threshold)
+        pos_last = int(above[-1]) if len(above) and above[0] == 0 else 0
+        if pos_last > 0 and len(ids) - pos_last >= min_keep:
+            return ids[pos_last:], lg[pos_last:]
+        return ids, lg
+
+    def _temperature_stage(self, ids, lg, min_keep, history):
+        return ids, self._temperature(lg)
+
+    _STAGES: ClassVar[dict[str, Callable]] = {"dry": _dry, "top_n_sigma": _top_n_sigma, "top_k": _top_k, "typ_p": _typical,
+               "typical_p": _typical, "top_p": _top_p, "min_p": _min_p, "xtc": _xtc,
+               "temperature": _temperature_stage}
 
     def _temperature(self, lg: np.ndarray) -> np.ndarray:
         p = self.params
         if p.dynatemp_range > 0:
-            lo = max(0.0, p.temperature - p.dynatemp_range)
-            hi = p.temperature + p.dynatemp_range
             if len(lg) <= 1:
                 return lg
+            lo = max(0.0, p.temperature - p.dynatemp_range)
+            hi = p.temperature + p.dynatemp_range
             probs = softmax(lg)
             nz = probs[probs > 0]
             ent = -float(np.sum(nz * np.log(nz)))
             norm = ent / math.log(len(lg))
-            t = lo + (hi - lo) * norm ** p.dynatemp_exponent
+            t = saturating(lo + (hi - lo) * _pow(norm, p.dynatemp_exponent), p.temperature)
             return lg / max(t, 1e-6)
         return lg / p.temperature
 
@@ -237,24 +293,28 @@ class Sampler:
         """Temperature, then Mirostat's truncation for the current `mu` (the draw and the
         update of `mu` happen in `sample`)."""
         ids, lg = self._candidates(x)
-        probs = softmax(lg / self.params.temperature)
-        if self.mirostat == 1:
-            # Estimate the Zipf exponent s from the top m=100 tokens, then keep the k most
-            # likely tokens for which the expected surprise is mu.
-            m = min(100, len(probs))
-            i = np.arange(m - 1, dtype=np.float64)
-            t = np.log((i + 2) / (i + 1))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                b = np.log(probs[: m - 1] / probs[1:m])
-                s_hat = float(np.sum(t * b) / np.sum(t * t)) if m > 1 else float("nan")
-                eps = s_hat - 1
-                k = (eps * 2.0 ** self.mu / (1 - float(self.vocab_size) ** -eps)) ** (1 / s_hat)
-            n = max(int(k), 1) if math.isfinite(k) else len(ids)
-        else:  # keep the tokens up to the first whose surprise exceeds mu
-            with np.errstate(divide="ignore"):
+        with np.errstate(all="ignore"):  # a tiny temperature or a huge mu saturates, as in C
+            probs = softmax(lg / self.params.temperature)
+            if self.mirostat == 1:
+                n = self._mirostat_k(probs)
+            else:  # keep the tokens up to the first whose surprise exceeds mu
                 over = np.flatnonzero(-np.log2(probs) > self.mu)
-            n = max(int(over[0]) if len(over) else len(ids), 1)
+                n = max(int(over[0]) if len(over) else len(ids), 1)
         return ids[:n], probs[:n] / probs[:n].sum()
+
+    def _mirostat_k(self, probs: np.ndarray) -> int:
+        """Mirostat 1's cut: estimate the Zipf exponent s from the top m=100 tokens, then
+        keep the k most likely tokens for which the expected surprise is mu."""
+        m = min(100, len(probs))
+        if m <= 1:
+            return 1
+        i = np.arange(m - 1, dtype=np.float64)
+        t = np.log((i + 2) / (i + 1))
+        b = np.log(probs[: m - 1] / probs[1:m])
+        s_hat = np.sum(t * b) / np.sum(t * t)
+        eps = s_hat - 1
+        k = (eps * np.power(2.0, self.mu) / (1 - np.power(float(self.vocab_size), -eps))) ** (1 / s_hat)
+        return max(int(min(k, len(probs))), 1) if np.isfinite(k) else len(probs)
 
     def draw(self, probs: np.ndarray) -> int:
         """Index drawn from `probs` with the request's RNG."""
@@ -275,7 +335,8 @@ class Sampler:
         i = 0 if len(ids) == 1 else self.draw(probs)
         if self.stateful:  # Mirostat: move mu toward the target surprise tau
             p = self.params
-            self.mu -= p.mirostat_eta * (-math.log2(max(float(probs[i]), 1e-300)) - p.mirostat_tau)
+            surprise = -math.log2(max(float(probs[i]), 1e-300))
+            self.mu = saturating(self.mu - p.mirostat_eta * (surprise - p.mirostat_tau), self.mu)
         return Sampled(int(ids[i]), ids, probs)
 
 

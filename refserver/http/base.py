@@ -44,8 +44,10 @@ class MethodNotAllowed(RefserverError):
     status, type = 405, "invalid_request_error"
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+# allow_nan=False: a non-finite number anywhere in a response is a bug to surface as a 500,
+# never `Infinity` or `NaN` in a body that JSON parsers reject.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 def dumps(obj: Any) -> bytes:

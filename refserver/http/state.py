@@ -47,4 +47,5 @@ class AppState:
 
     @property
     def ready(self) -> bool:
-        return self.status == "ready"
+        """Serving: loaded, not stopping, and the engine thread alive."""
+        return self.status == "ready" and (self.engine is None or self.engine.alive)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from refserver.errors import InvalidRequest
 from refserver.schemas.common import encode_text
-from refserver.schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from refserver.schemas.tokenize import MAX_PIECES, DetokenizeRequest, TokenizeRequest
 
 from .base import BaseHandler
 
@@ -24,6 +24,9 @@ class TokenizeHandler(BaseHandler):
         req = self.parse_body(TokenizeRequest)
         tok = self.state.tokenizer
         ids = encode_text(tok, req.content, req.add_special, req.parse_special, where="'content'")
+        if req.with_pieces and len(ids) > MAX_PIECES:
+            raise InvalidRequest(f"with_pieces: the content is {len(ids)} tokens; at most {MAX_PIECES} come "
+                                 "with pieces (send it in parts, or without with_pieces)")
         if req.with_pieces:
             self.write_json({"tokens": [{"id": i, "piece": _piece(tok.token_bytes(i))} for i in ids]})
         else:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from refserver.engine.dry import MAX_BREAKERS
 from refserver.engine.types import (
@@ -45,9 +45,10 @@ class ServerDefaults:
 
 class RequestModel(BaseModel):
     """Strict JSON types (an int is accepted where a float is expected), unknown keys kept
-    in `model_extra` so `--strict` can name them."""
+    in `model_extra` so `--strict` can name them.  Python reads `1e999` as infinity: no
+    float field takes a non-finite number (it could only come back as invalid JSON)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False)
 
 
 class StreamOptions(RequestModel):
@@ -101,7 +102,20 @@ def or_default(value: Any, default: Any) -> Any:
 
 
 # Shorthand types.  Strict mode: bools are not ints, strings are not numbers.
-Number = float
+# llama.cpp keeps sampling parameters in C floats: beyond float32's range they would be
+# infinite there, so they are refused here.
+FLOAT32_MAX = 3.4028234663852886e38
+Number = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+
+# What one request may ask for (README, Limits), so that it can neither queue unbounded
+# work nor make its response explode; each is a 400 naming the bound.  llama.cpp has none.
+MAX_PROMPTS = 1024  # prompts in one `prompt` list: each is a queued generation (x n)
+MAX_LOGIT_BIAS = 4096  # logit_bias entries, and tokens they resolve to (each is echoed back)
+MAX_N_PROBS = 256  # n_probs: entries per generated token in the response
+MAX_STOP = 64  # stop strings, each checked against the text held back at every token,
+MAX_STOP_CHARS = 1024  # and their length (the hold-back check is quadratic in it)
+MAX_SAMPLERS = 64  # names in `samplers`: the chain runs once per token
+Stop = str | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 NPredict = Annotated[int, Field(ge=-1)]
@@ -137,17 +151,18 @@ class NativeParams(RequestModel):
     n_keep: Annotated[int, Field(ge=-1)] | None = None
     n_discard: NonNegInt | None = None
     n_indent: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop | None = None
     seed: int | None = None
     ignore_eos: bool | None = None
     logit_bias: list | dict | bool | None = None
-    n_probs: NonNegInt | None = None
+    n_probs: Annotated[int, Field(ge=0, le=MAX_N_PROBS)] | None = None
     post_sampling_probs: bool | None = None
     min_keep: NonNegInt | None = None
     t_max_predict_ms: NonNegInt | None = None
     id_slot: Annotated[int, Field(ge=-1)] | None = None
     cache_prompt: bool | None = None
-    samplers: list[str] | str | None = None
+    samplers: Annotated[list[str], Field(max_length=MAX_SAMPLERS)] | Annotated[
+        str, Field(max_length=MAX_SAMPLERS)] | None = None
     timings_per_token: bool | None = None
     return_progress: bool | None = None
     grammar: str | None = None
@@ -156,6 +171,7 @@ class NativeParams(RequestModel):
     speculative_n_max: NonNegInt | None = Field(None, alias="speculative.n_max")
     speculative_n_min: NonNegInt | None = Field(None, alias="speculative.n_min")
     speculative_p_min: Prob | None = Field(None, alias="speculative.p_min")
+    _sampling: dict = PrivateAttr(default_factory=dict)  # by n_probs: built once, not per prompt
 
     # -------------------------------------------------------------- conversion
     def requested_n_predict(self) -> int | None:
@@ -171,6 +187,14 @@ class NativeParams(RequestModel):
 
     def sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                         n_probs: int | None = None) -> SamplingParams:
+        """The request's SamplingParams, built once per `n_probs` (logit_bias strings are
+        tokenized once for all of a request's prompts and choices)."""
+        if n_probs not in self._sampling:
+            self._sampling[n_probs] = self._new_sampling_params(tokenizer, defaults, n_probs)
+        return self._sampling[n_probs]
+
+    def _new_sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
+                             n_probs: int | None) -> SamplingParams:
         d = SamplingParams()
         temperature = or_default(self.temperature, defaults.temperature)
         return SamplingParams(
@@ -277,6 +301,15 @@ def _bias_value(value: Any) -> float | None:
     return None
 
 
+def _finite_bias(value: Any, where: str) -> float | None:
+    """`_bias_value`, with numbers outside float32's range (and NaN) refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+        raise InvalidRequest(f"logit_bias{where}: the bias must be a finite number within float32's range "
+                             "(send false to ban a token)")
+    return _bias_value(value)
+
+
 def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, float]]:
     """llama.cpp's logit_bias forms: `[[tok|"str", bias|false], ...]` or `{"tok|str": bias|false}`.
 
@@ -285,11 +318,13 @@ def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, floa
     """
     if raw is None or raw is False or raw == [] or raw == {}:
         return []
+    if isinstance(raw, (list, dict)) and len(raw) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias has {len(raw)} entries; at most {MAX_LOGIT_BIAS} per request")
     n_vocab = tokenizer.vocab_size
     pairs: list[tuple[int, float]] = []
 
     def add(key: Any, value: Any, where: str) -> None:
-        bias = _bias_value(value)
+        bias = _finite_bias(value, where)
         if bias is None:
             return
         if isinstance(key, bool):
@@ -318,6 +353,8 @@ def parse_logit_bias(raw: Any, tokenizer: TokenizerLike) -> list[tuple[int, floa
             add(key, value, f"[{key!r}]")
     else:
         raise InvalidRequest("logit_bias must be an array of [token, bias] pairs or an object")
+    if len(pairs) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias resolves to {len(pairs)} tokens; at most {MAX_LOGIT_BIAS} per request")
     return pairs
 
 
@@ -375,6 +412,8 @@ def tokenize_prompts(prompt: Any, tokenizer: TokenizerLike) -> tuple[list[list[i
     elif isinstance(prompt, list):
         if not prompt:
             raise InvalidRequest("'prompt' is empty")
+        if len(prompt) > MAX_PROMPTS:
+            raise InvalidRequest(f"'prompt' holds {len(prompt)} prompts; at most {MAX_PROMPTS} per request")
         prompts = [_tokenize_one(p, tokenizer, f"prompt[{i}]") for i, p in enumerate(prompt)]
         many = True
     else:

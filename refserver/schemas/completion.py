@@ -9,7 +9,7 @@ from pydantic import Field
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest
 
-from .common import NativeParams, ServerDefaults, TokenizerLike, n_within_slots, tokenize_prompts
+from .common import MAX_N_PROBS, NativeParams, ServerDefaults, TokenizerLike, n_within_slots, tokenize_prompts
 
 
 class CompletionRequest(NativeParams):
@@ -17,7 +17,7 @@ class CompletionRequest(NativeParams):
     stream: bool = False
     n_cmpl: Annotated[int, Field(ge=1)] | None = None
     n: Annotated[int, Field(ge=1)] | None = None
-    logprobs: Annotated[int, Field(ge=0)] | None = None  # alias of n_probs
+    logprobs: Annotated[int, Field(ge=0, le=MAX_N_PROBS)] | None = None  # alias of n_probs
     return_tokens: bool = False
     response_fields: list[str] | None = None
     multimodal_data: list | None = None
