@@ -161,9 +161,7 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
     vocab = _dim(outputs[logits].shape, 2) or gmodel.get("vocab_size") or config.get("vocab_size")
     if not (n_kv_heads and head_dim and vocab):
         fail("cannot tell KV heads, head size or vocab size from the graph, genai_config.json or config.json")
-    context = int(gmodel.get("context_length") or config.get("max_position_embeddings")
-                  or DEFAULT_CONTEXT_LENGTH)
-
+    context = int(gmodel.get("context_length") or config.get("max_position_embeddings") or DEFAULT_CONTEXT_LENGTH)
     size = model_size_bytes(path)
     info = ModelInfo(
         path=str(model_dir), vocab_size=int(vocab), n_layers=len(past_k), n_kv_heads=int(n_kv_heads),

@@ -368,23 +368,9 @@ class Engine:
 
     # ------------------------------------------------------------------ one step
     def _step(self) -> None:
+        """One model call for every active slot, then each slot's result."""
         active = [s for s in self.slots_ if s.task is not None]
-        drafts = self._propose(active)
-        steps: list[Step] = []
-        before: dict[int, list[int]] = {}
-        for slot in active:
-            task = slot.task
-            pos = len(slot.cache)
-            if task.refill:
-                steps.append(Step(slot.id, pos, task.refill[: self.config.n_batch]))
-                before[slot.id] = list(slot.cache)
-            elif task.generating:
-                d = drafts.get(slot.id, [])
-                steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
-            else:
-                chunk = task.prompt[task.next_idx: task.next_idx + self.config.n_batch]
-                steps.append(Step(slot.id, pos, list(chunk)))
-                before[slot.id] = list(slot.cache)
+        steps, before = self._plan(active, self._propose(active))
         t0 = time.perf_counter()
         try:
             logits = self.backend.forward(steps)
@@ -392,7 +378,45 @@ class Engine:
             for slot in active:
                 self._fail_task(slot, slot.task, exc, "model step failed")
             return
-        dt = time.perf_counter() - t0
+        self._account(steps, before, time.perf_counter() - t0)
+        for slot, step, lg in zip(active, steps, logits):
+            task = slot.task
+            if task is None:
+                continue
+            try:
+                self._advance(slot, task, step, lg, prefilling=step.row in before)
+            except Exception as exc:  # noqa: BLE001 - one request's failure ends that request only
+                self._fail_task(slot, task, exc)
+        # The prompt-cache copies of the requests that finished in this step, once every
+        # event of the step is out: each takes 0.3-3 ms (page faults on fresh buffers) that
+        # neither their clients nor the other rows' need wait for.  Their slots are free,
+        # but admission, which could overwrite them, runs after this.
+        for slot, n in self._finished_rows:
+            self._cache_insert(slot, n, "assistant")
+        self._finished_rows.clear()
+
+    def _plan(self, active: list[Slot], drafts: dict[int, list[int]]) -> tuple[list[Step], dict[int, list[int]]]:
+        """A Step per slot: a chunk of its context-shift refill or of its prompt (at most
+        n_batch tokens), or its pending token plus drafts; and, by row, the cache of each
+        slot that is (re)filling, as it was before the step."""
+        steps: list[Step] = []
+        before: dict[int, list[int]] = {}
+        n_batch = self.config.n_batch
+        for slot in active:
+            task = slot.task
+            pos = len(slot.cache)
+            if task.generating and not task.refill:
+                d = drafts.get(slot.id, [])
+                steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
+                continue
+            chunk = task.refill[:n_batch] if task.refill else task.prompt[task.next_idx: task.next_idx + n_batch]
+            steps.append(Step(slot.id, pos, list(chunk)))
+            before[slot.id] = list(slot.cache)
+        return steps, before
+
+    def _account(self, steps: list[Step], before: dict[int, list[int]], dt: float) -> None:
+        """Step counters and time split between prompt and generated tokens; the draft
+        model mirrors the main model's prefill."""
         self._stats["n_steps"] += 1
         self._stats["n_decode_total"] += 1
         if self.drafter is not None:
@@ -404,30 +428,20 @@ class Engine:
             self._stats["prompt_tokens_seconds"] += dt * n_prompt / (n_prompt + n_gen)
         if n_gen:
             self._stats["tokens_predicted_seconds"] += dt * n_gen / (n_prompt + n_gen)
-        for slot, step, lg in zip(active, steps, logits):
-            task = slot.task
-            if task is None:
-                continue
-            try:
-                if task.refill:
-                    slot.cache.extend(step.tokens)
-                    del task.refill[: len(step.tokens)]
-                elif step.row in before:
-                    self._after_prefill(slot, task, step, lg)
-                elif step.all_logits:
-                    self._after_verify(slot, task, step, lg)
-                else:
-                    slot.cache.append(task.pending)
-                    self._generate(slot, task, lg[-1])
-            except Exception as exc:  # noqa: BLE001 - one request's failure ends that request only
-                self._fail_task(slot, task, exc)
-        # The prompt-cache copies of the requests that finished in this step, once every
-        # event of the step is out: each takes 0.3-3 ms (page faults on fresh buffers) that
-        # neither their clients nor the other rows' need wait for.  Their slots are free,
-        # but admission, which could overwrite them, runs after this.
-        for slot, n in self._finished_rows:
-            self._cache_insert(slot, n, "assistant")
-        self._finished_rows.clear()
+
+    def _advance(self, slot: Slot, task: Task, step: Step, lg: np.ndarray, prefilling: bool) -> None:
+        """Take one slot's logits: refill or prefill progress, a verified draft, or the
+        next token."""
+        if task.refill:
+            slot.cache.extend(step.tokens)
+            del task.refill[: len(step.tokens)]
+        elif prefilling:
+            self._after_prefill(slot, task, step, lg)
+        elif step.all_logits:
+            self._after_verify(slot, task, step, lg)
+        else:
+            slot.cache.append(task.pending)
+            self._generate(slot, task, lg[-1])
 
     def _propose(self, active: list[Slot]) -> dict[int, list[int]]:
         if self.drafter is None:
