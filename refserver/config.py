@@ -1,5 +1,6 @@
-"""`ServerConfig`: the server's settings (one field per llama-server flag, named after its
-long form), and the two views the rest of the server gets of them: `engine_config()` for
+"""`ServerConfig`: the server's settings (one field per flag, named as the rest of refserver
+names the concept: `n_slots` for -np/--parallel, `n_ctx` for -c/--ctx-size, `temperature`
+for --temp, `cache_ram_mib` for --cache-ram; the others after the flag's long form), and the two views the rest of the server gets of them: `engine_config()` for
 the engine and `request_defaults()` for request validation.  `cli.py` fills it from the
 command line; nothing else reads the command line.
 """
@@ -28,11 +29,11 @@ class ServerConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     threads_draft: int = 1
-    ctx_size: int = 0  # 0: the model's context length
-    parallel: int = 1
+    n_ctx: int = 0  # -c/--ctx-size; 0: the model's context length
+    n_slots: int = 1  # -np/--parallel
     batch_size: int = 2048
     n_predict: int = -1
-    temp: float = 0.8
+    temperature: float = 0.8  # --temp
     seed: int = -1
     slots: bool = True
     jinja: bool = True
@@ -43,7 +44,7 @@ class ServerConfig:
     metrics: bool = False
     verbose: bool = False
     threads: int = 0
-    cache_ram: int | None = None  # MiB
+    cache_ram_mib: int | None = None  # --cache-ram
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     backend: str = "onnx-cpu"
     strict: bool = False
@@ -68,9 +69,9 @@ class ServerConfig:
         """What the engine runs with; optional flags left unset keep the engine's defaults."""
         from .engine.engine import EngineConfig
 
-        optional = {"cache_ram_mib": self.cache_ram, "prompt_cache_size": self.prompt_cache_size,
+        optional = {"cache_ram_mib": self.cache_ram_mib, "prompt_cache_size": self.prompt_cache_size,
                     "max_queue": self.max_queue}
-        return EngineConfig(n_slots=self.parallel, n_ctx=self.ctx_size, n_batch=self.batch_size,
+        return EngineConfig(n_slots=self.n_slots, n_ctx=self.n_ctx, n_batch=self.batch_size,
                             n_predict=self.n_predict, seed=self.seed, speculative=self.speculative(),
                             context_shift=self.context_shift,
                             **{k: v for k, v in optional.items() if v is not None})
@@ -79,5 +80,5 @@ class ServerConfig:
         """What request validation falls back to (the rest is the engine's: n_predict, seed)."""
         from .schemas.common import ServerDefaults
 
-        return ServerDefaults(temperature=self.temp, n_slots=self.parallel, speculative=self.speculative(),
+        return ServerDefaults(temperature=self.temperature, n_slots=self.n_slots, speculative=self.speculative(),
                               has_draft=has_draft)

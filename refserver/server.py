@@ -152,7 +152,7 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
         return _fail(f"loading {model.path} failed: {type(exc).__name__}: {exc}")
     state.status = "ready"
     log.info("serving %s (alias %s) on http://%s:%d with %d slot(s) of %d tokens", model.path, model.alias,
-             config.host, config.port, config.parallel, state.engine.n_ctx_slot)
+             config.host, config.port, config.n_slots, state.engine.n_ctx_slot)
     engine_died = asyncio.Event()
     state.engine.watch(lambda exc: loop.call_soon_threadsafe(engine_died.set))
     died_wait = asyncio.ensure_future(engine_died.wait())

@@ -102,7 +102,7 @@ class Engine:
         self.vocab_size = backend.info.vocab_size
         n_ctx = config.n_ctx if config.n_ctx > 0 else backend.info.context_length
         self._n_ctx_slot = max(1, n_ctx // max(1, config.n_slots))
-        self.slots_ = [Slot(i) for i in range(max(1, config.n_slots))]
+        self._slots = [Slot(i) for i in range(max(1, config.n_slots))]
         self.eog = frozenset(tokenizer.eog_ids)
         self.prompt_cache = (PromptCache(config.prompt_cache_size, config.cache_ram_mib << 20)
                              if config.cache_ram_mib > 0 and config.prompt_cache_size > 0 else None)
@@ -126,9 +126,9 @@ class Engine:
         return self._n_ctx_slot
 
     def start(self) -> None:
-        self.backend.allocate(len(self.slots_), self._n_ctx_slot)
+        self.backend.allocate(len(self._slots), self._n_ctx_slot)
         if self.draft_backend is not None:
-            self.drafter = Drafter(self.draft_backend, len(self.slots_), self._n_ctx_slot, self.config.n_batch)
+            self.drafter = Drafter(self.draft_backend, len(self._slots), self._n_ctx_slot, self.config.n_batch)
         self._thread = threading.Thread(target=self._run, name="refserver-engine", daemon=True)
         self._thread.start()
 
@@ -175,7 +175,7 @@ class Engine:
             raise errors.InvalidRequest("the prompt contains an invalid token id")
         if len(prompt) >= self._n_ctx_slot:
             raise errors.ContextExceeded(len(prompt), self._n_ctx_slot)
-        if request.id_slot >= len(self.slots_) or request.id_slot < -1:
+        if request.id_slot >= len(self._slots) or request.id_slot < -1:
             raise errors.InvalidRequest(f"id_slot {request.id_slot} is out of range")
         constraint = self.constraints.compile(request.constraint) if request.constraint else None
         s = request.sampling
@@ -205,7 +205,7 @@ class Engine:
 
     def slots(self) -> list[dict]:
         out = []
-        for slot in self.slots_:
+        for slot in self._slots:
             task = slot.task
             d = {"id": slot.id, "id_task": task.handle.id if task else -1, "n_ctx": self._n_ctx_slot,
                  "speculative": self.draft_backend is not None, "is_processing": task is not None,
@@ -223,7 +223,7 @@ class Engine:
         return out
 
     def stats(self) -> dict:
-        busy = sum(1 for s in self.slots_ if s.busy)
+        busy = sum(1 for s in self._slots if s.busy)
         with self._lock:
             deferred = len(self._queue)
         cache = self.prompt_cache
@@ -237,13 +237,13 @@ class Engine:
         try:
             while True:
                 with self._lock:
-                    while not self._stopping and not self._queue and not any(s.busy for s in self.slots_):
+                    while not self._stopping and not self._queue and not any(s.busy for s in self._slots):
                         self._lock.wait()
                     if self._stopping:
                         break
                 self._drop_cancelled()
                 self._assign()
-                if any(s.busy for s in self.slots_):
+                if any(s.busy for s in self._slots):
                     if self.config.inject_fault:
                         raise RuntimeError("injected engine fault (REFSERVER_INJECT_ENGINE_FAULT)")
                     self._step()
@@ -265,7 +265,7 @@ class Engine:
         with self._lock:
             self._stopping = True
             queued, self._queue = list(self._queue), deque()
-        for slot in self.slots_:
+        for slot in self._slots:
             if slot.task is not None:
                 self._send(slot.task, Failed(error))
                 slot.task = None
@@ -283,7 +283,7 @@ class Engine:
         with self._lock:
             if any(t.handle.cancelled for t in self._queue):
                 self._queue = deque(t for t in self._queue if not t.handle.cancelled)
-        for slot in self.slots_:
+        for slot in self._slots:
             if slot.task is not None and slot.task.handle.cancelled:
                 self._release(slot)
 
@@ -311,11 +311,11 @@ class Engine:
             queue = list(self._queue)
         taken = []
         for task in queue:
-            idle = [s for s in self.slots_ if not s.busy]
+            idle = [s for s in self._slots if not s.busy]
             if not idle:
                 break
             if task.request.id_slot >= 0:
-                slot = self.slots_[task.request.id_slot]
+                slot = self._slots[task.request.id_slot]
                 if slot.busy:
                     continue
             else:
@@ -360,7 +360,7 @@ class Engine:
             self.drafter.tokens[slot.id] = dt[:min(common_prefix(dt, prompt), own)]
         slot.task = task
         task.handle.id_slot = slot.id
-        task.n_cached = task.next_idx = own
+        task.n_prompt_reused = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
         if task.request.return_progress:
@@ -369,7 +369,7 @@ class Engine:
     # ------------------------------------------------------------------ one step
     def _step(self) -> None:
         """One model call for every active slot, then each slot's result."""
-        active = [s for s in self.slots_ if s.task is not None]
+        active = [s for s in self._slots if s.task is not None]
         steps, before = self._plan(active, self._propose(active))
         t0 = time.perf_counter()
         try:
@@ -420,7 +420,7 @@ class Engine:
         self._stats["n_steps"] += 1
         self._stats["n_decode_total"] += 1
         if self.drafter is not None:
-            pre = [s for s in steps if s.row in before and self.slots_[s.row].task.spec is not None]
+            pre = [s for s in steps if s.row in before and self._slots[s.row].task.spec is not None]
             self.drafter.mirror(pre, before)
         n_prompt = sum(len(s.tokens) for s in steps if s.row in before) if before else 0
         n_gen = len(steps) - len(before)
@@ -467,7 +467,7 @@ class Engine:
                 self.drafter.tokens[w.row] = []
             return {}
         for w in wants:
-            spec = self.slots_[w.row].task.spec
+            spec = self._slots[w.row].task.spec
             if len(out[w.row]) < max(spec.n_min, 1):
                 out[w.row] = []
         return out
@@ -479,7 +479,7 @@ class Engine:
         now = time.perf_counter()
         total = len(task.prompt)
         if task.request.return_progress:
-            self._send(task, Progress(total, task.n_cached, task.next_idx, (now - task.t_start) * 1000.0))
+            self._send(task, Progress(total, task.n_prompt_reused, task.next_idx, (now - task.t_start) * 1000.0))
         if task.next_idx < total:
             return
         task.t_prompt_done = now

@@ -94,7 +94,7 @@ class TokenProb:
     id: int
     token: str
     bytes: list[int]
-    logprob: float  # a probability in 0..1 instead when post_sampling_probs
+    value: float  # a log-probability; a probability in 0..1 when the request set post_sampling_probs
 
 
 @dataclass(frozen=True)
