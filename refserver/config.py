@@ -1,13 +1,11 @@
-"""`ServerConfig`: the server's settings (one field per flag, named as the rest of refserver
-names the concept: `n_slots` for -np/--parallel, `n_ctx` for -c/--ctx-size, `temperature`
-for --temp, `cache_ram_mib` for --cache-ram; the others after the flag's long form), and the two views the rest of the server gets of them: `engine_config()` for
+"""`ServerConfig`: the server's settings (one field per flag, named after its long form), and the two views the rest of the server gets of them: `engine_config()` for
 the engine and `request_defaults()` for request validation.  `cli.py` fills it from the
 command line; nothing else reads the command line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .engine.types import SpeculativeParams
@@ -21,7 +19,7 @@ BACKENDS = {"onnx-cpu": "cpu", "onnx-cuda": "cuda", "onnx-dml": "dml"}
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # comma-separated: one listener each
     port: int = 8080
     model: str | None = None
     model_draft: str | None = None
@@ -29,23 +27,32 @@ class ServerConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     threads_draft: int = 1
-    n_ctx: int = 0  # -c/--ctx-size; 0: the model's context length
-    n_slots: int = 1  # -np/--parallel
+    ctx_size: int = 0  # total tokens of all slots (0: the model's context length)
+    parallel: int = 4
+    kv_unified: bool = True  # False: each slot gets ctx_size / parallel (llama.cpp's --no-kv-unified)
     batch_size: int = 2048
     n_predict: int = -1
-    temperature: float = 0.8  # --temp
+    temp: float = 0.8
     seed: int = -1
     slots: bool = True
     jinja: bool = True
     chat_template: str | None = None
     chat_template_file: str | None = None
-    alias: str | None = None
+    alias: str | None = None  # the first of `aliases`
+    aliases: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
     metrics: bool = False
+    metrics_compat: tuple[str, ...] = ()  # extra metric name sets for routers: "vllm"
     verbose: bool = False
     threads: int = 0
-    cache_ram_mib: int | None = None  # --cache-ram
+    cache_ram: int | None = None  # MiB
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    cors_methods: str = "GET, POST, DELETE, OPTIONS"
+    cors_headers: str = "*"
+    webui: bool = True
+    sampling: dict = field(default_factory=dict)  # SamplingParams fields set by --top-k, --min-p, ...
+    inert_flags: list[str] = field(default_factory=list)  # llama-server flags with no effect here
     backend: str = "onnx-cpu"
     strict: bool = False
     sse_keepalive: float = 5.0
@@ -54,7 +61,12 @@ class ServerConfig:
     max_body_mb: float = 16.0
     max_queue: int | None = None
     shutdown_grace: float = 3.0
+    timeout: float = 30.0  # seconds a request body may take to arrive
     props: bool = False
+    reasoning_format: str = "auto"  # none | deepseek | auto: split <think> off content
+    reasoning: str = "auto"  # on | off | auto: the template's enable_thinking
+    reasoning_budget: int = -1  # -1: unlimited; 0: thinking off; N: </think> forced after N tokens
+    responses_store_size: int = 256
     context_shift: bool = False
 
     @property
@@ -69,16 +81,18 @@ class ServerConfig:
         """What the engine runs with; optional flags left unset keep the engine's defaults."""
         from .engine.engine import EngineConfig
 
-        optional = {"cache_ram_mib": self.cache_ram_mib, "prompt_cache_size": self.prompt_cache_size,
+        optional = {"cache_ram_mib": self.cache_ram, "prompt_cache_size": self.prompt_cache_size,
                     "max_queue": self.max_queue}
-        return EngineConfig(n_slots=self.n_slots, n_ctx=self.n_ctx, n_batch=self.batch_size,
-                            n_predict=self.n_predict, seed=self.seed, speculative=self.speculative(),
+        return EngineConfig(n_slots=self.parallel, n_ctx=self.ctx_size, kv_unified=self.kv_unified,
+                            n_batch=self.batch_size, n_predict=self.n_predict, seed=self.seed, speculative=self.speculative(),
                             context_shift=self.context_shift,
                             **{k: v for k, v in optional.items() if v is not None})
 
     def request_defaults(self, has_draft: bool) -> ServerDefaults:
         """What request validation falls back to (the rest is the engine's: n_predict, seed)."""
+        from .engine.types import SamplingParams
         from .schemas.common import ServerDefaults
 
-        return ServerDefaults(temperature=self.temperature, n_slots=self.n_slots, speculative=self.speculative(),
-                              has_draft=has_draft)
+        sampling = replace(SamplingParams(), temperature=self.temp, **self.sampling)
+        return ServerDefaults(n_slots=self.parallel, speculative=self.speculative(),
+                              has_draft=has_draft, sampling=sampling)

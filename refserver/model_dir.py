@@ -48,8 +48,16 @@ def resolve_model_dir(model: str | None, alias: str | None = None, flag: str = "
     """
     if model:
         path = Path(model).expanduser()
-        if not path.is_dir():
-            raise ModelDirError(f"model directory '{model}' not found; pass {flag} DIR with a directory "
+        if path.is_file() and path.suffix == ".onnx":
+            path = path.parent  # `-m dir/model.onnx`, as llama-server users pass a .gguf file
+        elif path.is_file():
+            raise ModelDirError(f"{flag} {model} is a file; refserver serves ONNX model directories: pass "
+                                f"{flag} DIR with a directory holding model.onnx and tokenizer.json")
+        elif not path.exists():
+            raise ModelDirError(f"{flag} {model}: no such file or directory; pass {flag} DIR with a directory "
+                                "holding model.onnx and tokenizer.json")
+        elif not path.is_dir():
+            raise ModelDirError(f"{flag} {model} is not a directory; pass {flag} DIR with a directory "
                                 "holding model.onnx and tokenizer.json")
     else:
         path = EMBEDDED_MODEL

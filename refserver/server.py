@@ -1,8 +1,9 @@
 """Start-up and shutdown: listen first, load the model in the background, serve, stop.
 
 `/health` answers 503 "Loading model" until the tokenizer, template, backend and engine
-are ready.  SIGTERM/SIGINT: stop accepting connections, give in-flight requests
---shutdown-grace seconds, end the streams still open with an error event, exit 0.
+are ready.  SIGTERM/SIGINT: drain - `/health` and new requests answer 503 "Server is
+shutting down" while in-flight requests get up to --shutdown-grace seconds - then stop
+listening, end the streams still open with an error event, exit 0.
 Start-up failures print one line on stderr and exit 1.  Should the engine thread die, the
 server cannot serve any more: `/health` answers 503 at once and the process exits 1, so
 a supervisor restarts it (`REFSERVER_INJECT_ENGINE_FAULT=1` forces this, for tests).
@@ -14,17 +15,20 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from dataclasses import replace
 
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from .config import ServerConfig
 from .errors import RefserverError
 from .http.app import make_app
 from .http.state import AppState, ModelSummary
+from .http.transport import READ_HEADER_BYTES, RefserverHTTPServer
 from .model_dir import ModelDir, ModelDirError, resolve_model_dir
 from .stream.bridge import EventBridge
 
@@ -82,13 +86,14 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
 
     info = backend.info
     state.model = ModelSummary(
-        alias=model.alias, path=str(model.path), n_vocab=info.vocab_size,
+        alias=model.alias, aliases=config.aliases or [model.alias], tags=config.tags,
+        path=str(model.path), n_vocab=info.vocab_size,
         n_ctx_train=info.context_length or model.n_ctx_train,
         n_embd=int(model.config.get("hidden_size", 0) or 0), n_params=info.n_params, size=info.size_bytes)
     state.defaults = config.request_defaults(has_draft=draft is not None)
     state.tokenizer, state.template, state.engine = tokenizer, template, engine
     if config.metrics:
-        state.metrics = Metrics(engine.stats)
+        state.metrics = Metrics(engine.stats, model_name=model.alias, compat=config.metrics_compat)
 
 
 def run(config: ServerConfig) -> int:
@@ -105,7 +110,52 @@ def run(config: ServerConfig) -> int:
     except ProviderUnavailable as exc:
         return _fail(str(exc))
     _setup_logging(config.verbose)
+    if config.inert_flags:
+        log.info("llama-server flags with no effect here: %s", " ".join(config.inert_flags))
     return asyncio.run(_serve(config, model))
+
+
+def _listen(server: HTTPServer, hosts: list[str], port: int) -> list[tuple[str, int]]:
+    """Bind every host (`--host a,b`); with port 0 the first picks a free port and the
+    others take the same one.  Returns the (host, port) pairs bound."""
+    bound: list[tuple[str, int]] = []
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC
+        sockets = bind_sockets(port, host.strip("[]"), family=family)
+        server.add_sockets(sockets)
+        port = port or sockets[0].getsockname()[1]
+        bound.append((host, sockets[0].getsockname()[1]))
+    return bound
+
+
+def _url(host: str, port: int) -> str:
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}"
+
+
+def _banner(config: ServerConfig, state: AppState, bound: list[tuple[str, int]]) -> None:
+    """What the server serves and how to reach it, logged once it is ready."""
+    engine, m = state.engine, state.model
+    url = _url(*bound[0])
+    sharing = (f"sharing {engine.n_ctx_total} tokens of context" if engine.n_ctx_total < len(engine.slots()) *
+               engine.n_ctx_slot else f"of {engine.n_ctx_slot} tokens each")
+    endpoints = ("/health /props /v1/models /completion /v1/completions /v1/chat/completions /tokenize "
+                 "/detokenize /apply-template" + (" /slots" if config.slots else "")
+                 + (" /metrics" if config.metrics else ""))
+    body = '{"messages":[{"role":"user","content":"Hello"}]}'
+    lines = [
+        (f"model {m.path} as {', '.join(m.aliases)} ({m.n_params / 1e6:.1f}M parameters, "
+         f"trained context {m.n_ctx_train} tokens)"),
+        (f"{len(engine.slots())} slots, each up to {engine.n_ctx_slot} tokens, {sharing}; "
+         f"KV cache {engine.kv_bytes / 2**20:.1f} MiB allocated for them"),
+        "listening on " + ", ".join(_url(h, p) for h, p in bound),
+        f"chat page {url}/" if config.webui else "chat page off (--no-webui)",
+        f"API docs {url}/docs; try: curl {url}/v1/chat/completions -d '{body}'",
+        f"endpoints: {endpoints}",
+    ]
+    if config.api_keys:
+        lines.append(f"{len(config.api_keys)} API key(s) required (Authorization: Bearer KEY)")
+    log.info("ready:\n  %s", "\n  ".join(lines))
 
 
 async def _serve(config: ServerConfig, model: ModelDir) -> int:
@@ -116,15 +166,23 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     limit = int(config.max_body_mb * 1024 * 1024)
     # Oversized bodies (up to 1 GiB or 64x the limit) are read and dropped, so the client
     # gets a clean 413 rather than a reset connection.
-    server = HTTPServer(app, max_body_size=max(64 * limit, 1 << 30), idle_connection_timeout=300)
+    server = RefserverHTTPServer(app, max_body_size=max(64 * limit, 1 << 30), idle_connection_timeout=300,
+                                 body_timeout=config.timeout, max_header_size=READ_HEADER_BYTES)
     try:
-        server.listen(config.port, config.host)
-    except OSError as exc:
-        return _fail(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); pick another --port")
-
+        bound = _listen(server, [h.strip() for h in config.host.split(",") if h.strip()], config.port)
+    except (OSError, socket.gaierror) as exc:
+        return _fail(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
+                     "pick another --port or --host")
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: exit at once, as llama-server does
+            log.warning("second signal: exiting now")
+            _exit_now(1)
+        stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    log.info("listening on %s; loading %s", ", ".join(_url(h, p) for h, p in bound), model.path)
 
     loaded: asyncio.Future = loop.create_future()
 
@@ -142,8 +200,10 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     stop_wait = asyncio.ensure_future(stop.wait())
     await asyncio.wait([loaded, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     if not loaded.done():
-        server.stop()
-        return 0
+        # The loading thread may be inside ONNX Runtime: finalizing the interpreter under it
+        # aborts the process ("terminate called without an active exception"), so leave now.
+        log.info("stopped while loading the model")
+        _exit_now(0)
     exc = loaded.exception()
     if exc is not None:
         server.stop()
@@ -151,8 +211,7 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
             return _fail(str(exc))
         return _fail(f"loading {model.path} failed: {type(exc).__name__}: {exc}")
     state.status = "ready"
-    log.info("serving %s (alias %s) on http://%s:%d with %d slot(s) of %d tokens", model.path, model.alias,
-             config.host, config.port, config.n_slots, state.engine.n_ctx_slot)
+    _banner(config, state, bound)
     engine_died = asyncio.Event()
     state.engine.watch(lambda exc: loop.call_soon_threadsafe(engine_died.set))
     died_wait = asyncio.ensure_future(engine_died.wait())
@@ -167,13 +226,24 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End the process without interpreter finalization (no atexit, no C++ static
+    destructors racing threads still inside the runtime)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 async def _shutdown(state: AppState, server: HTTPServer, grace: float) -> None:
     log.info("shutting down (grace %.1fs, %d request(s) in flight)", grace, len(state.active))
+    # Draining: still listening, so a gateway's health check reads 503 and stops routing
+    # here; new requests get 503 (a gateway retries them elsewhere); in-flight ones finish.
     state.status = "stopping"
-    server.stop()
     deadline = time.monotonic() + grace
     while state.active and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    server.stop()
     for handler in list(state.active):
         handler.abort_for_shutdown()
     deadline = time.monotonic() + 1.0

@@ -1,24 +1,59 @@
-"""Suite-wide options, markers, server clean-up and the conformance report.
+"""Suite-wide options, markers, the target's discovery, profiles and the conformance report.
 
 Options:
   --server-url URL          test a server someone else runs (nothing is started)
   --server-bin PATH         start another binary that takes llama-server's flags
-  --conformance-report PATH write a Markdown report: identity + a table per feature
+  --profile P               auto (default) | openai | llamacpp | refserver | all, or a comma list
+  --conformance-report PATH write a Markdown report: identity, layers found, totals per
+                            profile, every failure with the clause it checks and where that
+                            clause is documented, tests not run after the target died
 
-Markers: every test carries exactly one `feature(name)` (names in FEATURES); `golden`
-(values of refserver's own models: skipped unless the suite starts refserver itself);
-`needs_flags` (starts servers with particular flags: skipped with --server-url);
-`extension` (a refserver behaviour beyond the contract, e.g. its own metrics or
-headers: skipped unless the suite starts refserver itself);
-`needs_shared` (needs ../shared: skipped where it is absent).
+Every test carries two markers (module-level `pytestmark` or on the test; the closest wins):
+
+* `feature(name)`: the report's row (names in FEATURES).
+* `profile(layer)`: which layer of the contract it checks (CONTRACT §0), one of
+  - `openai`: only what OpenAI's API reference documents (chat, completions, models,
+    streaming, tools, structured output, logprobs, errors).  Such a test uses no native
+    route, takes token counts from `usage` and the model id from `/v1/models`
+    (`server.model_id()`), accepts any OpenAI-valid error `code` (`utils.error_of` does);
+  - `llamacpp`: llama.cpp's native routes (/completion, /props, /tokenize, /slots,
+    /apply-template, /metrics) and its extensions on /v1/* (grammar, n_probs, timings,
+    cache_prompt, `code` = HTTP status, ...);
+  - `refserver`: refserver's own choices and golden values (CONTRACT §0 decisions).
+  A test that reads a native route only to learn a setting is still `openai` if what it
+  asserts is OpenAI's; against a target without that route it skips (below).
+  New endpoints: /v1/responses tests are `openai` (they skip where the route is absent);
+  Anthropic /v1/messages tests are `llamacpp` (llama.cpp's translation of Messages); chat
+  template renderings are `llamacpp` when they go through /apply-template, `refserver` when
+  they call refserver's library.  A pytest.param(..., marks=pytest.mark.profile(...)) gives
+  one parameter its own layer (e.g. a llama.cpp-only variant of an OpenAI test).
+
+Optional: `clause(what, where=None)`: the rule the test checks and where it is documented,
+for the report.  Without it the report uses the test's docstring (first sentence) and the
+default source of its (profile, feature) in DOCS.  Write the docstring as the rule.
+
+Discovery (tests/discovery.py): with --server-url the suite probes /props, /completion,
+/tokenize, /apply-template, /slots, /metrics, /v1/responses, /v1/messages and the `Server`
+header once.  `--profile auto` runs the layers the target offers and skips the others with
+the probe's answer as the reason; an explicit profile demands its layers (a missing one stops
+the run at once).  Any request a test makes to a route the target lacks skips that test
+(`ServerProcess.make_request` asks discovery); loops over routes use `server.offered(paths)`
+so a missing route is left out instead of ending the loop; `utils.TARGET.require("slots")`
+skips explicitly.  A target that stops answering (checked after each failure) ends the run:
+the report names the last test and lists the rest as not run.
+
+Other markers: `golden` (values of refserver's own models: skipped unless the suite starts
+refserver itself); `needs_flags` (starts servers with particular flags: skipped with
+--server-url); `extension` (a refserver behaviour beyond the contract: skipped unless the
+target is refserver); `needs_shared` (needs ../shared: skipped where it is absent).
 """
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
+import conformance_report as report_mod
+import discovery
 import pytest
 import utils
 
@@ -46,11 +81,93 @@ FEATURES: dict[str, str] = {
     "determinism": "seeded output independent of slots, batch size and load",
     "complaints": "CONTRACT §9: what users of other servers complain about",
     "openai_client": "the official openai client, sync and async",
+    "responses": "OpenAI Responses API: /v1/responses, streamed, stored, tools",
+    "messages": "Anthropic Messages API: /v1/messages, count_tokens, its error shape",
+    "reasoning": "reasoning split from content on chat, Responses and Messages",
     "mlx": "mlx-lm's server tests over HTTP",
     "backend": "start-up errors and backend selection",
     "engine": "model execution: reproducing reference greedy ids",
     "harness": "the suite's own helpers (tests/utils.py), no server",
 }
+
+
+PROFILES = ("openai", "llamacpp", "refserver")
+
+OPENAI_REF = "OpenAI API reference, platform.openai.com/docs/api-reference"
+LLAMACPP_REF = "llama.cpp tools/server/README.md"
+CONTRACT_REF = "refserver CONTRACT.md"
+ERROR_OBJECT = ("the error object {\"error\": {message, type, param, code}} of every OpenAI error "
+                "(platform.openai.com/docs/guides/error-codes; CONTRACT §0, §6)")
+
+# Where a (profile, feature) pair's rules are documented, when a test names no `clause`.
+DOCS: dict[tuple[str, str], str] = {
+    ("openai", "basic"): f"{OPENAI_REF}/models/list (List models)",
+    ("openai", "completion"): f"{OPENAI_REF}/completions/create (Create completion)",
+    ("openai", "chat"): f"{OPENAI_REF}/chat/create (Create chat completion)",
+    ("openai", "streaming"): f"{OPENAI_REF}/chat-streaming (The chat completion chunk object) "
+                             "and /chat/create `stream`, `stream_options`",
+    ("openai", "tools"): f"{OPENAI_REF}/chat/create `tools`, `tool_choice`; the chat completion "
+                         "object `message.tool_calls`",
+    ("openai", "structured_output"): f"{OPENAI_REF}/chat/create `response_format`",
+    ("openai", "sampling"): f"{OPENAI_REF}/chat/create `temperature`, `top_p`, `stop`, "
+                            "`max_completion_tokens`, `seed`, `logit_bias`, `n`, penalties",
+    ("openai", "logprobs"): f"{OPENAI_REF}/chat/create `logprobs`, `top_logprobs`; "
+                            "/completions/create `logprobs`",
+    ("openai", "security"): f"{OPENAI_REF} Authentication (Bearer API keys)",
+    ("openai", "limits"): f"{OPENAI_REF} and platform.openai.com/docs/guides/error-codes "
+                          "(error object: message, type, param, code)",
+    ("openai", "fuzz"): f"{OPENAI_REF} request bodies; error object (message, type, param, code)",
+    ("openai", "openai_client"): "openai-python (github.com/openai/openai-python) against the "
+                                 f"{OPENAI_REF} shapes",
+    ("openai", "complaints"): f"{OPENAI_REF}; the user reports gathered in CONTRACT.md §9",
+    ("llamacpp", "basic"): f"{LLAMACPP_REF} `GET /health`, `GET /props`, `GET /slots`",
+    ("llamacpp", "completion"): f"{LLAMACPP_REF} `POST /completion`",
+    ("llamacpp", "chat"): f"{LLAMACPP_REF} `POST /v1/chat/completions` (llama.cpp's extensions)",
+    ("llamacpp", "streaming"): f"{LLAMACPP_REF} `POST /completion` `stream`",
+    ("llamacpp", "tokenize"): f"{LLAMACPP_REF} `POST /tokenize`, `POST /detokenize`",
+    ("llamacpp", "templates"): f"{LLAMACPP_REF} `POST /apply-template`, `--chat-template`, `--jinja`",
+    ("llamacpp", "tools"): "llama.cpp docs/function-calling.md",
+    ("llamacpp", "structured_output"): f"{LLAMACPP_REF} `grammar`, `json_schema`; grammars/README.md",
+    ("llamacpp", "sampling"): f"{LLAMACPP_REF} `POST /completion` options",
+    ("llamacpp", "logprobs"): f"{LLAMACPP_REF} `n_probs`, `completion_probabilities`",
+    ("llamacpp", "slots"): f"{LLAMACPP_REF} `GET /slots`, `-np`, `id_slot`",
+    ("llamacpp", "prompt_cache"): f"{LLAMACPP_REF} `cache_prompt`, `tokens_cached`, `--cache-ram`",
+    ("llamacpp", "metrics"): f"{LLAMACPP_REF} `GET /metrics` (llamacpp: metric names)",
+    ("llamacpp", "security"): f"{LLAMACPP_REF} `--api-key`, `--cors-origins`",
+    ("llamacpp", "speculative"): f"{LLAMACPP_REF} `--model-draft`, `--draft-max`",
+}
+
+
+def clause_of(item) -> tuple[str, str]:
+    """(the rule a test checks, where it is documented), for the report."""
+    profile = profile_of(item) or "refserver"
+    feature = item.config._refserver_features.get(item.nodeid, "")
+    mark = item.get_closest_marker("clause")
+    what = mark.args[0] if mark and mark.args else _first_sentence(getattr(item, "function", None))
+    where = mark.kwargs.get("where") if mark else None
+    if not where and mark and len(mark.args) > 1:
+        where = mark.args[1]
+    if not where:
+        where = DOCS.get((profile, feature)) or {
+            "openai": OPENAI_REF, "llamacpp": LLAMACPP_REF}.get(profile, f"{CONTRACT_REF} §0 decisions")
+    return what, where
+
+
+def _first_sentence(func) -> str:
+    doc = " ".join((getattr(func, "__doc__", None) or "").split())
+    if not doc:
+        return "(no docstring)"
+    end = doc.find(". ")
+    return doc if end < 0 else doc[:end + 1]
+
+
+def profile_of(item) -> str | None:
+    """The test's layer: a `pytest.param(..., marks=profile(...))` wins over the function's
+    marker, which wins over the module's."""
+    callspec = getattr(item, "callspec", None)
+    marks = [m for m in getattr(callspec, "marks", []) if m.name == "profile"]
+    mark = marks[0] if marks else item.get_closest_marker("profile")
+    return mark.args[0] if mark and mark.args else None
 
 
 def pytest_addoption(parser):
@@ -59,12 +176,17 @@ def pytest_addoption(parser):
                     help="test an already running server at URL (starts nothing)")
     group.addoption("--server-bin", default=None,
                     help="start this binary (taking llama-server's flags) instead of refserver")
+    group.addoption("--profile", default="auto",
+                    help="auto (the layers the target offers) | openai | llamacpp | refserver | all, "
+                         "or a comma list")
     group.addoption("--conformance-report", default=None, metavar="PATH",
                     help="write a Markdown conformance report to PATH")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "feature(name): the feature a test checks (exactly one per test)")
+    config.addinivalue_line("markers", "profile(layer): openai | llamacpp | refserver (CONTRACT §0)")
+    config.addinivalue_line("markers", "clause(what, where=None): the rule checked and where it is documented")
     config.addinivalue_line("markers", "golden: depends on refserver's own models' outputs")
     config.addinivalue_line("markers", "needs_flags: starts servers with particular flags")
     config.addinivalue_line("markers", "extension: a refserver behaviour beyond the contract")
@@ -75,11 +197,43 @@ def pytest_configure(config):
         utils.TARGET.server_url = url
     if binary:
         utils.TARGET.server_bin = binary
+    config._refserver_profiles = _selected_profiles(config.getoption("--profile"))
     config._refserver_results = {}  # nodeid -> [feature, outcome, message]
     config._refserver_features = {}
 
 
+def _selected_profiles(option: str) -> tuple[str, ...] | None:
+    """The explicitly selected profiles, None for auto."""
+    if option == "auto":
+        return None
+    if option == "all":
+        return PROFILES
+    names = tuple(p.strip() for p in option.split(",") if p.strip())
+    unknown = [n for n in names if n not in PROFILES]
+    if unknown or not names:
+        raise pytest.UsageError(f"--profile {option}: use auto, all or a comma list of {', '.join(PROFILES)}")
+    return names
+
+
+def _discover(config) -> None:
+    """Probe an external target once; with explicit profiles, every layer they name must be there."""
+    url = utils.TARGET.server_url
+    if not url or utils.TARGET.discovery is not None:
+        return
+    probe_server = utils.ServerProcess()
+    try:
+        probe_server._attach(url, timeout=30)
+    except TimeoutError as exc:
+        raise pytest.UsageError(f"--server-url {url}: {exc}") from exc
+    utils.TARGET.discovery = discovery.probe(probe_server.url, probe_server._auth_headers())
+    for layer in config._refserver_profiles or ():
+        reason = utils.TARGET.discovery.layer_absent(layer)
+        if reason:
+            raise pytest.UsageError(f"--profile {layer}: {reason}; use --profile auto to skip it")
+
+
 def pytest_collection_modifyitems(config, items):
+    _discover(config)
     bad = []
     skip_golden = pytest.mark.skip(reason="golden value of refserver's own models; the target is another "
                                           "server or model")
@@ -87,13 +241,23 @@ def pytest_collection_modifyitems(config, items):
     skip_shared = pytest.mark.skip(reason=f"{utils.SHARED_DIR} is absent")
     skip_extension = pytest.mark.skip(reason="a refserver extension beyond the contract; the target is "
                                              "another server")
+    selected = config._refserver_profiles
+    keep, deselected = [], []
     for item in items:
         marks = list(item.iter_markers("feature"))
         names = [m.args[0] if m.args else None for m in marks]
-        if len(names) != 1 or names[0] not in FEATURES:
-            bad.append(f"{item.nodeid}: feature markers {names}")
+        profile = profile_of(item)
+        if len(names) != 1 or names[0] not in FEATURES or profile not in PROFILES:
+            bad.append(f"{item.nodeid}: feature markers {names}, profile {profile}")
             continue
+        if selected is not None and profile not in selected:
+            deselected.append(item)
+            continue
+        keep.append(item)
         config._refserver_features[item.nodeid] = names[0]
+        layer_absent = utils.TARGET.discovery and utils.TARGET.discovery.layer_absent(profile)
+        if layer_absent:
+            item.add_marker(pytest.mark.skip(reason=layer_absent))
         if item.get_closest_marker("golden") and not utils.TARGET.is_refserver:
             item.add_marker(skip_golden)
         if item.get_closest_marker("needs_flags") and not utils.TARGET.starts_servers:
@@ -103,7 +267,17 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("needs_shared") and not utils.STORIES260K_DIR.is_dir():
             item.add_marker(skip_shared)
     if bad:
-        raise pytest.UsageError("every test needs exactly one known feature marker:\n  " + "\n  ".join(bad))
+        raise pytest.UsageError("every test needs one known feature marker and one profile marker "
+                                "(tests/conftest.py):\n  " + "\n  ".join(bad))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = keep
+
+
+def pytest_runtest_setup(item):
+    utils.TARGET.profile = profile_of(item) or "refserver"
+    if utils.TARGET.dead_after:
+        pytest.skip(f"not run: the target stopped answering after {utils.TARGET.dead_after}")
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +303,9 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_runtest_makereport(item, call):
     report = yield
     _record(item, call, report)
+    if report.failed and utils.TARGET.server_url and not utils.TARGET.dead_after \
+            and not utils.target_answers(utils.TARGET.server_url):
+        utils.TARGET.dead_after = item.nodeid
     return report
 
 
@@ -137,14 +314,20 @@ def _record(item, call, report) -> None:
     feature = item.config._refserver_features.get(item.nodeid)
     if feature is None:
         return
-    entry = results.setdefault(item.nodeid, [feature, "passed", ""])
-    if report.failed and entry[1] != "failed":
-        entry[1] = "failed"
-        entry[2] = _failure_message(call, report)
-    elif report.skipped and entry[1] == "passed":
-        entry[1] = "skipped"
+    entry = results.setdefault(item.nodeid, report_mod.Result(feature, profile_of(item) or "refserver"))
+    if report.failed and entry.outcome != "failed":
+        entry.outcome = "failed"
+        entry.message = _failure_message(call, report)
+        entry.what, entry.where = clause_of(item)
+        if "error envelope" in entry.message or "error code" in entry.message:
+            entry.where += f"; {ERROR_OBJECT}"
+    elif report.skipped and entry.outcome == "passed":
+        entry.outcome = "skipped"
         if isinstance(report.longrepr, tuple):
-            entry[2] = str(report.longrepr[2])
+            entry.message = str(report.longrepr[2])
+            entry.message = entry.message.removeprefix("Skipped: ")
+        if entry.message.startswith("not run:"):
+            entry.outcome = "not run"
 
 
 def _failure_message(call, report) -> str:
@@ -153,24 +336,7 @@ def _failure_message(call, report) -> str:
     else:
         text = str(report.longrepr)
     text = " ".join(text.split())
-    return text[:200]
-
-
-def _abbreviate(value, depth: int = 0):
-    if isinstance(value, str):
-        return value if len(value) <= 80 else value[:77] + "..."
-    if isinstance(value, dict):
-        if depth >= 3:
-            return "{...}"
-        items = list(value.items())
-        out = {k: _abbreviate(v, depth + 1) for k, v in items[:12]}
-        if len(items) > 12:
-            out["..."] = f"{len(items) - 12} more keys"
-        return out
-    if isinstance(value, list):
-        items = [_abbreviate(v, depth + 1) for v in value[:4]]
-        return items + ["..."] if len(value) > 4 else items
-    return value
+    return text[:300]
 
 
 def write_report(config, path: Path) -> None:
@@ -182,44 +348,8 @@ def write_report(config, path: Path) -> None:
             identity = dict(utils.IDENTITY)
         except Exception as exc:  # noqa: BLE001 - the report is still written
             identity = {"target": utils.TARGET.server_url, "error": str(exc)}
-    rows: dict[str, list] = {name: [0, 0, 0, ""] for name in FEATURES}
-    for feature, outcome, message in config._refserver_results.values():
-        row = rows[feature]
-        row[{"passed": 0, "failed": 1, "skipped": 2}[outcome]] += 1
-        if outcome == "failed" and not row[3]:
-            row[3] = message
-    totals = [sum(r[i] for r in rows.values()) for i in range(3)]
-    lines = [
-        "# Conformance report",
-        "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `pytest tests/unit`.",
-        "",
-        f"- target: `{identity.get('target', 'n/a')}`",
-        f"- server binary: `{utils.TARGET.server_bin or 'refserver'}`",
-        f"- totals: {totals[0]} passed, {totals[1]} failed, {totals[2]} skipped",
-        "",
-        "## Server identity",
-        "",
-        "`GET /props` (abbreviated):",
-        "",
-        "```json",
-        json.dumps(_abbreviate(identity.get("props")), indent=1, ensure_ascii=False),
-        "```",
-        "",
-        "`GET /v1/models` (abbreviated):",
-        "",
-        "```json",
-        json.dumps(_abbreviate(identity.get("models")), indent=1, ensure_ascii=False),
-        "```",
-        "",
-        "## Results",
-        "",
-        "| feature | passed | failed | skipped | first failure |",
-        "|---|---|---|---|---|",
-    ]
-    for name, (passed, failed, skipped, message) in rows.items():
-        if passed + failed + skipped == 0:
-            continue
-        message = message.replace("|", "\\|")
-        lines.append(f"| {name} | {passed} | {failed} | {skipped} | {message} |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = report_mod.render(
+        identity=identity, results=config._refserver_results, features=FEATURES,
+        profiles=config._refserver_profiles, discovered=utils.TARGET.discovery,
+        server_bin=utils.TARGET.server_bin, dead_after=utils.TARGET.dead_after)
+    path.write_text(text, encoding="utf-8")

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import pytest
 import requests
+from discovery import Discovery, capability_of
 
 from refserver.procs import free_port, stop_process
 
@@ -56,6 +57,12 @@ class Target:
     server_bin: str | None = None
     model: str | None = None  # replaces the embedded chat model in presets
     model_draft: str | None = None
+    # what an external target offers (None: the harness starts the server, it offers all)
+    discovery: Discovery | None = None
+    # the test after which an external target stopped answering (the rest are not run)
+    dead_after: str | None = None
+    # the profile of the test running now (set by conftest): helpers assert per layer
+    profile: str = "refserver"
 
     @property
     def is_refserver(self) -> bool:
@@ -63,15 +70,27 @@ class Target:
         only then do golden values (exact texts, exact token counts) apply."""
         return not (self.server_url or self.server_bin or self.model)
 
+    def require(self, capability: str) -> None:
+        """Skip the running test when an external target lacks `capability` (a
+        discovery name such as "props", "slots", "metrics", "responses")."""
+        if self.discovery is not None and not self.discovery.offers(capability):
+            pytest.skip(f"the target lacks {capability}: {self.discovery.why_absent(capability)}")
+
+    def offers(self, capability: str) -> bool:
+        return self.discovery is None or self.discovery.offers(capability)
+
     @property
     def starts_servers(self) -> bool:
         return self.server_url is None
 
     @property
     def runs_refserver(self) -> bool:
-        """True when the server under test is certainly refserver (started by the suite,
-        any model): only then are refserver's extensions beyond the contract checked."""
-        return not (self.server_url or self.server_bin)
+        """True when the server under test is certainly refserver (started by the suite with
+        any model, or an external target whose `Server` header says so): only then are
+        refserver's extensions beyond the contract checked."""
+        if self.server_url:
+            return self.discovery is not None and self.discovery.offers("refserver")
+        return not self.server_bin
 
 
 TARGET = Target(
@@ -114,6 +133,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("draft_min", "--draft-min", renamed="--spec-draft-n-min"),
     Flag("n_ctx", "--ctx-size"),
     Flag("n_slots", "--parallel"),
+    Flag("kv_unified", ("--kv-unified", "--no-kv-unified"), "toggle"),
     Flag("n_batch", "--batch-size"),
     Flag("n_predict", "--n-predict"),
     Flag("temperature", "--temp"),
@@ -126,6 +146,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("alias", "--alias"),
     Flag("api_key", "--api-key"),
     Flag("server_metrics", "--metrics", "switch"),
+    Flag("metrics_compat", "--metrics-compat", refserver_only=True),
     Flag("verbose", "--verbose", "switch"),
     Flag("cache_ram", "--cache-ram"),
     Flag("cors_origins", "--cors-origins"),
@@ -138,6 +159,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_body_mb", "--max-body-mb", refserver_only=True),
     Flag("max_queue", "--max-queue", refserver_only=True),
     Flag("shutdown_grace", "--shutdown-grace", refserver_only=True),
+    Flag("reasoning_format", "--reasoning-format"),
+    Flag("reasoning", "--reasoning"),
+    Flag("reasoning_budget", "--reasoning-budget"),
+    Flag("responses_store_size", "--responses-store-size", refserver_only=True),
 )
 
 
@@ -319,6 +344,7 @@ class ServerProcess:
     draft_min: int | None = None
     n_ctx: int | None = None
     n_slots: int | None = None
+    kv_unified: bool | None = None
     n_batch: int | None = None
     n_predict: int | None = None
     temperature: float | None = 0.8
@@ -331,6 +357,7 @@ class ServerProcess:
     alias: str | None = None
     api_key: str | list[str] | None = None
     server_metrics: bool = False
+    metrics_compat: str | None = None
     verbose: bool = False
     cache_ram: int | None = None
     cors_origins: str | None = None
@@ -343,8 +370,14 @@ class ServerProcess:
     max_body_mb: float | None = None
     max_queue: int | None = None
     shutdown_grace: float | None = None
+    reasoning_format: str | None = None
+    reasoning: str | None = None
+    reasoning_budget: int | None = None
+    responses_store_size: int | None = None
     # True: owned by a module/session fixture, not stopped at the end of each test
     persistent: bool = False
+    # argv appended after the flags (a test of the command line itself, e.g. llama-server habits)
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self, **attrs):
         for name, value in attrs.items():
@@ -371,6 +404,7 @@ class ServerProcess:
         help_text = binary_help(TARGET.server_bin) if TARGET.server_bin else None
         for f in FLAGS:
             argv += flag_args(f, getattr(self, f.attr), help_text)
+        argv += list(self.extra_args)
         if self.model_draft and help_text and re.search(r"(^|\s)--spec-type\b", help_text):
             # newer llama-server loads -md but drafts only with a speculative type (default none)
             argv += ["--spec-type", "draft-simple"]
@@ -477,6 +511,11 @@ class ServerProcess:
         return f.read().decode("utf-8", "replace")[-n:]
 
     # ------------------------------------------------------------------ requests
+    def _require_route(self, path: str) -> None:
+        cap = capability_of(path)
+        if cap is not None and self.external:
+            TARGET.require(cap)
+
     def _auth_headers(self) -> dict[str, str]:
         key = self.api_key
         if isinstance(key, (list, tuple)):
@@ -491,7 +530,8 @@ class ServerProcess:
     def make_request(self, method: str, path: str, data: Any = None, headers: dict | None = None,
                      timeout: float = DEFAULT_TIMEOUT, raw: bytes | str | None = None) -> ServerResponse:
         """One request; `data` is sent as JSON, `raw` as the body verbatim.  HTTP errors are
-        returned, never raised."""
+        returned, never raised.  A route the target lacks skips the test (see discovery.py)."""
+        self._require_route(path)
         kwargs: dict[str, Any] = {"headers": self._headers(headers), "timeout": timeout}
         if raw is not None:
             kwargs["data"] = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
@@ -506,6 +546,7 @@ class ServerProcess:
                             timeout: float = DEFAULT_TIMEOUT, comments: bool = False) -> EventStream:
         """A streamed request: raises `ServerError` at once on a non-200 status; iterate the
         result for the `data:` events (comments collected on `.comments`)."""
+        self._require_route(path)
         resp = requests.request(method, f"{self.url}{path}", json=data, headers=self._headers(headers),
                                 timeout=(10, timeout), stream=True)
         if resp.status_code != 200:
@@ -557,6 +598,15 @@ class ServerProcess:
     def props(self) -> dict:
         return self.ok("/props")
 
+    def model_id(self) -> str:
+        """The first model id `/v1/models` lists (what an OpenAI client sends as `model`)."""
+        return self.ok("/v1/models")["data"][0]["id"]
+
+    def offered(self, paths: list[str]) -> list[str]:
+        """The paths of `paths` the target offers: loops over routes use it so that a route
+        the target lacks is left out rather than ending the test at the first one."""
+        return [p for p in paths if not self.external or TARGET.offers(capability_of(p) or "")]
+
     def slots(self) -> list[dict]:
         return self.ok("/slots")
 
@@ -607,9 +657,10 @@ class ServerPreset:
 
     @staticmethod
     def chat() -> ServerProcess:
-        """The embedded chat model: alias refserver-chat, ctx 1024, 2 slots, batch 32."""
+        """The embedded chat model: alias refserver-chat, 2 slots sharing 1024 tokens of
+        context (unified KV, which llama-server uses with an explicit -np only when told), batch 32."""
         return ServerProcess(
-            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, n_batch=32,
+            model=TARGET.model, alias="refserver-chat", n_ctx=1024, n_slots=2, kv_unified=True, n_batch=32,
             n_predict=64, seed=42, temperature=0.8, jinja=True)
 
     @staticmethod
@@ -706,8 +757,18 @@ def error_of(res: ServerResponse | ServerError) -> dict:
     err = body["error"]
     assert isinstance(err.get("message"), str) and err["message"], f"error without message: {err}"
     assert isinstance(err.get("type"), str), f"error without type: {err}"
-    assert err.get("code") == status, f"error code {err.get('code')} != HTTP status {status}"
+    check_error_code(err, status)
     return err
+
+
+def check_error_code(err: dict, status: int) -> None:
+    """OpenAI documents `code` as a string or null; llama.cpp and refserver send the HTTP
+    status.  An `openai`-profile test accepts any of these; the other layers need the status."""
+    code = err.get("code")
+    if TARGET.profile == "openai":
+        assert code is None or isinstance(code, (str, int)), f"error code {code!r} is not a string or null"
+    else:
+        assert code == status, f"error code {code!r} != HTTP status {status}"
 
 
 def response_error(res: requests.Response, where: str = "") -> dict:
@@ -720,7 +781,7 @@ def response_error(res: requests.Response, where: str = "") -> dict:
         pytest.fail(f"{prefix}HTTP {res.status_code}: not JSON: {res.text[:200]!r}")
     err = doc.get("error") if isinstance(doc, dict) else None
     assert isinstance(err, dict), f"{prefix}HTTP {res.status_code}: no error envelope: {doc!r}"
-    assert err.get("code") == res.status_code, f"{prefix}{doc!r}"
+    check_error_code(err, res.status_code)
     assert isinstance(err.get("message"), str) and err["message"], f"{prefix}{doc!r}"
     assert isinstance(err.get("type"), str) and err["type"], f"{prefix}{doc!r}"
     return err
@@ -728,8 +789,9 @@ def response_error(res: requests.Response, where: str = "") -> dict:
 
 def assemble_chat_stream(stream: EventStream) -> dict:
     """Assemble a chat stream into the non-stream shape, asserting the streaming rules:
-    the first delta of a choice has role "assistant"; later ones have no role; content
-    deltas are non-empty; a tool call's first delta has id, type "function" and a name;
+    the first delta of a choice has role "assistant"; later ones have no role and content
+    deltas are non-empty (llama.cpp's and refserver's rule; the `openai` profile allows a
+    repeated role and empty deltas, which OpenAI's chunk object does not exclude); a tool call's first delta has id, type "function" and a name;
     one id for the whole stream; chunks with empty `choices` carry `usage`; `[DONE]` ends."""
     choices: dict[int, dict] = {}
     ids: set[str] = set()
@@ -758,10 +820,12 @@ def assemble_chat_stream(stream: EventStream) -> dict:
             if first:
                 assert delta.get("role") == "assistant", f"first delta without role assistant: {delta}"
                 state["message"]["role"] = "assistant"
+            elif TARGET.profile == "openai":  # OpenAI's chunk object lets any delta carry the role
+                assert delta.get("role") in (None, "assistant"), f"a later delta with another role: {delta}"
             else:
                 assert "role" not in delta, f"role repeated in a later delta: {delta}"
             content = delta.get("content")
-            if content is not None and not first:
+            if content is not None and not first and TARGET.profile != "openai":
                 assert content != "", "empty content delta"
             if content:
                 state["message"]["content"] = (state["message"]["content"] or "") + content
@@ -792,6 +856,20 @@ def assemble_chat_stream(stream: EventStream) -> dict:
             state["message"]["tool_calls"] = [calls[i] for i in sorted(calls)]
         out["choices"].append(state)
     return out
+
+
+def target_answers(url: str, tries: int = 2) -> bool:
+    """Whether an external target still serves a one-token completion (a `/health` that
+    answers says little: mlx-lm's HTTP thread outlives its generation thread)."""
+    for _ in range(tries):
+        try:
+            r = requests.post(f"{url.rstrip('/')}/v1/completions", json={"prompt": "a", "max_tokens": 1},
+                              timeout=30)
+        except requests.RequestException:
+            continue
+        if r.status_code < 500:
+            return True
+    return False
 
 
 def deferred_requests(server: ServerProcess) -> float:

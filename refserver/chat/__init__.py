@@ -1,6 +1,6 @@
 """Pure chat helpers for the HTTP layer: message validation, chat templates (sandboxed
 Jinja with Hugging Face semantics, plus llama.cpp's named built-ins), tool-call parsing
-(Hermes/Qwen `<tool_call>` format, streaming) and grammar construction for tools and
+(Hermes/Qwen `<tool_call>` format, streaming), reasoning (`<think>` blocks) and grammar construction for tools and
 `response_format` (llguidance `Constraint`s).  No numpy, no tornado."""
 
 from refserver.chat.grammars import (
@@ -11,6 +11,7 @@ from refserver.chat.grammars import (
 )
 from refserver.chat.messages import normalize_messages
 from refserver.chat.named_templates import NAMED_TEMPLATES
+from refserver.chat.reasoning import ReasoningParser
 from refserver.chat.templates import ChatTemplate, detect_named_template, resolve_chat_template
 from refserver.chat.tool_calls import (
     ContentDelta,
@@ -26,6 +27,7 @@ __all__ = [
     "ChatTemplate",
     "ContentDelta",
     "HermesToolCallParser",
+    "ReasoningParser",
     "ToolCall",
     "ToolCallDelta",
     "ToolCallParser",

@@ -7,7 +7,8 @@
   it stays None (templates test `message.content` for that case).
 - `tool_calls[*].function.arguments`, when a JSON string holding valid JSON, is parsed
   into an object (templates render arguments with `tojson`); otherwise left as is.
-- Other keys (`name`, `tool_call_id`, `reasoning_content`, ...) are kept.
+- Other keys (`name`, `tool_call_id`, `reasoning_content`, ...) are kept; `reasoning` (vLLM's
+  newer name) is copied to `reasoning_content` when that is absent.
 """
 
 from __future__ import annotations
@@ -112,8 +113,10 @@ def normalize_messages(messages: Any) -> list[dict]:
             else:
                 is_prefill = role == "assistant" and i == n - 1
                 new["content"] = _content_text(content, where, "" if is_prefill else "\n")
-        rc = msg.get("reasoning_content")
-        if rc is not None and not isinstance(rc, str):
-            raise InvalidRequest(f"{where}: 'reasoning_content' must be a string")
+        for key in ("reasoning_content", "reasoning"):
+            if msg.get(key) is not None and not isinstance(msg[key], str):
+                raise InvalidRequest(f"{where}: '{key}' must be a string")
+        if msg.get("reasoning") and not msg.get("reasoning_content"):
+            new["reasoning_content"] = msg["reasoning"]  # vLLM's newer name; templates read reasoning_content
         out.append(new)
     return out

@@ -6,6 +6,11 @@ decode step (or a speculative verify step) for each generating slot plus a promp
 others.  Events go to each request's sink from this thread.  No tornado, no asyncio:
 the HTTP layer hops back to its own loop inside the sink.
 
+Context (llama.cpp's unified KV): `n_ctx` is the budget of tokens all slots hold at
+once, and each slot may grow up to the smaller of `n_ctx` and the model's trained
+context.  A request is admitted when its prompt fits in what the busy slots leave free
+(else it waits); a slot that would grow past the budget ends as if its context were full.
+
 A failure while serving one request (sampling, emitting, admitting it) fails that request
 alone and frees its slot.  Should the loop itself die, every request in flight fails, and
 `alive` turns False and the callbacks given to `watch` run, so the server can stop.
@@ -27,6 +32,7 @@ import numpy as np
 
 from backends.base import Backend, KVState, Step
 from refserver import errors
+from refserver.engine.budget import BudgetState
 from refserver.engine.constraints import ConstraintCompiler
 from refserver.engine.dry import BreakerTable, VocabularyIndex, breaker_table
 from refserver.engine.prompt_cache import PromptCache
@@ -40,6 +46,7 @@ from refserver.engine.types import (
     Finished,
     GenerationRequest,
     Progress,
+    PromptProbs,
     SpeculativeParams,
     TokenOut,
     TokenProb,
@@ -53,7 +60,8 @@ log = logging.getLogger("refserver.engine")
 @dataclass
 class EngineConfig:
     n_slots: int = 1
-    n_ctx: int = 0  # total context; each slot gets n_ctx // n_slots (0: the model's context_length)
+    n_ctx: int = 0  # total context of all slots (0: the model's context_length)
+    kv_unified: bool = True  # slots share n_ctx; False: each gets n_ctx // n_slots
     n_batch: int = 2048  # max prompt tokens per step per slot (chunked prefill)
     n_predict: int = -1  # for requests that give none (-n); -1 = until EOS or the context is full
     seed: int = -1
@@ -100,9 +108,15 @@ class Engine:
         self.config = config
         self.draft_backend = draft
         self.vocab_size = backend.info.vocab_size
-        n_ctx = config.n_ctx if config.n_ctx > 0 else backend.info.context_length
-        self._n_ctx_slot = max(1, n_ctx // max(1, config.n_slots))
-        self._slots = [Slot(i) for i in range(max(1, config.n_slots))]
+        n_slots = max(1, config.n_slots)
+        trained = backend.info.context_length
+        n_ctx = config.n_ctx if config.n_ctx > 0 else trained
+        per_slot = n_ctx if config.kv_unified else n_ctx // n_slots
+        self._n_ctx_slot = max(1, min(per_slot, trained) if trained > 0 else per_slot)
+        self.n_ctx_total = min(n_ctx, n_slots * self._n_ctx_slot)
+        # The budget binds only when the slots together could hold more than it.
+        self._shared = self.n_ctx_total < n_slots * self._n_ctx_slot
+        self._slots = [Slot(i) for i in range(n_slots)]
         self.eog = frozenset(tokenizer.eog_ids)
         self.prompt_cache = (PromptCache(config.prompt_cache_size, config.cache_ram_mib << 20)
                              if config.cache_ram_mib > 0 and config.prompt_cache_size > 0 else None)
@@ -118,12 +132,22 @@ class Engine:
         self._tick = 0
         self._finished_rows: list[tuple[Slot, int]] = []  # (slot, cached length) to save after a step
         self._stats = {"n_steps": 0, "n_decode_total": 0, "prompt_tokens_total": 0, "prompt_tokens_seconds": 0.0,
-                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0}
+                           "tokens_predicted_total": 0, "tokens_predicted_seconds": 0.0, "prompt_tokens_cache_total": 0,
+                           # for routers: prompt tokens looked up in the caches, busy slots summed over steps,
+                           # the longest sequence a slot held
+                           "prompt_tokens_queried_total": 0, "n_busy_slots_total": 0, "n_tokens_max": 0}
 
     # ------------------------------------------------------------------ public API
     @property
     def n_ctx_slot(self) -> int:
         return self._n_ctx_slot
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the main model's KV arena (one row of n_ctx_slot + 1 positions per slot)."""
+        info = self.backend.info
+        per_position = 2 * info.n_layers * info.n_kv_heads * info.head_dim * np.dtype(info.kv_dtype).itemsize
+        return per_position * len(self._slots) * (self._n_ctx_slot + 1)
 
     def start(self) -> None:
         self.backend.allocate(len(self._slots), self._n_ctx_slot)
@@ -183,12 +207,13 @@ class Engine:
         breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
         sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
         spec = None
-        if self.draft_backend is not None and constraint is None and not sampler.stateful:
+        if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
             spec = request.speculative or self.config.speculative
             if spec.n_max <= 0:
                 spec = None
         task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    self.n_predict_for(request), seed, constraint, spec)
+                    self.n_predict_for(request), seed, constraint, spec,
+                    budget=BudgetState(request.budget) if request.budget else None)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -216,19 +241,21 @@ class Engine:
                                "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
                                "stop": list(task.request.stop), "ignore_eos": s.ignore_eos}
                 remain = task.n_predict - task.n_decoded if task.n_predict >= 0 else -1
-                d["next_token"] = {"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}
-            else:
-                d["next_token"] = {"has_next_token": False, "n_remain": -1, "n_decoded": 0}
+                d["next_token"] = [{"has_next_token": True, "n_remain": remain, "n_decoded": task.n_decoded}]
+            else:  # a list, as llama.cpp's (one entry per sequence of the slot)
+                d["next_token"] = [{"has_next_token": False, "n_remain": -1, "n_decoded": 0}]
             out.append(d)
         return out
 
     def stats(self) -> dict:
-        busy = sum(1 for s in self._slots if s.busy)
+        busy = [s for s in self._slots if s.busy]
         with self._lock:
             deferred = len(self._queue)
         cache = self.prompt_cache
-        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=busy,
-                    requests_deferred=deferred, n_busy_slots=busy,
+        return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=len(busy),
+                    requests_deferred=deferred, n_busy_slots=len(busy),
+                    kv_cache_tokens=sum(len(s.cache) for s in busy),
+                    kv_cache_capacity=self._n_ctx_slot * len(self._slots),
                     prompt_cache_entries=len(cache) if cache is not None else 0,
                     prompt_cache_bytes=cache.nbytes if cache is not None else 0)
 
@@ -310,10 +337,13 @@ class Engine:
                 return
             queue = list(self._queue)
         taken = []
+        in_use = self._tokens_in_use() if self._shared else 0
         for task in queue:
             idle = [s for s in self._slots if not s.busy]
             if not idle:
                 break
+            if self._shared and in_use + len(task.prompt) >= self.n_ctx_total:
+                break  # waits (first in, first out) until running requests free enough context
             if task.request.id_slot >= 0:
                 slot = self._slots[task.request.id_slot]
                 if slot.busy:
@@ -326,9 +356,23 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - e.g. loading a cached prefix; logged by _fail_task
                 slot.task = task
                 self._fail_task(slot, task, exc)
+            else:
+                in_use += len(task.prompt)
         if taken:
             with self._lock:
                 self._queue = deque(t for t in self._queue if all(t is not x for x in taken))
+
+    def _tokens_in_use(self, exclude: Slot | None = None) -> int:
+        """Context the busy slots hold or were promised: a pre-filling slot its whole
+        prompt, a generating one its cache plus the sampled token still to be written."""
+        return sum(len(s.cache) + len(s.task.refill) + 1 if s.task.generating else len(s.task.prompt)
+                   for s in self._slots if s.task is not None and s is not exclude)
+
+    def _context_full(self, slot: Slot) -> bool:
+        """Whether `slot` may not write its newest token: llama.cpp stops when prompt +
+        generated tokens reach the slot's context, or here the shared budget."""
+        need = len(slot.cache) + 1
+        return need >= self._n_ctx_slot or self._shared and self._tokens_in_use(slot) + need >= self.n_ctx_total
 
     def _pick_slot(self, idle: list[Slot], prompt: list[int]) -> Slot:
         """The idle slot whose cache shares the longest prefix with `prompt`, least recently
@@ -363,6 +407,7 @@ class Engine:
         task.n_prompt_reused = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
+        self._stats["prompt_tokens_queried_total"] += len(prompt)
         if task.request.return_progress:
             self._send(task, Progress(len(prompt), own, own, 0.0))
 
@@ -391,6 +436,7 @@ class Engine:
         # event of the step is out: each takes 0.3-3 ms (page faults on fresh buffers) that
         # neither their clients nor the other rows' need wait for.  Their slots are free,
         # but admission, which could overwrite them, runs after this.
+        self._stats["n_tokens_max"] = max(self._stats["n_tokens_max"], *(len(s.cache) for s in active))
         for slot, n in self._finished_rows:
             self._cache_insert(slot, n, "assistant")
         self._finished_rows.clear()
@@ -409,8 +455,11 @@ class Engine:
                 d = drafts.get(slot.id, [])
                 steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
                 continue
-            chunk = task.refill[:n_batch] if task.refill else task.prompt[task.next_idx: task.next_idx + n_batch]
-            steps.append(Step(slot.id, pos, list(chunk)))
+            if task.refill:
+                steps.append(Step(slot.id, pos, task.refill[:n_batch]))
+            else:
+                chunk = task.prompt[task.next_idx: task.next_idx + n_batch]
+                steps.append(Step(slot.id, pos, list(chunk), all_logits=task.request.prompt_logprobs))
             before[slot.id] = list(slot.cache)
         return steps, before
 
@@ -419,6 +468,7 @@ class Engine:
         model mirrors the main model's prefill."""
         self._stats["n_steps"] += 1
         self._stats["n_decode_total"] += 1
+        self._stats["n_busy_slots_total"] += len(steps)
         if self.drafter is not None:
             pre = [s for s in steps if s.row in before and self._slots[s.row].task.spec is not None]
             self.drafter.mirror(pre, before)
@@ -452,6 +502,8 @@ class Engine:
             if not task.generating or task.spec is None or task.refill:
                 continue
             room = self._n_ctx_slot - len(slot.cache) - 1
+            if self._shared:
+                room = min(room, self.n_ctx_total - self._tokens_in_use() - 1)
             limit = task.spec.n_max if task.n_predict < 0 else min(task.spec.n_max, task.n_predict - task.n_decoded)
             limit = min(limit, room)
             if limit > 0:
@@ -473,6 +525,8 @@ class Engine:
         return out
 
     def _after_prefill(self, slot: Slot, task: Task, step: Step, lg: np.ndarray) -> None:
+        if task.request.prompt_logprobs:
+            self._prompt_probs(task, step, lg)
         slot.cache.extend(step.tokens)
         task.next_idx += len(step.tokens)
         self._stats["prompt_tokens_total"] += len(step.tokens)
@@ -483,6 +537,8 @@ class Engine:
         if task.next_idx < total:
             return
         task.t_prompt_done = now
+        if task.request.prompt_logprobs:
+            self._send(task, PromptProbs(tuple(task.prompt_probs)))
         self._save_checkpoints(slot, task)
         if task.n_predict == 0:
             self._finish(slot, task, "limit")
@@ -505,6 +561,8 @@ class Engine:
     # ------------------------------------------------------------------ tokens
     def _generate(self, slot: Slot, task: Task, raw: np.ndarray, forced: int | None = None) -> None:
         """Sample (or take `forced`) the next token from `raw`, emit it, make it pending."""
+        if forced is None and task.budget is not None:
+            forced = task.budget.forced()
         if forced is None:
             allowed = task.constraint.allowed() if task.constraint is not None else None
             sampled = task.sampler.sample(raw, allowed)
@@ -518,6 +576,8 @@ class Engine:
         """Send one generated token; returns False when the request finished on it."""
         task.n_decoded += 1
         task.sampler.accept(token)
+        if task.budget is not None:
+            task.budget.accept(token)
         self._stats["tokens_predicted_total"] += 1
         req = task.request
         probs = self._probs(task, token, raw, sampled) if req.sampling.n_probs > 0 else None
@@ -545,7 +605,7 @@ class Engine:
             self._finish(slot, task, "eos")
         elif 0 <= task.n_predict <= task.n_decoded or req.t_max_predict_ms > 0 and (time.perf_counter() - task.t_prompt_done) * 1000 > req.t_max_predict_ms:
             self._finish(slot, task, "limit")
-        elif len(slot.cache) >= self._n_ctx_slot and not self._shift_context(slot, task):
+        elif self._context_full(slot) and not self._shift_context(slot, task):
             self._finish(slot, task, "limit", truncated=True)
         else:
             return True
@@ -568,6 +628,20 @@ class Engine:
         lp_all = log_softmax(raw)
         top = [tp(int(i), finite(v)) for i, v in zip(ids, lps)]
         return TokenProbs(tp(token, finite(lp_all[token])), top)
+
+    def _prompt_probs(self, task: Task, step: Step, lg: np.ndarray) -> None:
+        """Row j of a pre-fill chunk's logits predicts the prompt token after the chunk's
+        j-th; the first prompt token has no prediction."""
+        start, prompt, n = task.next_idx, task.prompt, task.request.sampling.n_probs
+        if start == 0:
+            task.prompt_probs.append(None)
+        for j in range(len(step.tokens)):
+            if start + j + 1 < len(prompt):
+                lp = log_softmax(lg[j][: self.vocab_size])
+                token = prompt[start + j + 1]
+                ids = np.argsort(-lp, kind="stable")[:n] if n > 0 else ()
+                top = [self._token_prob(int(i), finite(lp[i])) for i in ids]
+                task.prompt_probs.append(TokenProbs(self._token_prob(token, finite(lp[token])), top))
 
     def _token_prob(self, tid: int, value: float) -> TokenProb:
         return TokenProb(tid, self.tokenizer.piece(tid), list(self.tokenizer.token_bytes(tid)), value)

@@ -54,6 +54,7 @@ class Task:
     seed: int
     constraint: Any = None  # constraints.ConstraintState or None
     spec: SpeculativeParams | None = None  # None: no speculation for this request
+    budget: Any = None  # budget.BudgetState or None
     n_prompt_reused: int = 0  # prompt tokens reused
     next_idx: int = 0  # next prompt token to evaluate
     pending: int | None = None  # sampled, not yet in the KV (None while pre-filling)
@@ -63,6 +64,7 @@ class Task:
     draft_accepted: int = 0
     t_start: float = 0.0  # prefill start
     t_prompt_done: float = 0.0
+    prompt_probs: list = field(default_factory=list)  # with request.prompt_logprobs: TokenProbs | None each
 
     @property
     def prompt(self) -> list[int]:
@@ -86,7 +88,9 @@ class Task:
             "predicted_n": self.n_decoded,
             "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_ms / self.n_decoded if self.n_decoded else 0.0,
-            "predicted_per_second": 1000.0 * self.n_decoded / predicted_ms if predicted_ms > 0 else 0.0,
+            # one token gives no rate (llama.cpp reports 0.0 then)
+            "predicted_per_second": 1000.0 * self.n_decoded / predicted_ms
+            if predicted_ms > 0 and self.n_decoded > 1 else 0.0,
         }
         if draft:
             out["draft_n"] = self.draft_n

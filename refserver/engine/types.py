@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from refserver.engine.budget import SpanBudget
+
 DEFAULT_SAMPLERS = ("penalties", "dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
 
 
@@ -79,6 +81,7 @@ class GenerationRequest:
     cache_prompt: bool = True
     constraint: Constraint | None = None
     speculative: SpeculativeParams | None = None  # None: server defaults (when a draft is loaded)
+    budget: SpanBudget | None = None  # a token budget for a span (reasoning); such requests are not speculated
     t_max_predict_ms: int = 0
     return_progress: bool = False
     timings_per_token: bool = False
@@ -87,6 +90,9 @@ class GenerationRequest:
     # Prompt positions worth keeping in the cross-slot prompt cache, with their kind
     # ("system" prefixes outlive "user" ones, which outlive "assistant" tails on eviction).
     checkpoints: tuple[tuple[int, str], ...] = ()
+    # Log-probabilities of the prompt's own tokens (OpenAI `echo` + `logprobs`): pre-fill
+    # keeps every position's logits and sends a `PromptProbs` event before the first token.
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,14 @@ class Progress:
     cache: int
     processed: int
     time_ms: float
+
+    def timings(self) -> dict:
+        """llama.cpp's `timings` of a chunk carrying `prompt_progress`: the prompt so far."""
+        n = self.processed - self.cache
+        return {"cache_n": self.cache, "prompt_n": n, "prompt_ms": self.time_ms,
+                "prompt_per_token_ms": self.time_ms / n if n else 0.0,
+                "prompt_per_second": 1000.0 * n / self.time_ms if self.time_ms > 0 else 0.0,
+                "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_token_ms": 0.0, "predicted_per_second": 0.0}
 
 
 @dataclass(frozen=True)
@@ -140,8 +154,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class PromptProbs:
+    """Each prompt token's log-probability given the tokens before it (with the top
+    `n_probs` alternatives); the first token has none (None)."""
+
+    entries: tuple[TokenProbs | None, ...]
+
+
+@dataclass(frozen=True)
 class Failed:
     error: Exception  # a RefserverError for anything the client should see as such
 
 
-Event = Progress | TokenOut | Finished | Failed
+Event = Progress | PromptProbs | TokenOut | Finished | Failed

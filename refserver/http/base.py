@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.web
 from tornado.iostream import StreamClosedError
@@ -38,6 +39,15 @@ from .state import AppState
 
 log = logging.getLogger("refserver.http")
 
+def _is_local_origin(origin: str) -> bool:
+    """An origin on this machine (llama.cpp's `--cors-origins localhost`): any scheme and port."""
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    return host in ("localhost", "127.0.0.1", "::1") or bool(host and host.endswith(".localhost"))
+
+
 
 @tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
@@ -45,6 +55,7 @@ class BaseHandler(tornado.web.RequestHandler):
     public = False  # reachable without an API key
     needs_model = True  # answers 503 while the model loads
     sse_done = False  # end streams with `data: [DONE]` (the /v1 endpoints)
+    log_level = logging.INFO  # of the one line each request logs when it ends
 
     def initialize(self, state: AppState) -> None:
         self.state = state
@@ -75,15 +86,15 @@ class BaseHandler(tornado.web.RequestHandler):
         if not origin:
             return
         allowed = self.state.config.cors_origins
-        if "*" in allowed or origin in allowed:
+        if "*" in allowed or origin in allowed or "localhost" in allowed and _is_local_origin(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
 
     def options(self, *args, **kwargs) -> None:
         """CORS preflight, as llama.cpp answers it."""
         self.set_header("Access-Control-Allow-Credentials", "true")
-        self.set_header("Access-Control-Allow-Methods", "GET, POST")
-        self.set_header("Access-Control-Allow-Headers", "*")
+        self.set_header("Access-Control-Allow-Methods", self.state.config.cors_methods)
+        self.set_header("Access-Control-Allow-Headers", self.state.config.cors_headers)
         self.set_status(200)
         self.finish()
 
@@ -197,9 +208,10 @@ class BaseHandler(tornado.web.RequestHandler):
         status = self.get_status()
         path = self.request.path
         path = path if len(path) <= 200 else path[:200] + "..."  # a 60 kB URL makes no 60 kB log line
-        log.info("request id=%s method=%s route=%s status=%d prompt_tokens=%d predicted_tokens=%d ms=%.1f",
-                 self.request_id, self.request.method, path, status,
-                 self.n_prompt_tokens, self.generation.n_predicted_tokens if self.generation else 0, ms)
+        log.log(self.log_level,
+                "request id=%s method=%s route=%s status=%d prompt_tokens=%d predicted_tokens=%d ms=%.1f",
+                self.request_id, self.request.method, path, status,
+                self.n_prompt_tokens, self.generation.n_predicted_tokens if self.generation else 0, ms)
         if self.state.metrics is not None:
             self.state.metrics.observe_request(self.route, status, ms / 1000)
 
@@ -225,6 +237,14 @@ class BaseHandler(tornado.web.RequestHandler):
         """Write one `data:` event; `events()` flushes once no event is pending."""
         self.start_sse()
         self.write(b"data: " + dumps(obj) + b"\n\n")
+        self._unflushed = True
+
+    def sse_events(self, events: list[dict]) -> None:
+        """Write typed events (`event: <type>` + `data:`), as the Responses and Anthropic
+        streams carry them."""
+        self.start_sse()
+        for obj in events:
+            self.write(b"event: " + obj["type"].encode() + b"\ndata: " + dumps(obj) + b"\n\n")
         self._unflushed = True
 
     def sse_done_line(self) -> None:

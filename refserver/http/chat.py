@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import time
 
-from refserver.chat.grammars import TOOL_START, chat_constraint
-from refserver.errors import InvalidRequest, RefserverError
 from refserver.schemas.chat import ChatRequest
-from refserver.schemas.common import encode_text
 from refserver.stream.choice import ChoiceStream
 from refserver.stream.deltas import (
     FinishDelta,
@@ -19,52 +16,12 @@ from refserver.stream.deltas import (
     ToolCallStart,
 )
 from refserver.stream.generation import Generation
-from refserver.stream.parsers import select_parsers
 
 from .base import BaseHandler, log
+from .chat_pipeline import prepare_chat, render_prompt
 from .completion import native_final
 from .formats import completion_id, oai_logprob
 from .state import SYSTEM_FINGERPRINT
-
-
-def render_prompt(state, req: ChatRequest) -> str:
-    """The chat template applied to the request's messages (and tools)."""
-    if req.messages is None:
-        raise InvalidRequest("'messages' is required")
-    add_gen = True if req.add_generation_prompt is None else req.add_generation_prompt
-    return state.template.render(req.messages, tools=req.callable_tools(), add_generation_prompt=add_gen,
-                                 template_kwargs=req.chat_template_kwargs)
-
-
-def banned_markers(req: ChatRequest, tokenizer) -> tuple[int, ...]:
-    """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
-    when it is one token; otherwise the parser still keeps markup out of content)."""
-    if not (req.tools and req.tool_choice == "none"):
-        return ()
-    marker = tokenizer.encode(TOOL_START)
-    return tuple(marker) if len(marker) == 1 else ()
-
-
-def system_checkpoint(state, req: ChatRequest, text: str, prompt: list[int]) -> tuple[tuple[int, str], ...]:
-    """The prompt's leading system message(s) as a "system" prompt-cache checkpoint (it
-    outlives per-conversation entries on eviction), when the rendered system part is a
-    prefix of the prompt in text and in tokens; otherwise none."""
-    msgs = req.messages if isinstance(req.messages, list) else []
-    k = 0
-    while k < len(msgs) and isinstance(msgs[k], dict) and msgs[k].get("role") == "system":
-        k += 1
-    if k == 0 or k == len(msgs):
-        return ()
-    try:
-        head = state.template.render(msgs[:k], tools=req.callable_tools(), add_generation_prompt=False,
-                                     template_kwargs=req.chat_template_kwargs)
-    except RefserverError:  # a template that refuses a system-only conversation
-        return ()
-    if not head or not text.startswith(head):
-        return ()
-    ids = encode_text(state.tokenizer, head, True)
-    n = len(ids)
-    return ((n, "system"),) if 0 < n < len(prompt) and prompt[:n] == ids else ()
 
 
 class ApplyTemplateHandler(BaseHandler):
@@ -83,27 +40,17 @@ class ChatHandler(BaseHandler):
     async def post(self) -> None:
         state = self.state
         req = self.parse_body(ChatRequest)
-        req.check_tools(state.config.jinja)
-        text = render_prompt(state, req)
-        if state.config.verbose:
-            log.debug("request %s prompt: %r", self.request_id, text)
-        prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
-        self.use_tools = req.callable_tools() is not None
-        constraint = chat_constraint(
-            tools=req.tools, tool_choice=req.tool_choice, parallel_tool_calls=bool(req.parallel_tool_calls),
-            response_format=req.response_format, json_schema=req.json_schema, grammar=req.grammar,
-            token_names=state.tokenizer.added_token_names)
-        _, self.top_n = req.n_probs_requested()
-        self.want_logprobs = bool(req.logprobs)
+        n_probs, self.top_n = req.n_probs_requested()
         n = req.n_choices(state.defaults)
-        reqs = req.to_generation_requests(prompt, state.tokenizer, state.defaults, constraint,
-                                          banned=banned_markers(req, state.tokenizer),
-                                          checkpoints=system_checkpoint(state, req, text, prompt))
+        chat = prepare_chat(state, req, n=n, n_probs=n_probs)
+        if state.config.verbose:
+            log.debug("request %s prompt: %r", self.request_id, chat.prompt_text)
+        self.use_tools = chat.use_tools
+        self.want_logprobs = bool(req.logprobs)
         self.req = req
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
-        gen = self.start_generation(reqs, n=n, parsers=select_parsers(tools=self.use_tools,
-                                                                      reasoning_format=req.reasoning_format))
+        gen = self.start_generation(chat.requests, n=n, parsers=chat.parsers)
         if req.stream:
             await self._stream(req, gen)
         else:
@@ -126,7 +73,7 @@ class ChatHandler(BaseHandler):
         out = self.envelope([self.message_choice(c) for c in gen.choices], chunk=False)
         out["usage"] = gen.usage().to_openai()
         out["timings"] = gen.choices[-1].finished.timings
-        if self.state.config.verbose:
+        if self.state.config.verbose or self.req.verbose:
             out["__verbose"] = self.verbose_object(gen.choices[0], stream=False)
         self.write_json(out)
 
@@ -224,11 +171,11 @@ class ChatChunker:
         self.sent_role = True
         self.send({"role": "assistant", "content": None},
                   prompt_progress={"total": p.total, "cache": p.cache, "processed": p.processed,
-                                   "time_ms": p.time_ms})
+                                   "time_ms": p.time_ms}, timings=p.timings())
 
     def finish(self, d: FinishDelta) -> None:
         extra = {"timings": d.finished.timings}
-        if self.h.state.config.verbose:
+        if self.h.state.config.verbose or self.h.req.verbose:
             extra["__verbose"] = self.h.verbose_object(self.choice, stream=True)
         self.extra = {}
         self.send({}, d.reason, **extra)

@@ -63,7 +63,8 @@ def progress_object(choice: ChoiceStream, d: ProgressDelta) -> dict:
     return {"index": choice.index, "content": "", "tokens": [], "stop": False, "id_slot": choice.id_slot,
             "tokens_predicted": 0, "tokens_evaluated": p.total,
             "prompt_progress": {"total": p.total, "cache": p.cache, "processed": p.processed,
-                                "time_ms": p.time_ms}}
+                                "time_ms": p.time_ms},
+            "timings": p.timings()}
 
 
 class CompletionHandler(BaseHandler):

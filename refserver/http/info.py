@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from refserver.engine.types import GenerationRequest, SamplingParams
+import dataclasses
+import logging
+
+from refserver.engine.types import GenerationRequest
 from refserver.errors import NotFound, NotSupported, Unavailable
 from refserver.metrics import CONTENT_TYPE
 
@@ -15,15 +18,22 @@ class HealthHandler(BaseHandler):
     route = "/health"
     public = True
     needs_model = False
+    log_level = logging.DEBUG  # load balancers poll it every few seconds
 
     def get(self) -> None:
         self.check_ready()
         self.write_json({"status": "ok"})
 
+    def head(self) -> None:
+        """The status alone (load balancers' HEAD probes)."""
+        self.check_ready()
+        self.finish()
+
 
 def default_generation_params(state) -> dict:
-    """What a request that sets nothing gets (the server's --temp, --seed, -n, draft settings)."""
-    gen = GenerationRequest([], SamplingParams(temperature=state.defaults.temperature, seed=state.config.seed))
+    """What a request that sets nothing gets (the server's --temp, sampling flags, --seed, -n,
+    draft settings)."""
+    gen = GenerationRequest([], dataclasses.replace(state.defaults.sampling, seed=state.config.seed))
     return generation_settings(gen, n_predict=state.engine.n_predict_for(gen), seed=state.config.seed, stream=False,
                                eog_ids=state.tokenizer.eog_ids, speculative=state.defaults.speculative)
 
@@ -39,7 +49,7 @@ class PropsHandler(BaseHandler):
                                             "speculative": bool(state.config.model_draft),
                                             "is_processing": False,
                                             "params": default_generation_params(state)},
-            "total_slots": state.config.n_slots,
+            "total_slots": state.config.parallel,
             "model_alias": state.model.alias,
             "model_path": state.model.path,
             "modalities": {"vision": False, "audio": False},
@@ -61,24 +71,43 @@ class PropsHandler(BaseHandler):
         self.write_json({"success": True})
 
 
+def model_entry(m) -> dict:
+    """The served model as /v1/models lists it (and /v1/models/{id} returns it)."""
+    meta = {"vocab_type": 1, "n_vocab": m.n_vocab, "n_ctx_train": m.n_ctx_train, "n_embd": m.n_embd,
+            "n_params": m.n_params, "size": m.size}
+    return {"id": m.alias, "aliases": m.aliases or [m.alias], "tags": m.tags, "object": "model",
+            "created": m.created, "owned_by": "llamacpp", "meta": meta}
+
+
 class ModelsHandler(BaseHandler):
     route = "/models"
     public = True
 
     def get(self) -> None:
         m = self.state.model
-        meta = {"vocab_type": 1, "n_vocab": m.n_vocab, "n_ctx_train": m.n_ctx_train, "n_embd": m.n_embd,
-                "n_params": m.n_params, "size": m.size}
         self.write_json({
             "object": "list",
-            "data": [{"id": m.alias, "aliases": [m.alias], "tags": [], "object": "model", "created": m.created,
-                      "owned_by": "llamacpp", "meta": meta}],
+            "data": [model_entry(m)],
             "models": [{"name": m.alias, "model": m.alias, "modified_at": "", "size": str(m.size), "digest": "",
                         "type": "model", "description": "", "tags": [""], "capabilities": ["completion"],
                         "parameters": "", "details": {"parent_model": "", "format": "onnx", "family": "",
                                                       "families": [""], "parameter_size": str(m.n_params),
                                                       "quantization_level": ""}}],
         })
+
+
+class ModelHandler(BaseHandler):
+    """`GET /v1/models/{id}` (the openai SDK's `models.retrieve`): the model by any of its aliases."""
+
+    route = "/v1/models/{id}"
+    public = True
+
+    def get(self, model_id: str) -> None:
+        m = self.state.model
+        if model_id not in (m.aliases or [m.alias]):
+            shown = model_id if len(model_id) <= 200 else model_id[:200] + "..."
+            raise NotFound(f"The model '{shown}' does not exist; GET /v1/models lists the served one(s)")
+        self.write_json(model_entry(m))
 
 
 class SlotsHandler(BaseHandler):
@@ -101,11 +130,12 @@ class MetricsHandler(BaseHandler):
         if self.state.metrics is None:
             raise NotSupported("This server does not support metrics endpoint. Start it with `--metrics`")
         self.set_header("Content-Type", CONTENT_TYPE)
+        self.set_header("Process-Start-Time-Unix", str(int(self.state.started_at)))  # as llama-server
         self.finish(self.state.metrics.render())
 
 
 class NotFoundHandler(BaseHandler):
-    """Unknown paths (and `/`: there is no web UI): a 404 envelope for every method."""
+    """Unknown paths: a 404 envelope for every method."""
 
     route = "unknown"
     public = True

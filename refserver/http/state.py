@@ -14,6 +14,8 @@ from refserver import __version__
 from refserver.config import ServerConfig
 from refserver.schemas.common import ServerDefaults
 
+from .response_store import ResponseStore
+
 BUILD_INFO = f"b{__version__}-refserver"
 SYSTEM_FINGERPRINT = f"b{__version__}"
 
@@ -23,6 +25,8 @@ class ModelSummary:
     """What /props and /models report about the model (filled in after loading)."""
 
     alias: str = ""
+    aliases: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     path: str = ""
     n_vocab: int = 0
     n_ctx_train: int = 0
@@ -43,7 +47,12 @@ class AppState:
     metrics: Any = None  # refserver.metrics.Metrics, with --metrics
     defaults: ServerDefaults = field(default_factory=ServerDefaults)
     active: set = field(default_factory=set)  # handlers with generations in flight
-    bridge: Any = None  # refserver.http.bridge.EventBridge of the serving loop
+    bridge: Any = None  # refserver.stream.bridge.EventBridge of the serving loop
+    started_at: float = field(default_factory=time.time)  # the server's start (Unix time)
+    responses: ResponseStore = field(default_factory=lambda: ResponseStore(0))  # stored Responses
+
+    def __post_init__(self) -> None:
+        self.responses = ResponseStore(self.config.responses_store_size)
 
     @property
     def ready(self) -> bool:

@@ -14,10 +14,12 @@ from pydantic import Field
 from refserver.engine.types import Constraint, GenerationRequest
 from refserver.errors import InvalidRequest
 
+from . import documented_fields
 from .common import NativeParams, ServerDefaults, StreamOptions, TokenizerLike, n_within_slots
 
 
 class ChatRequest(NativeParams):
+    documented_fields = documented_fields.OPENAI_CHAT
     messages: Any = None
     model: str | None = None
     stream: bool | None = None
@@ -33,7 +35,9 @@ class ChatRequest(NativeParams):
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict | None = None
     reasoning_format: str | None = None
+    reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # per request, as --reasoning-budget
     user: str | None = None
+    verbose: bool | None = None  # llama.cpp: `__verbose` (the native final object) in the response
 
     def n_choices(self, defaults: ServerDefaults) -> int:
         return n_within_slots(self.n or 1, defaults)
@@ -60,13 +64,13 @@ class ChatRequest(NativeParams):
         return None
 
     def to_generation_requests(self, prompt: list[int], tokenizer: TokenizerLike, defaults: ServerDefaults,
-                               constraint: Constraint | None = None, banned: tuple[int, ...] = (),
-                               checkpoints: tuple = ()) -> list[GenerationRequest]:
-        """The n choices of the rendered, tokenized prompt; `banned` tokens get a -inf bias."""
+                               constraint: Constraint | None = None, *, n: int = 1, n_probs: int | None = None,
+                               banned: tuple[int, ...] = (), checkpoints: tuple = ()) -> list[GenerationRequest]:
+        """`n` choices of the rendered, tokenized prompt; `banned` tokens get a -inf bias.
+        `n_probs`: what the engine reports per token (the caller's API decides it)."""
         self.check_common()
-        n_probs, _ = self.n_probs_requested()
         reqs = []
-        for _ in range(self.n_choices(defaults)):
+        for _ in range(n):
             r = self.generation_request(list(prompt), tokenizer, defaults, n_predict=self.requested_n_predict(),
                                         constraint=constraint, n_probs=n_probs, checkpoints=checkpoints)
             if banned:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -37,10 +37,10 @@ class ServerDefaults:
     """Server-wide values request validation falls back to (`ServerConfig.request_defaults()`).
     n_predict and the seed are not here: the engine applies those."""
 
-    temperature: float = 0.8
     n_slots: int = 1
     speculative: SpeculativeParams = field(default_factory=SpeculativeParams)
     has_draft: bool = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # --temp, --top-k, --min-p, ...
 
 
 class RequestModel(BaseModel):
@@ -49,6 +49,8 @@ class RequestModel(BaseModel):
     float field takes a non-finite number (it could only come back as invalid JSON)."""
 
     model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False)
+    # fields some API documents that this model does not read: ignored even with --strict
+    documented_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class StreamOptions(RequestModel):
@@ -72,8 +74,9 @@ def parse_request(cls: type[RequestModel], body: Any, strict: bool = False) -> R
         model = cls.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(_validation_message(exc)) from None
-    if strict and model.model_extra:
-        names = ", ".join(sorted(model.model_extra))
+    unknown = set(model.model_extra or ()) - cls.documented_fields
+    if strict and unknown:
+        names = ", ".join(sorted(unknown))
         raise InvalidRequest(f"unknown field(s): {names} (the server runs with --strict)")
     return model
 
@@ -195,8 +198,8 @@ class NativeParams(RequestModel):
 
     def _new_sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                              n_probs: int | None) -> SamplingParams:
-        d = SamplingParams()
-        temperature = or_default(self.temperature, defaults.temperature)
+        d = defaults.sampling
+        temperature = or_default(self.temperature, defaults.sampling.temperature)
         return SamplingParams(
             temperature=float(temperature),
             dynatemp_range=float(or_default(self.dynatemp_range, d.dynatemp_range)),
@@ -217,7 +220,7 @@ class NativeParams(RequestModel):
             post_sampling_probs=bool(self.post_sampling_probs),
             min_keep=or_default(self.min_keep, d.min_keep),
             samplers=parse_samplers(self.samplers),
-            ignore_eos=bool(self.ignore_eos),
+            ignore_eos=bool(or_default(self.ignore_eos, d.ignore_eos)),
             top_n_sigma=float(or_default(self.top_n_sigma, d.top_n_sigma)),
             dry_multiplier=float(or_default(self.dry_multiplier, d.dry_multiplier)),
             # llama.cpp replaces a base below 1 by the default

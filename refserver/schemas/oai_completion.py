@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -42,8 +43,6 @@ class OAICompletionRequest(NativeParams):
                                constraint=None) -> list[GenerationRequest]:
         if self.prompt is None:
             raise InvalidRequest("'prompt' is required")
-        if self.echo:
-            raise InvalidRequest("'echo' is not supported")
         if self.best_of is not None and self.best_of != 1:
             raise InvalidRequest("'best_of' is not supported")
         if self.suffix:
@@ -52,6 +51,17 @@ class OAICompletionRequest(NativeParams):
         prompts, _ = tokenize_prompts(self.prompt, tokenizer)
         n = self.n_choices(defaults)
         n_predict = self.requested_n_predict()
-        return [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
+        reqs = [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
                                         constraint=constraint, n_probs=self.top_n_probs())
                 for p in prompts for _ in range(n)]
+        if self.echo and self.logprobs is not None:
+            # every prompt position is evaluated (a cached prefix would have no logits)
+            reqs = [dataclasses.replace(r, prompt_logprobs=True, cache_prompt=False) for r in reqs]
+        return reqs
+
+    def echo_texts(self, tokenizer: TokenizerLike) -> list[str]:
+        """The text `echo` puts before each prompt's completion: a string prompt as sent,
+        a token prompt decoded."""
+        prompts, many = tokenize_prompts(self.prompt, tokenizer)
+        originals = self.prompt if many else [self.prompt]
+        return [o if isinstance(o, str) else tokenizer.decode(t) for o, t in zip(originals, prompts)]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refserver.engine.types import Finished, GenerationRequest, Progress, TokenOut, TokenProbs
+from refserver.engine.types import Finished, GenerationRequest, Progress, PromptProbs, TokenOut, TokenProbs
 
 from .deltas import (
     Delta,
     FinishDelta,
     ProgressDelta,
+    PromptProbsDelta,
     ReasoningDelta,
     TextDelta,
     TokenDelta,
@@ -42,7 +43,9 @@ class ChoiceResult:
     tool_calls: list[ToolCallResult] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenProbs] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenProbs | None, ...] = ()
     finish: FinishDelta | None = None
+    reasoning_tokens: int = 0  # tokens generated inside the reasoning block, its markers included
 
     def add(self, d: Delta) -> None:
         if isinstance(d, TokenDelta):
@@ -61,6 +64,8 @@ class ChoiceResult:
         elif isinstance(d, FinishDelta):
             self.raw.append(d.finished.text)
             self.finish = d
+        elif isinstance(d, PromptProbsDelta):
+            self.prompt_logprobs = d.entries
 
     @property
     def content(self) -> str:
@@ -93,12 +98,17 @@ class ChoiceStream:
         self.result = ChoiceResult()
         self.id_slot = -1
 
-    def feed(self, event: Progress | TokenOut | Finished) -> list[Delta]:
+    def feed(self, event: Progress | PromptProbs | TokenOut | Finished) -> list[Delta]:
         """The deltas of one engine event (already folded into `result`)."""
         if isinstance(event, Progress):
             out: list[Delta] = [ProgressDelta(event)]
+        elif isinstance(event, PromptProbs):
+            out = [PromptProbsDelta(event.entries)]
         elif isinstance(event, TokenOut):
+            before = self.parsers is not None and self.parsers.in_reasoning
             out = [TokenDelta(event.token, event.text, event.probs, event.timings), *self._parse(event.text)]
+            if before or (self.parsers is not None and self.parsers.in_reasoning):
+                self.result.reasoning_tokens += 1
         else:
             self.id_slot = event.id_slot
             out = [*self._parse(event.text), *self._parse_end()]
@@ -130,25 +140,28 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    reasoning_tokens: int = 0
 
     def to_openai(self) -> dict:
         return {"completion_tokens": self.completion_tokens, "prompt_tokens": self.prompt_tokens,
                 "total_tokens": self.completion_tokens + self.prompt_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+                "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens}}
 
 
 def usage(choices: list[ChoiceStream]) -> Usage:
     """Token counts of the finished choices; a prompt shared by n choices counts once."""
     seen: set[int] = set()
-    prompt = cached = completion = 0
+    prompt = cached = completion = reasoning = 0
     for c in choices:
         fin = c.finished
         if fin is None:
             continue
         completion += fin.tokens_predicted
+        reasoning += c.result.reasoning_tokens
         if c.group in seen:
             continue
         seen.add(c.group)
         prompt += fin.tokens_evaluated
         cached += int(fin.timings.get("cache_n", 0))
-    return Usage(prompt, completion, cached)
+    return Usage(prompt, completion, cached, reasoning)

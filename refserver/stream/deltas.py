@@ -26,6 +26,14 @@ class ProgressDelta:
 
 
 @dataclass(frozen=True)
+class PromptProbsDelta:
+    """The prompt's own tokens' log-probabilities, before any generated token (a request
+    with `prompt_logprobs`: `/v1/completions` with `echo` and `logprobs`); the first is None."""
+
+    entries: tuple[TokenProbs | None, ...]
+
+
+@dataclass(frozen=True)
 class TokenDelta:
     """One generated token, EOS and tool-call markup included: the logprob policy is one
     `TokenDelta` (and so one logprob entry when `probs` is set) per generated token.
@@ -87,7 +95,7 @@ class FinishDelta:
 
 
 ParsedDelta = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgs
-Delta = ProgressDelta | TokenDelta | ParsedDelta | FinishDelta
+Delta = ProgressDelta | PromptProbsDelta | TokenDelta | ParsedDelta | FinishDelta
 
 
 def finish_reason_for(stop_type: str, has_tool_calls: bool) -> str:

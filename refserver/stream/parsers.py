@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from refserver.chat.reasoning import ReasoningParser
 from refserver.chat.tool_calls import ContentDelta, HermesToolCallParser, ToolCallDelta
 
 from .deltas import ParsedDelta, TextDelta, ToolCallArgs, ToolCallStart
@@ -49,6 +50,11 @@ class ParserChain:
     def __init__(self, parsers: list[OutputParser]):
         self.parsers = parsers
 
+    @property
+    def in_reasoning(self) -> bool:
+        """The text fed last ended inside a reasoning block (its tokens are reasoning tokens)."""
+        return any(getattr(p, "in_block", False) for p in self.parsers)
+
     def feed(self, text: str) -> list[ParsedDelta]:
         return self._run([TextDelta(text)] if text else [], final=False)
 
@@ -67,16 +73,21 @@ class ParserChain:
 
 
 TOOL_CALL_FORMATS: dict[str, Callable[[], OutputParser]] = {"hermes": HermesToolCallParser}
-REASONING_FORMATS: dict[str, Callable[[], OutputParser]] = {}  # e.g. "deepseek": a <think> parser
+# Reasoning parsers are made with whether the prompt itself opened the reasoning block;
+# llama.cpp's --reasoning-format names ("none" leaves reasoning in content).
+REASONING_FORMATS: dict[str, Callable[[bool], OutputParser]] = {"deepseek": ReasoningParser,
+                                                                 "auto": ReasoningParser}
 
 
-def select_parsers(*, tools: bool = False, tool_format: str = "hermes",
-                   reasoning_format: str | None = None) -> Callable[[], ParserChain]:
+def select_parsers(*, tools: bool = False, tool_format: str = "hermes", reasoning_format: str | None = None,
+                   reasoning_opened: bool = False) -> Callable[[], ParserChain]:
     """A factory of one request's per-choice parser chain: reasoning first (when the format
-    is known), then tool calls (when the request lets the model call tools)."""
+    is known; `reasoning_opened` when the prompt ends inside the block), then tool calls
+    (when the request lets the model call tools)."""
     makers: list[Callable[[], OutputParser]] = []
     if reasoning_format in REASONING_FORMATS:
-        makers.append(REASONING_FORMATS[reasoning_format])
+        make_reasoning = REASONING_FORMATS[reasoning_format]
+        makers.append(lambda: make_reasoning(reasoning_opened))
     if tools:
         makers.append(TOOL_CALL_FORMATS[tool_format])
     return lambda: ParserChain([make() for make in makers])

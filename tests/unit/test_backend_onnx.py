@@ -16,6 +16,8 @@ import pytest
 import backends
 from backends import ModelLoadError, ProviderUnavailable, Step
 
+pytestmark = pytest.mark.profile("refserver")
+
 try:
     from .shared_models import needs_shared, stories260k_dir
 except ImportError:  # tests/unit is not a package

@@ -12,17 +12,21 @@ from utils import TARGET, ServerPreset, error_of, metric, parse_prometheus
 basic = pytest.mark.feature("basic")
 metrics = pytest.mark.feature("metrics")
 backend = pytest.mark.feature("backend")
+pytestmark = pytest.mark.profile("openai")
 
 
 @basic
 @pytest.mark.parametrize("path", ["/health", "/v1/health"])
+@pytest.mark.profile("llamacpp")
 def test_health(chat_server, path):
+    """GET /health answers 200 {"status": "ok"} once the model is loaded."""
     res = chat_server.get(path)
     assert res.status_code == 200
     assert res.body == {"status": "ok"}
 
 
 @basic
+@pytest.mark.profile("llamacpp")
 def test_props_shape(chat_server):
     props = chat_server.props()
     for key in ("default_generation_settings", "total_slots", "model_path", "chat_template"):
@@ -35,32 +39,39 @@ def test_props_shape(chat_server):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_props_reflect_flags(chat_server):
     props = chat_server.props()
     assert props["total_slots"] == chat_server.n_slots
-    assert props["default_generation_settings"]["n_ctx"] == chat_server.n_ctx // chat_server.n_slots
+    n_ctx_train = chat_server.ok("/v1/models")["data"][0]["meta"]["n_ctx_train"]
+    # unified KV: each slot may use the whole context, up to the model's trained length
+    assert props["default_generation_settings"]["n_ctx"] == min(chat_server.n_ctx, n_ctx_train)
     assert props["default_generation_settings"]["params"]["seed"] == chat_server.seed
     assert props["model_alias"] == chat_server.alias
 
 
 @basic
 @pytest.mark.needs_flags
-def test_props_ctx_split_over_slots():
-    """--ctx-size is the total; each of --parallel slots gets ctx/parallel."""
+@pytest.mark.profile("llamacpp")
+@pytest.mark.parametrize("unified, per_slot", [(True, 1024), (False, 256)])
+def test_props_ctx_over_slots(unified, per_slot):
+    """--ctx-size is the total; with unified KV each slot may use all of it, with
+    --no-kv-unified each of --parallel slots gets ctx/parallel."""
     server = ServerPreset.chat()
-    server.n_ctx, server.n_slots = 1024, 4
+    server.n_ctx, server.n_slots, server.kv_unified = 1024, 4, unified
     server.start()
     props = server.props()
     assert props["total_slots"] == 4
-    assert props["default_generation_settings"]["n_ctx"] == 256
+    assert props["default_generation_settings"]["n_ctx"] == per_slot
     slots = server.slots()
     assert len(slots) == 4
-    assert all(s["n_ctx"] == 256 for s in slots)
+    assert all(s["n_ctx"] == per_slot for s in slots)
 
 
 @basic
-@pytest.mark.parametrize("path", ["/models", "/v1/models"])
+@pytest.mark.parametrize("path", [pytest.param("/models", marks=pytest.mark.profile("llamacpp")), "/v1/models"])
 def test_models(chat_server, path):
+    """The model list: object "list", each model with id, object "model", created (int), owned_by."""
     body = chat_server.ok(path) if path == "/v1/models" else chat_server.get(path).body
     assert body["object"] == "list"
     assert isinstance(body["data"], list) and body["data"]
@@ -73,11 +84,13 @@ def test_models(chat_server, path):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_models_id_is_alias(chat_server):
     assert chat_server.ok("/v1/models")["data"][0]["id"] == chat_server.alias
 
 
 @basic
+@pytest.mark.profile("llamacpp")
 def test_slots_listing(chat_server):
     slots = chat_server.slots()
     props = chat_server.props()
@@ -91,6 +104,7 @@ def test_slots_listing(chat_server):
 
 @basic
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_no_slots_gives_501():
     server = ServerPreset.chat()
     server.server_slots = False
@@ -101,6 +115,7 @@ def test_no_slots_gives_501():
 
 
 @basic
+@pytest.mark.profile("llamacpp")
 def test_root_serves_html_or_404(chat_server):
     res = chat_server.get("/")
     if res.status_code == 200:
@@ -111,7 +126,9 @@ def test_root_serves_html_or_404(chat_server):
 
 @basic
 @pytest.mark.parametrize("method,path", [("GET", "/no-such-route"), ("POST", "/v1/no-such-route")])
+@pytest.mark.profile("refserver")
 def test_unknown_route_is_404_envelope(chat_server, method, path):
+    """An unknown route is a 404 with the JSON error envelope, type not_found_error (CONTRACT §6)."""
     res = chat_server.make_request(method, path, data={} if method == "POST" else None)
     assert res.status_code == 404
     assert error_of(res)["type"] == "not_found_error"
@@ -120,7 +137,9 @@ def test_unknown_route_is_404_envelope(chat_server, method, path):
 @basic
 @pytest.mark.parametrize("method,path", [("GET", "/completion"), ("GET", "/v1/chat/completions"),
                                          ("DELETE", "/tokenize")])
+@pytest.mark.profile("refserver")
 def test_wrong_method_is_4xx_envelope(chat_server, method, path):
+    """A known route with the wrong method is a 4xx with the JSON error envelope (CONTRACT §6)."""
     res = chat_server.make_request(method, path)
     assert 400 <= res.status_code < 500
     error_of(res)
@@ -128,6 +147,7 @@ def test_wrong_method_is_4xx_envelope(chat_server, method, path):
 
 # --------------------------------------------------------------------------- metrics
 @metrics
+@pytest.mark.profile("llamacpp")
 def test_metrics_counts_requests(chat_server):
     before = chat_server.metrics()
     prompt = "Once upon a time, there was a little cat named Tom."
@@ -145,6 +165,7 @@ def test_metrics_counts_requests(chat_server):
 
 
 @metrics
+@pytest.mark.profile("llamacpp")
 def test_metrics_prompt_cache_counter(chat_server):
     prompt = "Once upon a time, there was a little dog named Max who lived in a small house."
     data = {"prompt": prompt, "n_predict": 2, "temperature": 0, "id_slot": 0}
@@ -161,6 +182,7 @@ def test_metrics_prompt_cache_counter(chat_server):
 
 @metrics
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_metrics_has_latency_histogram(chat_server):
     chat_server.ok("/completion", {"prompt": "Hello", "n_predict": 1})
     text = chat_server.ok("/metrics")
@@ -170,6 +192,7 @@ def test_metrics_has_latency_histogram(chat_server):
 
 @metrics
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_metrics_disabled_gives_501():
     server = ServerPreset.one_slot()
     server.server_metrics = False
@@ -180,6 +203,7 @@ def test_metrics_disabled_gives_501():
 
 
 @metrics
+@pytest.mark.profile("refserver")
 def test_parse_prometheus_sums_labels():
     text = "# HELP x y\nfoo{a=\"1\"} 2\nfoo{a=\"2\"} 3\nbar 1.5\n"
     m = parse_prometheus(text)
@@ -194,6 +218,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @backend
 @pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
 def test_unknown_flag_is_a_startup_error():
     proc = _run_cli("--no-such-flag", "--port", "0")
     assert proc.returncode != 0
@@ -202,6 +227,7 @@ def test_unknown_flag_is_a_startup_error():
 
 @backend
 @pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
 def test_missing_model_dir_is_a_startup_error(tmp_path):
     proc = _run_cli("-m", str(tmp_path / "missing"), "--port", "0")
     assert proc.returncode != 0
@@ -212,6 +238,7 @@ def test_missing_model_dir_is_a_startup_error(tmp_path):
 @pytest.mark.needs_flags
 @pytest.mark.golden
 @pytest.mark.parametrize("backend_name", ["onnx-dml", "no-such-backend"])
+@pytest.mark.profile("refserver")
 def test_unavailable_backend_is_a_one_line_error(backend_name):
     """On this Linux machine DirectML is never available: start-up fails naming the fix."""
     proc = _run_cli("--backend", backend_name, "--port", "0")

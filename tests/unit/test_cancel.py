@@ -9,7 +9,7 @@ import pytest
 import requests
 from utils import ServerPreset, parallel_function_calls
 
-pytestmark = [pytest.mark.feature("cancellation"), pytest.mark.needs_flags]
+pytestmark = [pytest.mark.feature("cancellation"), pytest.mark.needs_flags, pytest.mark.profile("refserver")]
 
 LONG = {"prompt": "Once upon a time", "n_predict": -1, "ignore_eos": True}
 

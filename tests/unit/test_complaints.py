@@ -10,7 +10,7 @@ import pytest
 import requests
 from utils import WEATHER_TOOL, ServerError, ServerPreset, client_error_status_ok, error_of
 
-pytestmark = pytest.mark.feature("complaints")
+pytestmark = [pytest.mark.feature("complaints"), pytest.mark.profile("openai")]
 
 STORY = "Once upon a time, there was a little cat named Tom."
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -28,6 +28,7 @@ def one_slot(server_pool):
 
 # 1 ------------------------------------------------------------------------------------------
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_01_disconnect_stops_generation(one_slot):
     """A non-streaming client that disconnects frees its slot: generation does not run on."""
     with pytest.raises(requests.exceptions.ReadTimeout):
@@ -39,6 +40,7 @@ def test_01_disconnect_stops_generation(one_slot):
 
 # 2 ------------------------------------------------------------------------------------------
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_02_waiting_stream_gets_keepalives(one_slot):
     """A stream that waits (queue or prefill) receives comment lines, so clients never time out."""
     busy = one_slot.hold_slot()
@@ -78,6 +80,7 @@ def _boundary_stop(server, tokens: list[int], content: str) -> tuple[str, int] |
 
 
 @pytest.mark.parametrize("path", ["/completion", "/v1/completions"])
+@pytest.mark.profile("llamacpp")
 def test_03_stop_string_split_over_tokens_never_leaks(chat_server, path):
     base = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 32, "temperature": 0, "ignore_eos": True,
                                           "return_tokens": True})
@@ -99,6 +102,7 @@ def test_03_stop_string_split_over_tokens_never_leaks(chat_server, path):
 
 # 4 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["🦙🪿", "naïve café ☕"])
+@pytest.mark.profile("llamacpp")
 def test_04_utf8_split_over_tokens_never_garbled(chat_server, text):
     grammar = f'root ::= "{text}"'
     events = chat_server.make_stream_request("POST", "/completion", {
@@ -110,6 +114,7 @@ def test_04_utf8_split_over_tokens_never_garbled(chat_server, text):
     assert n_tokens >= 1
 
 
+@pytest.mark.profile("llamacpp")
 def test_04_utf8_split_in_chat_stream(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
         "messages": CHAT, "max_tokens": 48, "grammar": 'root ::= "🦙 and 🪿"', "stream": True}).read_all()
@@ -123,6 +128,7 @@ def test_04_utf8_split_in_chat_stream(chat_server):
     ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 5}),
     ("/v1/completions", {"prompt": STORY, "max_tokens": 5}),
 ], ids=["chat", "completions"])
+@pytest.mark.profile("llamacpp")
 def test_05_streams_carry_usage(chat_server, path, data):
     stream = chat_server.make_stream_request("POST", path, {
         **data, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}})
@@ -140,6 +146,8 @@ def test_06_streamed_tool_calls_equal_non_streamed(chat_server):
     data = {"messages": WEATHER, "tools": [WEATHER_TOOL], "tool_choice": "required", "temperature": 0,
             "max_tokens": 64}
     plain = chat_server.make_any_request("POST", "/v1/chat/completions", data)
+    if plain["choices"][0]["finish_reason"] == "length":
+        pytest.skip("the forced call did not finish within max_tokens on this model")
     streamed = chat_server.make_any_request("POST", "/v1/chat/completions", {**data, "stream": True})
     a, b = plain["choices"][0], streamed["choices"][0]
     assert [c["function"]["name"] for c in a["message"]["tool_calls"]] == \
@@ -153,6 +161,7 @@ def test_06_streamed_tool_calls_equal_non_streamed(chat_server):
 
 # 7 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.profile("refserver")
 def test_07_truncated_tool_call_finishes_with_length(chat_server, stream):
     body = chat_server.make_any_request("POST", "/v1/chat/completions", {
         "messages": WEATHER, "tools": [WEATHER_TOOL], "tool_choice": "required", "temperature": 0,
@@ -164,6 +173,7 @@ def test_07_truncated_tool_call_finishes_with_length(chat_server, stream):
 
 # 8 ------------------------------------------------------------------------------------------
 @pytest.mark.golden
+@pytest.mark.profile("refserver")
 def test_08_several_tool_calls_are_all_parsed(chat_server):
     res = chat_server.post("/v1/chat/completions", {
         "messages": [{"role": "user", "content": "What is the weather in Paris, and also for London."}],
@@ -174,6 +184,7 @@ def test_08_several_tool_calls_are_all_parsed(chat_server):
     assert len({c["id"] for c in calls}) == 2
 
 
+@pytest.mark.profile("llamacpp")
 def test_08_several_tool_calls_in_history_are_accepted(chat_server):
     calls = [{"id": f"call_{i}", "type": "function",
               "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
@@ -207,6 +218,7 @@ def test_09_tools_never_silently_dropped(server_pool, template):
 
 
 # 10 -----------------------------------------------------------------------------------------
+@pytest.mark.profile("llamacpp")
 def test_10_cache_trimmed_to_common_prefix(chat_server):
     head = STORY + " Tom liked milk, fish and long naps in the warm sun by the kitchen window."
     first = chat_server.ok("/completion", {"prompt": head + " One day", "n_predict": 2, "id_slot": 0})
@@ -216,6 +228,7 @@ def test_10_cache_trimmed_to_common_prefix(chat_server):
     assert second["timings"]["cache_n"] >= n_head - 1, "cache thrown away on a diverging suffix"
 
 
+@pytest.mark.profile("llamacpp")
 def test_10_cached_tokens_in_usage(chat_server):
     msgs = [{"role": "system", "content": "You are a helpful assistant who answers in one sentence."}] + CHAT
     chat_server.ok("/v1/chat/completions", {"messages": msgs, "max_tokens": 2})
@@ -241,19 +254,20 @@ def test_11_strict_rejects_unknown_fields(server_pool, field):
 
 def test_11_invalid_schema_fails_closed(chat_server):
     res = chat_server.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 4, "response_format": {
-        "type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": 7}}}})
+        "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": 7}}}})
     assert res.status_code == 400
     error_of(res)
 
 
 def test_11_constraint_is_applied(chat_server):
     body = chat_server.ok("/v1/chat/completions", {"messages": CHAT, "max_tokens": 16, "response_format": {
-        "type": "json_schema", "json_schema": {"schema": {"type": "boolean"}}}})
+        "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "boolean"}}}})
     assert json.loads(body["choices"][0]["message"]["content"]) in (True, False)
 
 
 # 12 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/completion", "/v1/completions"])
+@pytest.mark.profile("llamacpp")
 def test_12_no_silent_prompt_truncation(chat_server, path):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
     res = chat_server.post(path, {"prompt": "The cat sat on the mat. " * slot_ctx, "max_tokens": 2, "n_predict": 2})
@@ -264,6 +278,7 @@ def test_12_no_silent_prompt_truncation(chat_server, path):
 
 
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_12_context_full_is_reported(server_pool):
     def make():
         server = ServerPreset.one_slot()
@@ -275,8 +290,8 @@ def test_12_context_full_is_reported(server_pool):
     # the context the server reports (llama.cpp rounds -c 128 up to 256)
     n_ctx = server.props()["default_generation_settings"]["n_ctx"]
     assert 128 <= n_ctx < 1000
-    # the last sampled token needs no room in the cache: at most n_ctx + 1 tokens in all
-    assert body["tokens_evaluated"] + body["tokens_predicted"] <= n_ctx + 1
+    # llama.cpp stops when prompt + generated tokens reach the slot's context
+    assert body["tokens_evaluated"] + body["tokens_predicted"] == n_ctx
     assert body["truncated"] is True
 
 

@@ -9,6 +9,7 @@ completion = pytest.mark.feature("completion")
 streaming = pytest.mark.feature("streaming")
 sampling = pytest.mark.feature("sampling")
 prompt_cache = pytest.mark.feature("prompt_cache")
+pytestmark = pytest.mark.profile("openai")
 
 STORY = "Once upon a time, there was a little cat named Tom."
 STORY_REGEX = r"Tom"
@@ -20,6 +21,7 @@ def n_tokens(server, text: str) -> int:
 
 @completion
 @pytest.mark.parametrize("n_predict,return_tokens", [(8, False), (64, True)])
+@pytest.mark.profile("llamacpp")
 def test_completion(chat_server, n_predict, return_tokens):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": n_predict, "return_tokens": return_tokens,
                                           "ignore_eos": True})
@@ -42,12 +44,14 @@ def test_completion(chat_server, n_predict, return_tokens):
 
 @completion
 @pytest.mark.golden
+@pytest.mark.profile("refserver")
 def test_completion_story_golden(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 32, "temperature": 0})
     assert match_regex(STORY_REGEX, body["content"]), body["content"]
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_completion_response_shape(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 4})
     for key in ("index", "content", "tokens", "id_slot", "stop", "model", "tokens_predicted",
@@ -65,12 +69,14 @@ def test_completion_response_shape(chat_server):
 
 @completion
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_completion_model_is_alias(chat_server):
     assert chat_server.ok("/completion", {"prompt": STORY, "n_predict": 1})["model"] == chat_server.alias
 
 
 @streaming
 @pytest.mark.parametrize("n_predict", [8, 64])
+@pytest.mark.profile("llamacpp")
 def test_completion_stream(chat_server, n_predict):
     stream = chat_server.make_stream_request("POST", "/completion", {
         "prompt": STORY, "n_predict": n_predict, "stream": True, "ignore_eos": True})
@@ -94,6 +100,7 @@ def test_completion_stream(chat_server, n_predict):
 
 @streaming
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_completion_stream_settings_reflect_server(chat_server):
     """A request without n_predict gets the server's -n; the seed defaults to the server's --seed."""
     events = chat_server.make_stream_request("POST", "/completion", {
@@ -105,6 +112,7 @@ def test_completion_stream_settings_reflect_server(chat_server):
 
 
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_stream_vs_non_stream(chat_server):
     data = {"prompt": STORY, "n_predict": 24, "temperature": 0}
     body = chat_server.ok("/completion", data)
@@ -116,6 +124,7 @@ def test_stream_vs_non_stream(chat_server):
 @pytest.mark.needs_flags
 @pytest.mark.extension
 @pytest.mark.parametrize("interval_ms", [0, 1000])
+@pytest.mark.profile("refserver")
 def test_stream_interval_keeps_every_event(server_pool, interval_ms):
     """--stream-interval-ms only groups packets: 0 sends each token alone, 1000 holds a busy
     stream's tokens (first token and end still go at once); the events are the same."""
@@ -135,6 +144,7 @@ def test_stream_interval_keeps_every_event(server_pool, interval_ms):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_long_prompt_is_rejected(chat_server):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
     prompt = "The cat sat on the mat. " * (slot_ctx // 3)
@@ -144,6 +154,7 @@ def test_long_prompt_is_rejected(chat_server):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_json_prompt_object(chat_server):
     body = chat_server.ok("/completion", {"prompt": {"prompt_string": STORY}, "n_predict": 4, "temperature": 0})
     plain = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 4, "temperature": 0})
@@ -151,6 +162,7 @@ def test_json_prompt_object(chat_server):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_multimodal_data_on_text_model_is_400(chat_server):
     res = chat_server.post("/completion", {"prompt": {"prompt_string": STORY, "multimodal_data": ["aGVsbG8="]},
                                            "n_predict": 4})
@@ -159,6 +171,7 @@ def test_multimodal_data_on_text_model_is_400(chat_server):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_completion_with_token_ids(chat_server):
     ids = chat_server.tokenize(STORY, add_special=True)
     by_ids = chat_server.ok("/completion", {"prompt": ids, "n_predict": 8, "temperature": 0})
@@ -169,6 +182,7 @@ def test_completion_with_token_ids(chat_server):
 
 @completion
 @pytest.mark.parametrize("second", ["ids", "text", "object"])
+@pytest.mark.profile("llamacpp")
 def test_completion_list_of_prompts(chat_server, second):
     ids = chat_server.tokenize(STORY, add_special=True)
     other = {"ids": ids, "text": STORY, "object": {"prompt_string": STORY}}[second]
@@ -180,6 +194,7 @@ def test_completion_list_of_prompts(chat_server, second):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_completion_mixed_prompt_is_one(chat_server):
     ids_a = chat_server.tokenize("Once upon a time", add_special=False)
     ids_b = chat_server.tokenize(" named Tom", add_special=False)
@@ -191,6 +206,7 @@ def test_completion_mixed_prompt_is_one(chat_server):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_completions_alias_path(chat_server):
     data = {"prompt": STORY, "n_predict": 4, "temperature": 0}
     assert chat_server.ok("/completions", data)["content"] == chat_server.ok("/completion", data)["content"]
@@ -201,6 +217,7 @@ def test_completions_alias_path(chat_server):
     (["content", "generation_settings/n_predict", "prompt"], {"content", "generation_settings/n_predict", "prompt"}),
     (["content", "no_such/field"], {"content"}),
 ])
+@pytest.mark.profile("llamacpp")
 def test_response_fields(chat_server, fields, expected):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 4, "response_fields": fields})
     assert set(body) == expected
@@ -209,12 +226,14 @@ def test_response_fields(chat_server, fields, expected):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_response_fields_empty_gives_full_body(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 4, "response_fields": []})
     assert "generation_settings" in body and "timings" in body and "content" in body
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_n_cmpl_over_slots_is_400(chat_server):
     slots = chat_server.props()["total_slots"]
     res = chat_server.post("/completion", {"prompt": STORY, "n_predict": 2, "n_cmpl": slots + 1})
@@ -223,6 +242,7 @@ def test_n_cmpl_over_slots_is_400(chat_server):
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_id_slot_is_honoured(chat_server):
     slots = chat_server.props()["total_slots"]
     for i in range(min(slots, 2)):
@@ -231,6 +251,7 @@ def test_id_slot_is_honoured(chat_server):
 
 @completion
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_invalid_id_slot_is_400(chat_server):
     res = chat_server.post("/completion", {"prompt": STORY, "n_predict": 2, "id_slot": 99})
     assert res.status_code == 400
@@ -240,6 +261,7 @@ def test_invalid_id_slot_is_400(chat_server):
 @completion
 @pytest.mark.parametrize("body", [{}, {"prompt": 123}, {"prompt": STORY, "n_predict": "x"},
                                   {"prompt": STORY, "temperature": "hot"}, {"prompt": [[1.5]]}])
+@pytest.mark.profile("llamacpp")
 def test_invalid_completion_request_is_400(chat_server, body):
     res = chat_server.post("/completion", body)
     assert res.status_code == 400, res.body
@@ -248,6 +270,7 @@ def test_invalid_completion_request_is_400(chat_server, body):
 
 # --------------------------------------------------------------------------- sampling
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_stop_word(chat_server):
     base = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 32, "temperature": 0})["content"]
     words = [w for w in base.split() if len(w) >= 3]
@@ -261,6 +284,7 @@ def test_stop_word(chat_server):
 
 
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_ignore_eos_reaches_limit(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 20, "ignore_eos": True})
     assert body["tokens_predicted"] == 20
@@ -269,6 +293,7 @@ def test_ignore_eos_reaches_limit(chat_server):
 
 @sampling
 @pytest.mark.parametrize("form", ["ids_list", "ids_dict", "str_list", "str_dict"])
+@pytest.mark.profile("llamacpp")
 def test_logit_bias_forms(chat_server, form):
     base = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 16, "temperature": 0,
                                           "return_tokens": True})
@@ -286,6 +311,7 @@ def test_logit_bias_forms(chat_server, form):
 
 
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_logit_bias_false_bans(chat_server):
     base = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 8, "temperature": 0,
                                           "return_tokens": True})
@@ -295,6 +321,7 @@ def test_logit_bias_false_bans(chat_server):
 
 
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_dry_mirostat_top_n_sigma_are_echoed_and_seeded(chat_server):
     data = {"prompt": STORY, "n_predict": 24, "seed": 11, "temperature": 1.0, "top_n_sigma": 1.5,
             "dry_multiplier": 0.8, "dry_base": 0.5, "dry_allowed_length": 3, "dry_penalty_last_n": 64,
@@ -314,6 +341,7 @@ def test_dry_mirostat_top_n_sigma_are_echoed_and_seeded(chat_server):
 
 @sampling
 @pytest.mark.golden
+@pytest.mark.profile("refserver")
 def test_dry_bans_what_would_extend_a_repetition(chat_server):
     """The prompt repeats a phrase; greedy continues it with the token that followed the
     phrase before, and DRY must penalise exactly that token."""
@@ -338,6 +366,7 @@ def test_dry_bans_what_would_extend_a_repetition(chat_server):
 
 @sampling
 @pytest.mark.extension
+@pytest.mark.profile("refserver")
 def test_dry_breaker_count_is_bounded(chat_server):
     """Each breaker is looked up in the whole vocabulary when a list is first seen: more
     than 64 is a 400 that names the field, not a stalled server."""
@@ -351,12 +380,14 @@ def test_dry_breaker_count_is_bounded(chat_server):
 
 
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_samplers_field_is_echoed(chat_server):
     body = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 2, "samplers": ["top_k", "temperature"]})
     assert list(body["generation_settings"]["samplers"]) == ["top_k", "temperature"]
 
 
 @sampling
+@pytest.mark.profile("llamacpp")
 def test_temperature_zero_is_greedy_and_repeatable(chat_server):
     data = {"prompt": STORY, "n_predict": 16, "temperature": 0, "seed": 1}
     a = chat_server.ok("/completion", data)["content"]
@@ -366,6 +397,7 @@ def test_temperature_zero_is_greedy_and_repeatable(chat_server):
 
 # --------------------------------------------------------------------------- progress, timings
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_timings_per_token(chat_server):
     events = chat_server.make_stream_request("POST", "/completion", {
         "prompt": STORY, "n_predict": 6, "stream": True, "timings_per_token": True}).read_all()
@@ -377,6 +409,7 @@ def test_timings_per_token(chat_server):
 
 
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_return_progress(chat_server):
     prompt = STORY + " He liked to play in the garden with his friend, a small brown dog. " * 3
     events = chat_server.make_stream_request("POST", "/completion", {
@@ -393,6 +426,7 @@ def test_return_progress(chat_server):
 
 # --------------------------------------------------------------------------- prompt cache
 @prompt_cache
+@pytest.mark.profile("llamacpp")
 def test_prompt_cache_growing_prefixes(chat_server):
     chat_server.require_slots(2)
     parts = [STORY, " Tom had a red ball.", " One day, he lost it in the garden.", " He looked for it everywhere."]
@@ -407,6 +441,7 @@ def test_prompt_cache_growing_prefixes(chat_server):
 
 
 @prompt_cache
+@pytest.mark.profile("llamacpp")
 def test_prompt_cache_repeat_same_output(chat_server):
     data = {"prompt": STORY + " Tom was hungry.", "n_predict": 8, "temperature": 0, "id_slot": 0}
     first = chat_server.ok("/completion", data)
@@ -417,6 +452,7 @@ def test_prompt_cache_repeat_same_output(chat_server):
 
 
 @prompt_cache
+@pytest.mark.profile("llamacpp")
 def test_cache_prompt_false_reuses_nothing(chat_server):
     data = {"prompt": STORY + " Tom was sleepy.", "n_predict": 2, "id_slot": 0}
     chat_server.ok("/completion", data)
@@ -426,6 +462,7 @@ def test_cache_prompt_false_reuses_nothing(chat_server):
 
 # --------------------------------------------------------------------------- /v1/completions
 @completion
+@pytest.mark.profile("llamacpp")
 def test_v1_completions(chat_server):
     body = chat_server.ok("/v1/completions", {"prompt": STORY, "max_tokens": 8, "ignore_eos": True})
     assert body["object"] == "text_completion"
@@ -443,6 +480,7 @@ def test_v1_completions(chat_server):
 
 
 @streaming
+@pytest.mark.profile("llamacpp")
 def test_v1_completions_stream(chat_server):
     stream = chat_server.make_stream_request("POST", "/v1/completions", {
         "prompt": STORY, "max_tokens": 8, "stream": True, "ignore_eos": True, "temperature": 0})
@@ -468,8 +506,11 @@ def test_v1_completions_stop_string_or_list(chat_server, stop):
 
 
 @completion
-@pytest.mark.parametrize("extra", [{"echo": True}, {"best_of": 2}, {"suffix": "The end."}])
+@pytest.mark.parametrize("extra", [{"best_of": 2}, {"suffix": "The end."}])
+@pytest.mark.profile("refserver")
 def test_v1_completions_unsupported_is_400(chat_server, extra):
+    """best_of and suffix are refused with a 400 rather than ignored (refserver's choice;
+    OpenAI supports them)."""
     res = chat_server.post("/v1/completions", {"prompt": STORY, "max_tokens": 4, **extra})
     assert res.status_code == 400
     error_of(res)
@@ -477,12 +518,14 @@ def test_v1_completions_unsupported_is_400(chat_server, extra):
 
 @completion
 def test_v1_completions_missing_prompt_is_400(chat_server):
+    """`prompt` is required: a request without it is a 400 with the error object."""
     res = chat_server.post("/v1/completions", {"max_tokens": 4})
     assert res.status_code == 400
     error_of(res)
 
 
 @completion
+@pytest.mark.profile("llamacpp")
 def test_v1_completions_context_exceeded_stream_is_plain_error(chat_server):
     slot_ctx = chat_server.props()["default_generation_settings"]["n_ctx"]
     with pytest.raises(ServerError) as exc:
@@ -494,6 +537,7 @@ def test_v1_completions_context_exceeded_stream_is_plain_error(chat_server):
 
 @completion
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_server_n_predict_is_the_default_a_request_overrides():
     """-n is the default for requests that give no n_predict / max_tokens; a request's own
     value wins, above or below it (llama.cpp's current behaviour, CONTRACT §0)."""
@@ -513,6 +557,7 @@ def test_server_n_predict_is_the_default_a_request_overrides():
 
 @completion
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_long_prompt_in_batch_chunks(server_pool):
     """A prompt many times --batch-size is pre-filled in chunks and fully accounted for."""
     server = server_pool("long-context", ServerPreset.long_context)

@@ -12,7 +12,7 @@ from refserver import errors
 from refserver.engine.constraints import ConstraintCompiler
 from refserver.engine.types import Constraint, GenerationRequest, SamplingParams
 
-pytestmark = [pytest.mark.feature("structured_output"), pytest.mark.needs_shared]
+pytestmark = [pytest.mark.feature("structured_output"), pytest.mark.needs_shared, pytest.mark.profile("refserver")]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from utils import ServerPreset, parallel_function_calls
 
-pytestmark = pytest.mark.feature("determinism")
+pytestmark = [pytest.mark.feature("determinism"), pytest.mark.profile("refserver")]
 
 PROMPT = "Once upon a time"
 LONG_PROMPT = ("Once upon a time, there was a little cat named Tom. Tom lived in a small house with a red door. "

@@ -12,7 +12,7 @@ from engine_helpers import Collector, RecordingBackend, make_engine, prompt, run
 from refserver import errors
 from refserver.engine.types import Failed, Finished, GenerationRequest, Progress, SamplingParams, TokenOut
 
-pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared]
+pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared, pytest.mark.profile("refserver")]
 
 # " a time there was a girl" in the stories260K vocabulary
 STORY = [261, 378, 383, 286, 261, 298, 315, 421]
@@ -184,7 +184,7 @@ def test_different_seeds_differ_and_server_seed_applies():
 
 
 def test_context_exceeded_and_context_full():
-    eng = make_engine(n_slots=2, n_ctx=64)
+    eng = make_engine(n_slots=2, n_ctx=64, kv_unified=False)  # llama.cpp's --no-kv-unified split
     assert eng.n_ctx_slot == 32
     with pytest.raises(errors.ContextExceeded):
         eng.submit(GenerationRequest(list(range(3, 35))), lambda e: None)
@@ -194,8 +194,61 @@ def test_context_exceeded_and_context_full():
         eng.submit(GenerationRequest([5, 6], id_slot=2), lambda e: None)
     ev = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True)))
     fin = ev[-1]
-    assert fin.stop_type == "limit" and fin.truncated and fin.tokens_cached == 32
-    assert fin.tokens_predicted == 32 - 20 + 1
+    # llama.cpp's rule: prompt + generated tokens = the slot's context (the last one needs no cell)
+    assert fin.stop_type == "limit" and fin.truncated and fin.tokens_cached == 31
+    assert fin.tokens_evaluated + fin.tokens_predicted == 32
+    eng.shutdown()
+
+
+def test_unified_context_each_slot_may_use_all_of_it():
+    eng = make_engine(n_slots=4, n_ctx=64)
+    assert eng.n_ctx_slot == 64 and eng.n_ctx_total == 64
+    with pytest.raises(errors.ContextExceeded):
+        eng.submit(GenerationRequest(list(range(3, 67))), lambda e: None)
+    fin = run(eng, GenerationRequest(list(range(3, 53)), SamplingParams(ignore_eos=True)))[-1]
+    assert fin.truncated and fin.tokens_evaluated + fin.tokens_predicted == 64  # 50 + 14: past 64 / 4
+    assert make_engine(n_slots=2, n_ctx=8192, start=False).n_ctx_slot == 2048  # capped at the trained context
+    eng.shutdown()
+
+
+def test_unified_context_admission_waits_for_room():
+    """Two 40-token prompts cannot share 64 tokens: the second waits for the first to end."""
+    eng = make_engine(n_slots=2, n_ctx=64, start=False)
+    order: list[tuple[str, object]] = []
+    done = threading.Event()
+
+    def sink(name):
+        def put(e):
+            order.append((name, e))
+            if isinstance(e, Finished) and name == "b":
+                done.set()
+        return put
+    eng.submit(GenerationRequest(list(range(3, 43)), SamplingParams(ignore_eos=True)), sink("a"))
+    eng.submit(GenerationRequest(list(range(50, 90)), SamplingParams(ignore_eos=True)), sink("b"))
+    eng.start()
+    assert done.wait(20)
+    a_end = next(i for i, (n, e) in enumerate(order) if n == "a" and isinstance(e, Finished))
+    b_first = next(i for i, (n, e) in enumerate(order) if n == "b")
+    assert b_first > a_end
+    for name in "ab":
+        fin = next(e for n, e in order if n == name and isinstance(e, Finished))
+        assert fin.tokens_evaluated + fin.tokens_predicted == 64
+    eng.shutdown()
+
+
+def test_unified_context_growth_stops_at_the_shared_budget():
+    """Two 20-token prompts run together; whichever reaches the budget first ends truncated
+    with less than the whole context, and the other then grows to all of it."""
+    eng = make_engine(n_slots=2, n_ctx=64, start=False)
+    cols = [Collector(), Collector()]
+    for i, c in enumerate(cols):
+        eng.submit(GenerationRequest(list(range(3 + 20 * i, 23 + 20 * i)), SamplingParams(ignore_eos=True)), c)
+    eng.start()
+    fins = sorted((c.wait()[-1] for c in cols), key=lambda f: f.tokens_predicted)
+    assert all(f.truncated for f in fins)
+    assert fins[0].tokens_evaluated + fins[0].tokens_predicted < 64 - 20
+    assert fins[1].tokens_evaluated + fins[1].tokens_predicted == 64
+    assert eng.stats()["n_steps"] < 64  # they ran side by side
     eng.shutdown()
 
 
@@ -213,7 +266,9 @@ def test_context_shift_keeps_n_keep_and_goes_on(n_keep, kept):
     refills = [call[0] for call in be.calls[1:] if call[0][2] > 1]  # decode steps carry 1 token
     assert refills, "no re-evaluation step after the shift"
     _, pos, n, _ = refills[0]
-    assert pos == kept and n == (32 - kept) - (32 - kept) // 2  # half of what follows n_keep dropped
+    # the shift comes when the next token would fill the slot (llama.cpp: n_past + 1 >= n_ctx):
+    # of the 31 cached tokens, half of what follows n_keep is dropped
+    assert pos == kept and n == (31 - kept) - (31 - kept) // 2
     assert all(p + k <= 32 for call in be.calls for (_, p, k, _) in call)  # never past the slot
     eng.shutdown()
 
@@ -221,7 +276,7 @@ def test_context_shift_keeps_n_keep_and_goes_on(n_keep, kept):
 def test_without_context_shift_a_full_slot_ends_truncated():
     eng = make_engine(n_slots=1, n_ctx=32)
     fin = run(eng, GenerationRequest(list(range(3, 23)), SamplingParams(ignore_eos=True), n_predict=40))[-1]
-    assert fin.truncated and fin.tokens_predicted == 13
+    assert fin.truncated and fin.tokens_evaluated + fin.tokens_predicted == 32  # llama.cpp's rule
     eng.shutdown()
 
 

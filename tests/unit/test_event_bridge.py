@@ -15,7 +15,7 @@ import pytest
 from refserver.engine.types import Finished, TokenOut
 from refserver.stream.bridge import EventBridge, Inbox
 
-pytestmark = [pytest.mark.feature("streaming"), pytest.mark.extension]
+pytestmark = [pytest.mark.feature("streaming"), pytest.mark.extension, pytest.mark.profile("refserver")]
 
 
 def token(i: int) -> TokenOut:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from utils import ServerProcess, client_error_status_ok, response_error, small_model
 
 fuzz = pytest.mark.feature("fuzz")
+pytestmark = pytest.mark.profile("refserver")  # CONTRACT §6: never a 5xx, always the envelope
 
 GENERATING = ["/completion", "/completions", "/v1/completions", "/v1/chat/completions", "/chat/completions"]
 POST_ROUTES = GENERATING + ["/tokenize", "/detokenize", "/apply-template", "/infill"]

@@ -9,7 +9,7 @@ from refserver.chat import chat_constraint, response_format_constraint, tools_co
 from refserver.engine.constraints import to_llguidance_grammar, validate_constraint
 from refserver.errors import InvalidRequest
 
-pytestmark = pytest.mark.feature("structured_output")
+pytestmark = [pytest.mark.feature("structured_output"), pytest.mark.profile("refserver")]
 llguidance = pytest.importorskip("llguidance")
 
 TOKENIZER = STORIES260K_DIR / "onnx-genai" / "tokenizer.json"

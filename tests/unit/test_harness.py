@@ -20,7 +20,7 @@ from utils import (
     parallel_function_calls,
 )
 
-pytestmark = pytest.mark.feature("harness")
+pytestmark = [pytest.mark.feature("harness"), pytest.mark.profile("refserver")]
 
 
 class FakeResponse:

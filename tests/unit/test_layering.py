@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.feature("basic")
+pytestmark = [pytest.mark.feature("basic"), pytest.mark.profile("refserver")]
 
 # package (folder) -> top-level modules it must never import
 FORBIDDEN = {

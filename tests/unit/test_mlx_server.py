@@ -14,6 +14,7 @@ from utils import TARGET, ServerPreset
 mlx = pytest.mark.feature("mlx")
 speculative = pytest.mark.feature("speculative")
 keepalive = pytest.mark.feature("keepalive")
+pytestmark = pytest.mark.profile("openai")
 
 CHAT = [{"role": "user", "content": "Hello!"}]
 
@@ -21,7 +22,7 @@ CHAT = [{"role": "user", "content": "Hello!"}]
 # --------------------------------------------------------------------------- TestServer
 @mlx
 def test_handle_completions(chat_server):
-    data = {"model": "default_model", "prompt": "Once upon a time", "max_tokens": 10, "temperature": 0.5,
+    data = {"model": chat_server.model_id(), "prompt": "Once upon a time", "max_tokens": 10, "temperature": 0.5,
             "top_p": 0.9, "repetition_penalty": 1.1, "repetition_context_size": 20, "seed": 999,
             "stop": "stop sequence"}
     first = chat_server.post("/v1/completions", data)
@@ -35,7 +36,7 @@ def test_handle_completions(chat_server):
 @pytest.mark.parametrize("content", ["Hello!", [{"type": "text", "text": "Hello!"}]], ids=["string", "parts"])
 def test_handle_chat_completions(chat_server, content):
     res = chat_server.post("/v1/chat/completions", {
-        "model": "chat_model", "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
+        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
         "messages": [{"role": "system", "content": "You are a helpful assistant."},
                      {"role": "user", "content": content}]})
     assert res.status_code == 200
@@ -45,7 +46,7 @@ def test_handle_chat_completions(chat_server, content):
 @mlx
 def test_handle_chat_completions_with_null_tool_content(chat_server):
     res = chat_server.post("/v1/chat/completions", {
-        "model": "chat_model", "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
+        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
         "messages": [
             {"role": "user", "content": "what is 2+3?"},
             {"role": "assistant", "content": None, "tool_calls": [{
@@ -67,6 +68,7 @@ def test_handle_models(chat_server):
 
 
 @mlx
+@pytest.mark.profile("llamacpp")
 def test_options_preflight(chat_server):
     res = chat_server.make_request("OPTIONS", "/v1/chat/completions", headers={"Origin": "http://x.example"})
     assert res.status_code in (200, 204)
@@ -83,6 +85,7 @@ def draft_server(server_pool):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_draft_completions(draft_server):
     res = draft_server.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 10, "ignore_eos": True})
     assert res.status_code == 200
@@ -134,6 +137,7 @@ def test_draft_greedy_output_identical(chat_server, draft_server, stream):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_draft_tokens_accepted(draft_server):
     body = draft_server.ok("/completion", {"prompt": "Once upon a time, there was a little cat named Tom.",
                                            "n_predict": 48, "temperature": 0, "ignore_eos": True})
@@ -144,6 +148,7 @@ def test_draft_tokens_accepted(draft_server):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_draft_seeded_sampling_reproducible(draft_server):
     data = {"prompt": "Once upon a time", "n_predict": 32, "temperature": 1.0, "seed": 77, "ignore_eos": True}
     assert draft_server.ok("/completion", data)["content"] == draft_server.ok("/completion", data)["content"]
@@ -208,6 +213,7 @@ def test_keepalive_while_queued(keepalive_server, path, data):
 
 @keepalive
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_no_keepalive_in_non_stream(keepalive_server):
     busy = _occupy(keepalive_server)
     release = threading.Timer(2.5, busy.close)
@@ -224,6 +230,7 @@ def test_no_keepalive_in_non_stream(keepalive_server):
 
 @keepalive
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_keepalive_client_gone_is_quiet(keepalive_server):
     """A queued stream abandoned by its client is dropped; the server keeps serving."""
     busy = _occupy(keepalive_server)

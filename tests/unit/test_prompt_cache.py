@@ -8,7 +8,7 @@ import pytest
 
 from refserver.engine.prompt_cache import PromptCache
 
-pytestmark = pytest.mark.feature("prompt_cache")
+pytestmark = [pytest.mark.feature("prompt_cache"), pytest.mark.profile("refserver")]
 
 
 @dataclass

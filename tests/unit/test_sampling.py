@@ -9,7 +9,7 @@ from refserver.engine.dry import VocabularyIndex, breaker_table, dry_penalties, 
 from refserver.engine.sampling import Sampler
 from refserver.engine.types import SamplingParams
 
-pytestmark = pytest.mark.feature("sampling")
+pytestmark = [pytest.mark.feature("sampling"), pytest.mark.profile("refserver")]
 
 V = 8
 LOGITS = np.array([1.0, 3.0, 2.0, -1.0, 0.5, 2.9, -2.0, 0.0], dtype=np.float32)

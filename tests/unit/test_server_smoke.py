@@ -23,7 +23,7 @@ from refserver.procs import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = stories260k_dir() / "onnx-genai"
-pytestmark = pytest.mark.needs_flags  # every test starts its own server
+pytestmark = [pytest.mark.needs_flags, pytest.mark.profile("refserver")]  # every test starts its own server
 feature = pytest.mark.feature
 
 
@@ -133,7 +133,7 @@ def test_chat_stream_and_non_stream(server):
 @feature("basic")
 @needs_shared
 @pytest.mark.parametrize("method,path,data,status", [
-    ("GET", "/", None, 404), ("GET", "/nope", None, 404), ("GET", "/completion", None, 405),
+    ("GET", "/v1/models/nope", None, 404), ("GET", "/nope", None, 404), ("GET", "/completion", None, 405),
     ("POST", "/completion", b"{bad", 400), ("POST", "/completion", b"[]", 400),
     ("POST", "/completion", b'{"prompt": "x", "top_p": 7}', 400), ("GET", "/metrics", None, 501),
 ])

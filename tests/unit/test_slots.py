@@ -8,6 +8,7 @@ from utils import ServerPreset, error_of, metric, parallel_function_calls, wait_
 slots = pytest.mark.feature("slots")
 prompt_cache = pytest.mark.feature("prompt_cache")
 engine = pytest.mark.feature("engine")
+pytestmark = pytest.mark.profile("llamacpp")
 
 PROMPTS = ["Once upon a time, there was a little cat named Tom.", "What is the capital of France?",
            "Once upon a time, there was a big dog named Max.", "What is 3 + 4?",

@@ -11,7 +11,7 @@ from refserver.engine.sampling import Sampler
 from refserver.engine.speculative import verify
 from refserver.engine.types import Finished, GenerationRequest, SamplingParams, SpeculativeParams
 
-pytestmark = [pytest.mark.feature("speculative"), pytest.mark.needs_shared]
+pytestmark = [pytest.mark.feature("speculative"), pytest.mark.needs_shared, pytest.mark.profile("llamacpp")]
 
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
 

@@ -9,7 +9,7 @@ import pytest
 from utils import STORIES260K_DIR, ServerPreset
 
 pytestmark = [pytest.mark.feature("engine"), pytest.mark.needs_shared, pytest.mark.golden,
-              pytest.mark.needs_flags]
+              pytest.mark.needs_flags, pytest.mark.profile("refserver")]
 
 LAYOUTS = ["plain", "genai"]
 
@@ -60,10 +60,10 @@ def test_string_prompt_and_detokenized_prompt(stories):
     assert body["content"].strip().startswith("a big, small bo")
 
 
-def test_slot_context_is_split(stories):
+def test_slots_share_the_context(stories):
     props = stories.props()
     assert props["total_slots"] == 2
-    assert props["default_generation_settings"]["n_ctx"] == 256
+    assert props["default_generation_settings"]["n_ctx"] == 512  # unified KV: all of -c 512
     assert stories.ok("/v1/models")["data"][0]["id"] == "tinyllama-2"
 
 

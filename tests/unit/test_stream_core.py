@@ -25,7 +25,7 @@ from refserver.stream.deltas import (
 from refserver.stream.generation import ClientGone, Generation
 from refserver.stream.parsers import ParserChain, select_parsers
 
-pytestmark = [pytest.mark.feature("streaming"), pytest.mark.extension]
+pytestmark = [pytest.mark.feature("streaming"), pytest.mark.extension, pytest.mark.profile("refserver")]
 
 EOS = 2
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

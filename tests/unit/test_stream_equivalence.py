@@ -10,7 +10,9 @@ import json
 import pytest
 from utils import TIME_TOOL, WEATHER_TOOL
 
-pytestmark = pytest.mark.feature("streaming")
+# refserver's contract: one logprob entry per generated token, EOS and tool-call markup included,
+# and forced calls that finish on its model; the OpenAI-only equivalence is in test_openai_api.py
+pytestmark = [pytest.mark.feature("streaming"), pytest.mark.profile("refserver")]
 
 SYSTEM = "You are a helpful assistant."
 
@@ -127,6 +129,7 @@ def test_v1_completions(chat_server):
         assert plain["usage"][key] == streamed["usage"][key]
 
 
+@pytest.mark.profile("llamacpp")
 def test_native_completion(chat_server):
     data = {"prompt": "Once upon a time", "n_predict": 40, "temperature": 0, "n_probs": 2}
     plain = chat_server.ok("/completion", data)

@@ -28,6 +28,7 @@ from refserver.engine.sampling import Sampler
 from refserver.engine.types import DEFAULT_SAMPLERS, Failed, Finished, GenerationRequest, SamplingParams
 
 sampling = pytest.mark.feature("sampling")
+pytestmark = pytest.mark.profile("refserver")  # issue 17: refserver's own bounds and survival
 limits = pytest.mark.feature("limits")
 engine_feature = pytest.mark.feature("engine")
 
@@ -170,6 +171,7 @@ def test_non_finite_numbers_are_a_400_naming_the_field(target, route):
 # --------------------------------------------------------------------------- watchdog
 @limits
 @pytest.mark.extension
+@pytest.mark.needs_flags  # starts its own server with a fault injected
 def test_a_dead_engine_makes_health_503_and_the_process_exit(monkeypatch):
     monkeypatch.setenv("REFSERVER_INJECT_ENGINE_FAULT", "1")
     server = ServerProcess(model=small_model(), n_ctx=512, n_slots=2, n_predict=4).start()

@@ -6,7 +6,7 @@ from refserver.chat import NAMED_TEMPLATES, ChatTemplate, normalize_messages, re
 from refserver.chat.templates import detect_named_template
 from refserver.errors import InvalidRequest
 
-pytestmark = pytest.mark.feature("templates")
+pytestmark = [pytest.mark.feature("templates"), pytest.mark.profile("refserver")]
 
 BOOK = [{"role": "system", "content": "Book"}, {"role": "user", "content": "What is the best book"}]
 

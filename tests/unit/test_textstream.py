@@ -6,7 +6,7 @@ import pytest
 
 from refserver.engine.textstream import TextStream, partial_stop_len
 
-pytestmark = pytest.mark.feature("sampling")
+pytestmark = [pytest.mark.feature("sampling"), pytest.mark.profile("refserver")]
 
 EMOJI = "😀".encode()  # 4 bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from utils import client_error_status_ok, error_of
 
-pytestmark = pytest.mark.feature("tokenize")
+pytestmark = [pytest.mark.feature("tokenize"), pytest.mark.profile("llamacpp")]
 
 TEXTS = ["What is the capital of France?", "Héllo wörld, ça va?", "日本語のテキスト", "emoji 😀🎉 here",
          "line one\nline two\ttab", "  leading and  double  spaces"]

@@ -7,7 +7,7 @@ import pytest
 
 from refserver.chat import ContentDelta, HermesToolCallParser, ToolCallDelta, finish_reason_for
 
-pytestmark = pytest.mark.feature("tools")
+pytestmark = [pytest.mark.feature("tools"), pytest.mark.profile("refserver")]
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "n": [1, {"a": "}"}]}}</tool_call>'
 

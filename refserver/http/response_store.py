@@ -1,0 +1,51 @@
+"""Stored Responses (`store: true`): a bounded in-memory LRU, read and written on the IOLoop.
+
+An entry keeps what `GET /v1/responses/{id}` and `/input_items` return, and the chat
+messages of its conversation (the chain's history, this input and this output) that a
+later request's `previous_response_id` continues.  The least recently used entry goes
+first when `--responses-store-size` is reached; a restart forgets everything.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from refserver.errors import NotFound
+
+
+@dataclass
+class StoredResponse:
+    response: dict
+    input_items: list[dict]
+    messages: list[dict]
+
+
+class ResponseStore:
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
+
+    def put(self, entry: StoredResponse) -> None:
+        if self.size <= 0:
+            return
+        rid = entry.response["id"]
+        self._entries[rid] = entry
+        self._entries.move_to_end(rid)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get(self, rid: str) -> StoredResponse:
+        entry = self._entries.get(rid)
+        if entry is None:
+            raise NotFound(f"Response with id '{rid}' not found (never stored, deleted, or evicted from the "
+                           f"{self.size}-entry store)")
+        self._entries.move_to_end(rid)
+        return entry
+
+    def delete(self, rid: str) -> None:
+        self.get(rid)
+        del self._entries[rid]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,152 @@
+"""OpenAI Responses API: `POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`,
+`GET /v1/responses/{id}/input_items`.
+
+A response is a chat generation (`chat_pipeline`) rendered by `ResponseRenderer`;
+stored responses (`store`, default true as on OpenAI) live in the server's LRU
+`ResponseStore`, and `previous_response_id` continues their conversation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refserver.errors import InvalidRequest
+from refserver.schemas.common import parse_request
+from refserver.schemas.responses import ResponsesRequest, input_messages
+from refserver.stream.deltas import FinishDelta
+from refserver.stream.generation import ClientGone
+
+from .base import BaseHandler, log
+from .chat_pipeline import prepare_chat
+from .response_store import StoredResponse
+from .responses_events import ResponseRenderer, new_id, response_usage
+
+
+def echo_fields(req: ResponsesRequest, temperature: float) -> dict[str, Any]:
+    """The request fields a response object repeats."""
+    fmt = (req.text or {}).get("format") or {"type": "text"}
+    return {
+        "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+        "metadata": req.metadata or {}, "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": {"effort": (req.reasoning or {}).get("effort"), "summary": None},
+        "store": req.store is not False, "temperature": temperature if req.temperature is None else req.temperature,
+        "text": {"format": fmt}, "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
+        "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": req.truncation or "disabled",
+        "user": req.user, "background": False,
+    }
+
+
+def input_items(raw: str | list) -> list[dict]:
+    """The request's input as stored items, each with an id (`/input_items`)."""
+    items = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else raw
+    out = []
+    for item in items:
+        item = dict(item)
+        item.setdefault("type", "message")
+        if item["type"] == "message":
+            if isinstance(item.get("content"), str):
+                kind = "output_text" if item.get("role") == "assistant" else "input_text"
+                item["content"] = [{"type": kind, "text": item["content"]}]
+            item.setdefault("status", "completed")
+        item.setdefault("id", new_id("msg_" if item["type"] == "message" else "item_"))
+        out.append(item)
+    return out
+
+
+def output_message(response: dict) -> dict:
+    """The assistant message a response adds to its conversation."""
+    msg: dict[str, Any] = {"role": "assistant", "content": ""}
+    for item in response["output"]:
+        if item["type"] == "reasoning":
+            msg["reasoning_content"] = "".join(c["text"] for c in item.get("content") or [])
+        elif item["type"] == "message":
+            msg["content"] += "".join(c["text"] for c in item["content"])
+        elif item["type"] == "function_call":
+            msg.setdefault("tool_calls", []).append(
+                {"id": item["call_id"], "type": "function",
+                 "function": {"name": item["name"], "arguments": item["arguments"]}})
+    if msg.get("tool_calls") and not msg["content"]:
+        msg["content"] = None
+    return msg
+
+
+class ResponsesHandler(BaseHandler):
+    route = "/v1/responses"
+
+    async def post(self) -> None:
+        state = self.state
+        req = parse_request(ResponsesRequest, self.json_body())
+        history = state.responses.get(req.previous_response_id).messages if req.previous_response_id else []
+        chat = req.to_chat(history, state.config.strict)
+        chat_gen = prepare_chat(state, chat)
+        self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.sampling.temperature), state.model.alias)
+        gen = self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
+        emit = self.sse_events if req.stream else (lambda events: None)
+        emit(renderer.start())
+        async for choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
+            emit(renderer.deltas(deltas))
+            if isinstance(deltas[-1], FinishDelta):
+                fin = deltas[-1].finished
+                usage = response_usage(fin.tokens_evaluated, int(fin.timings.get("cache_n", 0)),
+                                       fin.tokens_predicted, choice.result.reasoning_tokens)
+                emit(renderer.finish(fin.stop_type, usage))
+        response = renderer.response()
+        if req.store is not False:
+            state.responses.put(StoredResponse(response, input_items(req.input),
+                                               history + input_messages(req.input) + [output_message(response)]))
+        if req.stream:
+            self.finish()
+        else:
+            self.write_json(response)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """Once the stream is out, an error ends it with `response.failed`."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        renderer = getattr(self, "renderer", None)
+        if not self._sse_started or self._client_gone or isinstance(exc, ClientGone) or renderer is None:
+            super().send_error(status_code, **kwargs)
+            return
+        try:
+            self.sse_events(renderer.fail(str(exc) if exc is not None else "generation failed"))
+        except Exception:  # noqa: BLE001 - the connection is gone
+            log.debug("request %s: could not write response.failed", self.request_id)
+        self._finish_quietly()
+
+
+class StoredResponseHandler(BaseHandler):
+    route = "/v1/responses/{id}"
+
+    async def get(self, rid: str) -> None:
+        self.write_json(self.state.responses.get(rid).response)
+
+    async def delete(self, rid: str) -> None:
+        self.state.responses.delete(rid)
+        self.write_json({"id": rid, "object": "response", "deleted": True})
+
+
+class InputItemsHandler(BaseHandler):
+    route = "/v1/responses/{id}/input_items"
+
+    async def get(self, rid: str) -> None:
+        """A page of the stored input items (`order`, `limit`, `after` as on OpenAI)."""
+        items = self.state.responses.get(rid).input_items
+        order = self.get_query_argument("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidRequest("'order' must be 'asc' or 'desc'")
+        items = items if order == "asc" else items[::-1]
+        after = self.get_query_argument("after", None)
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise InvalidRequest(f"'after': no input item {after!r} in response {rid!r}")
+            items = items[ids.index(after) + 1:]
+        try:
+            limit = int(self.get_query_argument("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise InvalidRequest("'limit' must be an integer from 1 to 100")
+        page = items[:limit]
+        self.write_json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                         "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})

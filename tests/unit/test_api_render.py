@@ -1,0 +1,96 @@
+"""Responses and Messages renderers (library level): a choice's deltas → each API's events
+and final object, in the documented order, with nothing lost between the two."""
+
+import json
+
+import pytest
+
+from refserver.http.messages_events import MessageRenderer
+from refserver.http.responses_events import ResponseRenderer, response_usage
+from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
+
+pytestmark = pytest.mark.profile("refserver")
+
+THINK_CALL = [ReasoningDelta("need "), ReasoningDelta("weather"), TextDelta("\n"),
+              ToolCallStart(0, "call_abc", "get_weather"), ToolCallArgs(0, '{"city": '), ToolCallArgs(0, '"Oslo"}')]
+
+
+def run_responses(deltas, stop="eos"):
+    r = ResponseRenderer({"tools": []}, "m")
+    events = r.start() + r.deltas(deltas) + r.finish(stop, response_usage(5, 1, 7, 3))
+    return r, events
+
+
+@pytest.mark.feature("responses")
+def test_responses_reasoning_then_call():
+    r, events = run_responses(THINK_CALL)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    kinds = [e["type"] for e in events]
+    assert kinds == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
+        "response.reasoning_text.delta", "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    out = events[-1]["response"]["output"]
+    assert out[0]["content"] == [{"type": "reasoning_text", "text": "need weather"}]
+    assert out[1] == {"id": out[1]["id"], "type": "function_call", "status": "completed", "call_id": "call_abc",
+                      "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    assert events[-1]["response"]["usage"]["output_tokens_details"] == {"reasoning_tokens": 3}
+    assert r.response() == events[-1]["response"]
+
+
+@pytest.mark.feature("responses")
+def test_responses_incomplete_and_empty_arguments():
+    _, events = run_responses([ToolCallStart(0, "call_x", "ping")], stop="limit")
+    final = events[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["response"]["output"][0]["arguments"] == "{}"
+
+
+@pytest.mark.feature("responses")
+def test_responses_whitespace_only_output_is_kept():
+    _, events = run_responses([TextDelta(" ")])
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == " "
+
+
+@pytest.mark.feature("messages")
+def test_messages_thinking_then_tool_use():
+    r = MessageRenderer("m", 9)
+    events = r.start() + r.deltas(THINK_CALL) + r.finish("eos", "", 7, 4)
+    kinds = [(e["type"], e.get("delta", {}).get("type")) for e in events]
+    assert kinds == [("message_start", None), ("content_block_start", None),
+                     ("content_block_delta", "thinking_delta"), ("content_block_delta", "thinking_delta"),
+                     ("content_block_stop", None), ("content_block_start", None),
+                     ("content_block_delta", "input_json_delta"), ("content_block_delta", "input_json_delta"),
+                     ("content_block_stop", None), ("message_delta", None), ("message_stop", None)]
+    msg = r.message()
+    assert msg["content"][0] == {"type": "thinking", "thinking": "need weather", "signature": ""}
+    assert msg["content"][1] == {"type": "tool_use", "id": "toolu_abc", "name": "get_weather",
+                                 "input": {"city": "Oslo"}}
+    assert msg["stop_reason"] == "tool_use"
+    assert msg["usage"]["input_tokens"] == 5 and msg["usage"]["cache_read_input_tokens"] == 4
+    partial = "".join(e["delta"]["partial_json"] for e in events if e.get("delta", {}).get("type") == "input_json_delta")
+    assert json.loads(partial) == msg["content"][1]["input"]
+
+
+@pytest.mark.feature("messages")
+@pytest.mark.parametrize("stop,word,reason,sequence", [
+    ("limit", "", "max_tokens", None), ("word", "##", "stop_sequence", "##"), ("eos", "", "end_turn", None)])
+def test_messages_stop_reasons(stop, word, reason, sequence):
+    r = MessageRenderer("m", 3)
+    r.deltas([TextDelta("hi")])
+    delta = r.finish(stop, word, 1, 0)[-2]
+    assert delta["delta"] == {"stop_reason": reason, "stop_sequence": sequence}
+    assert r.message()["content"] == [{"type": "text", "text": "hi"}]
+
+
+@pytest.mark.feature("messages")
+def test_messages_truncated_tool_input_is_kept():
+    r = MessageRenderer("m", 3)
+    r.deltas([ToolCallStart(0, "call_q", "f"), ToolCallArgs(0, '{"a": "unfinis')])
+    r.finish("limit", "", 5, 0)
+    assert r.message()["content"][0]["input"] == {"_raw": '{"a": "unfinis'}
