@@ -52,7 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--version", action="version", version=f"refserver {__version__}")
     add("--usage", action="help", help="show this help message and exit")
-    g = p.add_argument_group("server")
+    _server_flags(p.add_argument_group("server"))
+    _model_flags(p.add_argument_group("model"))
+    _sampling_flags(p.add_argument_group("sampling and chat"))
+    add_llama_flags(p)
+    return p
+
+
+def _server_flags(g) -> None:
     g.add_argument("--host", default="127.0.0.1",
                    help="address(es) to listen on, comma-separated (default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
@@ -93,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests waiting for a slot; more get 503 (default and 0: no limit)")
     g.add_argument("--shutdown-grace", type=float, default=3.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, time left to in-flight requests (default 3)")
-    g = p.add_argument_group("model")
+
+
+def _model_flags(g) -> None:
     g.add_argument("-m", "--model", metavar="DIR", help="model directory (default: the embedded model)")
     g.add_argument("-a", "--alias", help="model name(s) reported by the API, comma-separated "
                                           "(default: the directory name)")
@@ -125,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-td", "--threads-draft", "--spec-draft-threads", type=int, default=1,
                    help="CPU threads of the draft model (default 1: a small draft gains nothing from more, "
                         "and its idle threads would spin against the main model's; 0: all cores)")
-    g = p.add_argument_group("sampling and chat")
+
+
+def _sampling_flags(g) -> None:
     g.add_argument("-n", "--n-predict", "--predict", type=int, default=-1,
                    help="tokens to generate for requests that give no n_predict/max_tokens; a request's own "
                         "value wins (default -1: until EOS or the context is full)")
@@ -152,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "after N reasoning tokens")
     g.add_argument("--responses-store-size", type=int, default=256, metavar="N",
                    help="most responses kept for store: true / previous_response_id (LRU; 0: none)")
-    add_llama_flags(p)
-    return p
 
 
 class _NegatableSwitch(argparse.Action):

@@ -173,30 +173,9 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     except (OSError, socket.gaierror) as exc:
         return _fail(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
                      "pick another --port or --host")
-    stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():  # a second signal: exit at once, as llama-server does
-            log.warning("second signal: exiting now")
-            _exit_now(1)
-        stop.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop = _stop_on_signals(loop)
     log.info("listening on %s; loading %s", ", ".join(_url(h, p) for h, p in bound), model.path)
-
-    loaded: asyncio.Future = loop.create_future()
-
-    def load_in_thread() -> None:
-        try:
-            load(config, model, state)
-        except BaseException as exc:  # noqa: BLE001 - reported on the loop
-            error = exc
-            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_exception(error))
-        else:
-            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_result(None))
-
-    # A daemon thread, so a signal during loading can end the process at once.
-    threading.Thread(target=load_in_thread, name="refserver-load", daemon=True).start()
+    loaded = _load_in_background(loop, config, model, state)
     stop_wait = asyncio.ensure_future(stop.wait())
     await asyncio.wait([loaded, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     if not loaded.done():
@@ -224,6 +203,39 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     died_wait.cancel()
     await _shutdown(state, server, config.shutdown_grace)
     return 0
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event SIGTERM/SIGINT set; a second signal exits at once, as llama-server does."""
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            _exit_now(1)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    return stop
+
+
+def _load_in_background(loop: asyncio.AbstractEventLoop, config: ServerConfig, model: ModelDir,
+                        state: AppState) -> asyncio.Future:
+    """`load()` on a daemon thread (so a signal during loading can end the process at once);
+    the future resolves on the loop when it is done."""
+    loaded: asyncio.Future = loop.create_future()
+
+    def load_in_thread() -> None:
+        try:
+            load(config, model, state)
+        except BaseException as exc:  # noqa: BLE001 - reported on the loop
+            error = exc
+            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_result(None))
+
+    threading.Thread(target=load_in_thread, name="refserver-load", daemon=True).start()
+    return loaded
 
 
 def _exit_now(code: int) -> None:

@@ -192,6 +192,20 @@ class Engine:
         return breaker_table(strings, self._vocabulary, lambda text: tok.encode(text, parse_special=False))
 
     def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> RequestHandle:
+        """Queue a request; InvalidRequest / ContextExceeded / Unavailable are raised here,
+        before any event."""
+        self._check(request)
+        task = self._new_task(request, sink)
+        with self._lock:
+            if self._stopping:
+                raise errors.Unavailable("server is shutting down")
+            if self.config.max_queue and len(self._queue) >= self.config.max_queue:
+                raise errors.Unavailable("the request queue is full", retry_after=1)
+            self._queue.append(task)
+            self._lock.notify_all()
+        return task.handle
+
+    def _check(self, request: GenerationRequest) -> None:
         prompt = request.prompt
         if not prompt:
             raise errors.InvalidRequest("the prompt is empty")
@@ -201,27 +215,22 @@ class Engine:
             raise errors.ContextExceeded(len(prompt), self._n_ctx_slot)
         if request.id_slot >= len(self._slots) or request.id_slot < -1:
             raise errors.InvalidRequest(f"id_slot {request.id_slot} is out of range")
+
+    def _new_task(self, request: GenerationRequest, sink: Callable[[Event], None]) -> Task:
+        """The request's task: its compiled constraint, seed, sampler and draft settings."""
         constraint = self.constraints.compile(request.constraint) if request.constraint else None
         s = request.sampling
         seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
         breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
-        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
+        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=request.prompt, dry_breakers=breakers)
         spec = None
         if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
             spec = request.speculative or self.config.speculative
             if spec.n_max <= 0:
                 spec = None
-        task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
+        return Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
                     self.n_predict_for(request), seed, constraint, spec,
                     budget=BudgetState(request.budget) if request.budget else None)
-        with self._lock:
-            if self._stopping:
-                raise errors.Unavailable("server is shutting down")
-            if self.config.max_queue and len(self._queue) >= self.config.max_queue:
-                raise errors.Unavailable("the request queue is full", retry_after=1)
-            self._queue.append(task)
-            self._lock.notify_all()
-        return task.handle
 
     def n_predict_for(self, request: GenerationRequest) -> int:
         """The request's own n_predict, else the server's -n (llama.cpp's current rule: -n
