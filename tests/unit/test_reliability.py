@@ -278,7 +278,7 @@ def test_prompt_longer_than_the_slot_is_400(limited):
 @pytest.mark.profile("refserver")
 def test_n_predict_bounds(limited, value):
     cap = limited.generation_cap()  # the slot's context: a request's own n_predict wins over -n
-    assert limited.external or cap == 256, f"/props reports n_ctx {cap}; the preset has 4 slots of 256"
+    assert limited.external or cap == 1024, f"/props reports n_ctx {cap}; the preset's 4 slots share -c 1024"
     for path, key in (("/completion", "n_predict"), ("/v1/completions", "max_tokens")):
         res = limited.post(path, {"prompt": "Once", key: value})
         if res.status_code == 200:  # a huge value runs into the slot's context
