@@ -35,6 +35,7 @@ SAMPLING_FLAGS: tuple[tuple[tuple[str, ...], str, type], ...] = (
     (("--dry-penalty-last-n",), "dry_penalty_last_n", int), (("--dynatemp-range",), "dynatemp_range", float),
     (("--dynatemp-exp",), "dynatemp_exponent", float), (("--mirostat",), "mirostat", int),
     (("--mirostat-lr",), "mirostat_eta", float), (("--mirostat-ent",), "mirostat_tau", float),
+    (("--adaptive-target",), "adaptive_target", float), (("--adaptive-decay",), "adaptive_decay", float),
 )
 
 

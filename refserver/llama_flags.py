@@ -48,7 +48,7 @@ _VALUED = """
 --log-file | -lv --verbosity --log-verbosity | --spec-draft-type-k -ctkd --cache-type-k-draft
 --spec-draft-type-v -ctvd --cache-type-v-draft | --samplers | --sampler-seq --sampling-seq
 -l --logit-bias | --grammar | --grammar-file | -j --json-schema | -jf --json-schema-file
---dry-sequence-breaker | --adaptive-target | --adaptive-decay | -lcs --lookup-cache-static | -lcd --lookup-cache-dynamic
+--dry-sequence-breaker | -lcs --lookup-cache-static | -lcd --lookup-cache-dynamic
 --kv-unified-per-slot | -ctxcp --ctx-checkpoints --swa-checkpoints | -cms --checkpoint-min-step
 -r --reverse-prompt | --pooling | -mm --mmproj | -mmdev --mmproj-device | --image-min-tokens
 --image-max-tokens | --mtmd-batch-max-tokens | --video-fps | --video-timestamp-interval

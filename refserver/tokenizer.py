@@ -8,7 +8,7 @@ a UTF-8 character), BOS/EOS handling, and the set of end-of-generation ids.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -28,6 +28,11 @@ def _byte_level_decoder() -> dict[str, int]:
             n += 1
     return {chr(c): b for b, c in zip(bs, cs)}
 
+
+# Fill-in-the-middle token spellings: Qwen / StarCoder / SantaCoder / CodeLlama.
+FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+              ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), ("\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>"),
+              ("<PRE>", "<SUF>", "<MID>"))
 
 def _token_text(config: dict, key: str) -> str | None:
     value = config.get(key)
@@ -156,6 +161,15 @@ class TextTokenizer:
     def piece(self, token_id: int) -> str:
         """The token's text, with invalid UTF-8 replaced (for display in probabilities)."""
         return self.token_bytes(token_id).decode("utf-8", errors="replace")
+
+    @cached_property
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) fill-in-the-middle token ids, when the vocabulary has them."""
+        for names in FIM_TOKENS:
+            ids = [self.tok.token_to_id(name) for name in names]
+            if all(i is not None for i in ids):
+                return ids[0], ids[1], ids[2]
+        return None
 
 
 def _decoder_kind(decoder: dict) -> str:

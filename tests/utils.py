@@ -115,6 +115,8 @@ class Flag:
     refserver_only: a flag llama-server does not have; another binary cannot honour it.
     renamed: llama-server's newer name for the flag (e.g. `--draft-max` became
         `--spec-draft-n-max`); another binary gets it when its `--help` lists it.
+    if_listed: another binary gets the flag only when its `--help` lists it (a flag that
+        older llama-servers lack and whose absence they do not mind, e.g. `--kv-unified`).
     """
 
     attr: str
@@ -122,6 +124,7 @@ class Flag:
     kind: str = "value"
     refserver_only: bool = False
     renamed: str | None = None
+    if_listed: bool = False
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -133,7 +136,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("draft_min", "--draft-min", renamed="--spec-draft-n-min"),
     Flag("n_ctx", "--ctx-size"),
     Flag("n_slots", "--parallel"),
-    Flag("kv_unified", ("--kv-unified", "--no-kv-unified"), "toggle"),
+    Flag("kv_unified", ("--kv-unified", "--no-kv-unified"), "toggle", if_listed=True),
     Flag("n_batch", "--batch-size"),
     Flag("n_predict", "--n-predict"),
     Flag("temperature", "--temp"),
@@ -172,7 +175,10 @@ def flag_args(flag: Flag, value: Any, help_text: str | None = None) -> list[str]
     if flag.kind == "toggle":
         if value is None:
             return []
-        return [flag.flag[0] if value else flag.flag[1]]
+        name = flag.flag[0] if value else flag.flag[1]
+        if flag.if_listed and help_text and not re.search(rf"(^|[\s,]){re.escape(name)}\b", help_text):
+            return []
+        return [name]
     if flag.kind == "switch":
         return [flag.flag] if value else []
     if value is None:

@@ -7,6 +7,9 @@ top_n_sigma, top_k, typ_p, top_p, min_p, xtc, temperature with dynatemp), then a
 the request's own seeded Generator, so a seeded request is reproducible whatever else the
 server runs.  `mirostat` 1 or 2 replaces the list by temperature and Mirostat's own
 truncation, which adapts (state `mu`) to keep each token's surprise near `tau`.
+Adaptive-p (`adaptive_target` >= 0, llama.cpp's PR 17927) replaces the final draw: each
+candidate's new logit peaks where its probability is near a target that moves against a
+running average of the chosen tokens' probabilities, so on average they sit near it.
 Temperature <= 0 is greedy: argmax after bias, penalties, DRY and any grammar mask.
 """
 
@@ -98,6 +101,13 @@ class Sampler:
         self.chain_names = tuple(names)
         self.mirostat = params.mirostat if params.mirostat in (1, 2) else 0
         self.mu = saturating(2.0 * params.mirostat_tau, 0.0)  # Mirostat's running surprise bound
+        self.adaptive = params.adaptive_target >= 0 and not self.greedy and not self.mirostat
+        decay = min(max(params.adaptive_decay, 0.0), 0.99) if math.isfinite(params.adaptive_decay) else 0.9
+        self.decay = decay
+        # the running average starts as if the target had been met (no warm-up swing)
+        self.weighted_sum = min(params.adaptive_target, 1.0) / (1.0 - decay)
+        self.total_weight = 1.0 / (1.0 - decay)
+        self._original: np.ndarray | None = None  # the last draw's probabilities before the transform
         # Greedy with nothing that moves a logit but bans (ignore_eos, -inf biases): the
         # argmax of the float32 row with the bans applied is the same token, without the
         # float64 copy of the vocabulary (this runs once per generated token).
@@ -111,7 +121,7 @@ class Sampler:
     def stateful(self) -> bool:
         """Whether a draw changes how later tokens are sampled (beyond the history):
         speculative verification cannot replay such a sampler."""
-        return self.mirostat != 0 and not self.greedy
+        return (self.mirostat != 0 or self.adaptive) and not self.greedy
 
     def accept(self, token: int) -> None:
         self.history.append(token)
@@ -287,7 +297,17 @@ class Sampler:
         if self.mirostat:
             return self._mirostat(x)
         ids, lg = self.chain(x, history)
-        return ids, softmax(lg)
+        probs = softmax(lg)
+        return (ids, self._adaptive_p(probs)) if self.adaptive else (ids, probs)
+
+    def _adaptive_p(self, probs: np.ndarray) -> np.ndarray:
+        """Adaptive-p's transform: logit 5 at the adapted target, falling as 10 d^2 / (1 + d)
+        with d = |p - target| / 0.3 (quadratic near it, linear in the tails)."""
+        target = min(self.params.adaptive_target, 1.0)
+        adapted = min(max(2.0 * target - self.weighted_sum / self.total_weight, 0.0), 1.0)
+        d = np.abs(probs - adapted) / 0.3
+        self._original = probs
+        return softmax(5.0 - 10.0 * d * d / (1.0 + d))
 
     def _mirostat(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Temperature, then Mirostat's truncation for the current `mu` (the draw and the
@@ -333,7 +353,10 @@ class Sampler:
             return Sampled(token, np.array([token]), _CERTAIN)
         ids, probs = self.distribution(raw, allowed)
         i = 0 if len(ids) == 1 else self.draw(probs)
-        if self.stateful:  # Mirostat: move mu toward the target surprise tau
+        if self.adaptive:  # the running average of the chosen tokens' own probabilities
+            self.weighted_sum = float(self._original[i]) + self.decay * self.weighted_sum
+            self.total_weight = 1.0 + self.decay * self.total_weight
+        elif self.stateful:  # Mirostat: move mu toward the target surprise tau
             p = self.params
             surprise = -math.log2(max(float(probs[i]), 1e-300))
             self.mu = saturating(self.mu - p.mirostat_eta * (surprise - p.mirostat_tau), self.mu)

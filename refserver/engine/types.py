@@ -47,6 +47,8 @@ class SamplingParams:
     mirostat: int = 0  # 0 off, 1 Mirostat, 2 Mirostat 2.0 (replace the samplers list)
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
+    adaptive_target: float = -1.0  # adaptive-p: prefer tokens near this probability (< 0: off)
+    adaptive_decay: float = 0.9  # adaptive-p: decay of its running average (0..0.99)
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,8 @@ def generation_settings(gen: GenerationRequest, *, n_predict: int, seed: int, st
         "timings_per_token": gen.timings_per_token,
         "post_sampling_probs": sampling.post_sampling_probs,
         "lora": [],
-        # llama.cpp's adaptive-p sampler, which refserver does not have: its neutral settings
-        "adaptive_target": -1.0,
-        "adaptive_decay": 0.9,
+        "adaptive_target": sampling.adaptive_target,
+        "adaptive_decay": sampling.adaptive_decay,
     }
 
 

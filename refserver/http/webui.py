@@ -4,6 +4,7 @@ request models, so it cannot drift from what the handlers accept)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import tornado.web
@@ -11,7 +12,9 @@ import tornado.web
 from refserver.errors import NotFound
 from refserver.schemas.chat import ChatRequest
 from refserver.schemas.completion import CompletionRequest
+from refserver.schemas.messages import CountTokensRequest, MessagesRequest
 from refserver.schemas.oai_completion import OAICompletionRequest
+from refserver.schemas.responses import ResponsesRequest
 from refserver.schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 from .base import BaseHandler
@@ -24,7 +27,8 @@ REQUEST_MODELS = {
     "/completion": CompletionRequest, "/completions": CompletionRequest,
     "/v1/completions": OAICompletionRequest,
     "/chat/completions": ChatRequest, "/v1/chat/completions": ChatRequest, "/apply-template": ChatRequest,
-    "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest,
+    "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest, "/v1/responses": ResponsesRequest,
+    "/v1/messages": MessagesRequest, "/v1/messages/count_tokens": CountTokensRequest,
 }
 
 
@@ -78,7 +82,7 @@ def openapi_schema(routes: list[tuple[str, type]]) -> dict:
     components: dict[str, dict] = {}
     paths: dict[str, dict] = {}
     for pattern, cls in routes:
-        path = pattern.replace("(.+)", "{id}")
+        path = re.sub(r"\([^)]*\)", "{id}", pattern)
         summary = (cls.__doc__ or "").strip().split("\n")[0] or cls.route
         for method in _methods(cls):
             op: dict = {"summary": summary, "responses": {

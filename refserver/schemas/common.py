@@ -149,6 +149,8 @@ class NativeParams(RequestModel):
     mirostat: Annotated[int, Field(ge=0, le=2)] | None = None
     mirostat_tau: Number | None = None
     mirostat_eta: Number | None = None
+    adaptive_target: Number | None = None
+    adaptive_decay: Number | None = None
     n_predict: NPredict | None = None
     max_tokens: NPredict | None = None
     n_keep: Annotated[int, Field(ge=-1)] | None = None
@@ -231,6 +233,8 @@ class NativeParams(RequestModel):
             mirostat=or_default(self.mirostat, d.mirostat),
             mirostat_tau=float(or_default(self.mirostat_tau, d.mirostat_tau)),
             mirostat_eta=float(or_default(self.mirostat_eta, d.mirostat_eta)),
+            adaptive_target=float(or_default(self.adaptive_target, d.adaptive_target)),
+            adaptive_decay=float(or_default(self.adaptive_decay, d.adaptive_decay)),
         )
 
     def speculative_params(self, defaults: ServerDefaults) -> SpeculativeParams | None:

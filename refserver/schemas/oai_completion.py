@@ -45,10 +45,10 @@ class OAICompletionRequest(NativeParams):
             raise InvalidRequest("'prompt' is required")
         if self.best_of is not None and self.best_of != 1:
             raise InvalidRequest("'best_of' is not supported")
-        if self.suffix:
-            raise InvalidRequest("'suffix' is not supported")
         self.check_common()
         prompts, _ = tokenize_prompts(self.prompt, tokenizer)
+        if self.suffix:
+            prompts = [fim_prompt(p, self.suffix, tokenizer) for p in prompts]
         n = self.n_choices(defaults)
         n_predict = self.requested_n_predict()
         reqs = [self.generation_request(list(p), tokenizer, defaults, n_predict=n_predict,
@@ -65,3 +65,16 @@ class OAICompletionRequest(NativeParams):
         prompts, many = tokenize_prompts(self.prompt, tokenizer)
         originals = self.prompt if many else [self.prompt]
         return [o if isinstance(o, str) else tokenizer.decode(t) for o, t in zip(originals, prompts)]
+
+
+def fim_prompt(prefix: list[int], suffix: str, tokenizer: TokenizerLike) -> list[int]:
+    """`suffix` as fill-in-the-middle (prefix-suffix-middle order): [BOS] PRE prefix SUF
+    suffix MID; the model then writes what goes between them."""
+    fim = getattr(tokenizer, "fim_ids", None)
+    if fim is None:
+        raise InvalidRequest("'suffix' needs a fill-in-the-middle model (one whose vocabulary has "
+                             "<|fim_prefix|>, <|fim_suffix|>, <|fim_middle|> or the like); this model has none")
+    bos = getattr(tokenizer, "bos_id", None)
+    head = [bos] if prefix and prefix[0] == bos else []
+    pre, suf, mid = fim
+    return head + [pre] + prefix[len(head):] + [suf] + tokenizer.encode(suffix, parse_special=False) + [mid]

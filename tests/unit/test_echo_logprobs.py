@@ -8,9 +8,8 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.profile("openai")
-
 logprobs = pytest.mark.feature("logprobs")
+pytestmark = pytest.mark.profile("openai")
 
 STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside."
 
@@ -37,6 +36,7 @@ def test_prompt_logprobs_for_loglikelihood(chat_server):
     assert choice["text"] == chat_server.ok("/detokenize", {"tokens": ids})["content"]
 
 
+@pytest.mark.profile("llamacpp")
 @logprobs
 def test_prompt_logprob_equals_the_generated_tokens(chat_server):
     """The log-probability of a prompt token is what the model gave that token when it

@@ -13,12 +13,11 @@ import pytest
 import requests
 from utils import REPO_ROOT, TARGET, ServerPreset, ServerProcess, error_of
 
-pytestmark = pytest.mark.profile("refserver")
-
 basic = pytest.mark.feature("basic")
 backend = pytest.mark.feature("backend")
 security = pytest.mark.feature("security")
 slots = pytest.mark.feature("slots")
+pytestmark = pytest.mark.profile("refserver")
 
 EMBEDDED = REPO_ROOT / "refserver" / "models" / "chat"
 refserver_cli = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own command line")
@@ -30,6 +29,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- flags
+@pytest.mark.profile("llamacpp")
 @backend
 @pytest.mark.needs_flags
 def test_llama_server_command_line_starts():
@@ -140,6 +140,7 @@ def _ipv6_loopback() -> bool:
         return False
 
 
+@pytest.mark.profile("llamacpp")
 @basic
 @pytest.mark.needs_flags
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
@@ -219,6 +220,7 @@ def test_startup_says_what_it_serves_and_health_polls_stay_quiet():
 
 
 # --------------------------------------------------------------------------- routes
+@pytest.mark.profile("llamacpp")
 @basic
 @pytest.mark.needs_flags
 def test_aliases_and_model_retrieve():
@@ -233,6 +235,7 @@ def test_aliases_and_model_retrieve():
     assert res.status_code == 404 and "no-such-model" in error_of(res)["message"]
 
 
+@pytest.mark.profile("openai")
 @basic
 def test_models_retrieve_with_the_openai_sdk(chat_server):
     openai = pytest.importorskip("openai")
@@ -243,12 +246,14 @@ def test_models_retrieve_with_the_openai_sdk(chat_server):
         client.models.retrieve("org/no-such-model")
 
 
+@pytest.mark.profile("llamacpp")
 @basic
 def test_head_health(chat_server):
     res = requests.head(f"{chat_server.url}/health", timeout=10)
     assert res.status_code == 200 and res.content == b""
 
 
+@pytest.mark.profile("llamacpp")
 @security
 @pytest.mark.needs_flags
 def test_cors_localhost_means_every_local_origin():
@@ -263,6 +268,7 @@ def test_cors_localhost_means_every_local_origin():
         assert "Access-Control-Allow-Origin" not in res.headers, origin
 
 
+@pytest.mark.profile("llamacpp")
 @security
 def test_preflight_allows_delete(chat_server):
     res = chat_server.make_request("OPTIONS", "/v1/chat/completions", headers={

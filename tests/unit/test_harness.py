@@ -196,6 +196,15 @@ def test_renamed_flag_follows_the_binary_help():
     assert utils.flag_args(flag, 8, new_help) == ["--spec-draft-n-max", "8"]
 
 
+def test_if_listed_flag_is_left_out_for_a_binary_without_it():
+    """`--kv-unified` reaches another binary only when its --help lists it (older llama-servers)."""
+    flag = next(f for f in utils.FLAGS if f.attr == "kv_unified")
+    assert utils.flag_args(flag, True) == ["--kv-unified"]
+    assert utils.flag_args(flag, True, "-np, --parallel N   number of slots\n") == []
+    listed = "-kvu, --kv-unified, -no-kvu, --no-kv-unified   use single unified KV buffer\n"
+    assert utils.flag_args(flag, False, listed) == ["--no-kv-unified"]
+
+
 def test_metric_ignores_the_namespace():
     m = utils.parse_prometheus("llamacpp:prompt_tokens_total 24\nrefserver:n_decode_total 3\n")
     assert utils.metric(m, "prompt_tokens_total") == 24

@@ -8,13 +8,12 @@ import time
 import pytest
 from utils import TARGET, ServerProcess
 
-pytestmark = pytest.mark.profile("llamacpp")
-
 completion = pytest.mark.feature("completion")
 streaming = pytest.mark.feature("streaming")
 chat = pytest.mark.feature("chat")
 basic = pytest.mark.feature("basic")
 metrics = pytest.mark.feature("metrics")
+pytestmark = pytest.mark.profile("llamacpp")
 
 STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun."
 LONG = STORY + " He liked to play in the garden with his friend, a small brown dog." * 3

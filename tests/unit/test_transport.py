@@ -14,9 +14,8 @@ import pytest
 import requests
 from utils import REPO_ROOT, TARGET, ServerPreset
 
-pytestmark = pytest.mark.profile("refserver")
-
 limits = pytest.mark.feature("limits")
+pytestmark = pytest.mark.profile("refserver")
 refserver_only = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own transport and signals")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -16,9 +17,8 @@ import requests
 from tornado.websocket import websocket_connect
 from utils import TARGET, ServerPreset
 
-pytestmark = pytest.mark.profile("refserver")
-
 basic = pytest.mark.feature("basic")
+pytestmark = pytest.mark.profile("refserver")
 refserver_only = pytest.mark.skipif(not TARGET.runs_refserver, reason="refserver's own page and schema")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -46,6 +46,9 @@ def test_openapi_lists_every_route_with_its_request_model(chat_server):
     fields = spec["components"]["schemas"][chat["$ref"].split("/")[-1]]["properties"]
     assert {"messages", "temperature", "max_completion_tokens", "tools"} <= set(fields)
     assert "head" in spec["paths"]["/health"]
+    for path in ("/v1/responses", "/v1/messages", "/tokenize"):
+        assert "requestBody" in spec["paths"][path]["post"], path
+    assert "delete" in spec["paths"]["/v1/responses/{id}"]
     docs = requests.get(f"{chat_server.url}/docs", timeout=10)
     assert docs.status_code == 200 and "/openapi.json" in docs.text
 
@@ -109,18 +112,41 @@ def _launch_chromium(profile) -> tuple[subprocess.Popen, str]:
     pytest.fail("chromium did not start its DevTools endpoint")
 
 
+@contextlib.contextmanager
+def _browser(tmp_path):
+    """A headless Chromium; yields the DevTools websocket URL of its page."""
+    proc, devtools_url = _launch_chromium(tmp_path / "profile")
+    try:
+        targets = requests.get(f"{devtools_url}/json/list", timeout=10).json()
+        yield next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _open(ws_url: str, page_url: str) -> DevTools:
+    dt = DevTools(await websocket_connect(ws_url, max_message_size=64 << 20))
+    await dt.call("Page.enable")
+    await dt.call("Page.navigate", url=page_url)
+    await dt.wait_for("document.readyState === 'complete' && !!document.getElementById('send')")
+    await dt.wait_for("document.getElementById('model').textContent !== 'refserver'")  # /v1/models answered
+    return dt
+
+
+async def _ask(dt: DevTools, question: str) -> None:
+    await dt.js(f"document.getElementById('input').value = {json.dumps(question)}")
+    await dt.js("document.getElementById('send').click()")
+
+
 async def _chat_in_browser(ws_url: str, page_url: str, question: str) -> tuple[dict, bytes]:
     """Ask `question` on the page; returns what the page shows, and its screenshot (PNG)."""
-    ws = await websocket_connect(ws_url, max_message_size=64 << 20)
-    dt = DevTools(ws)
+    dt = await _open(ws_url, page_url)
     try:
-        await dt.call("Page.enable")
-        await dt.call("Page.navigate", url=page_url)
-        await dt.wait_for("document.readyState === 'complete' && !!document.getElementById('send')")
-        await dt.wait_for("document.getElementById('model').textContent !== 'refserver'")  # /v1/models answered
         await dt.js("document.getElementById('temperature').value = '0'")
-        await dt.js(f"document.getElementById('input').value = {json.dumps(question)}")
-        await dt.js("document.getElementById('send').click()")
+        await _ask(dt, question)
         await dt.wait_for("document.body.dataset.state === 'done'")
         shot = await dt.call("Page.captureScreenshot", format="png")
         seen = await dt.js("""({
@@ -129,7 +155,7 @@ async def _chat_in_browser(ws_url: str, page_url: str, question: str) -> tuple[d
             status: document.getElementById('status').textContent})""")
         return seen, base64.b64decode(shot["data"])
     finally:
-        ws.close()
+        dt.ws.close()
 
 
 @basic
@@ -137,19 +163,10 @@ async def _chat_in_browser(ws_url: str, page_url: str, question: str) -> tuple[d
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
 def test_chat_page_answers_in_headless_chromium(chat_server, tmp_path):
     question = "What is the capital of France?"
-    proc, devtools_url = _launch_chromium(tmp_path / "profile")
     shot = tmp_path / "chat-page.png"
-    try:
-        targets = requests.get(f"{devtools_url}/json/list", timeout=10).json()
-        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+    with _browser(tmp_path) as ws_url:
         seen, png = asyncio.run(_chat_in_browser(ws_url, f"{chat_server.url}/", question))
-        shot.write_bytes(png)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    shot.write_bytes(png)
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 1000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not seen["error"] and seen["answer"].strip()
@@ -161,3 +178,40 @@ def test_chat_page_answers_in_headless_chromium(chat_server, tmp_path):
     assert seen["answer"] == api["choices"][0]["message"]["content"]
     if TARGET.is_refserver:
         assert "Paris" in seen["answer"]
+
+
+async def _stop_while_queued(ws_url: str, server) -> str:
+    dt = await _open(ws_url, f"{server.url}/")
+    try:
+        await _ask(dt, "Hello")
+        deadline = time.monotonic() + 60
+        while (await asyncio.to_thread(server.props))["requests_deferred"] != 1:  # the page's request waits
+            assert time.monotonic() < deadline, "the page's request never reached the queue"
+            await asyncio.sleep(0.1)
+        await dt.js("document.getElementById('stop').click()")
+        await dt.wait_for("document.body.dataset.state === 'done'")
+        while (await asyncio.to_thread(server.props))["requests_deferred"] != 0:  # the server dropped it
+            assert time.monotonic() < deadline, "the stopped request stayed queued"
+            await asyncio.sleep(0.1)
+        return await dt.js("document.getElementById('status').textContent")
+    finally:
+        dt.ws.close()
+
+
+@basic
+@pytest.mark.needs_flags
+@refserver_only
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_stop_button_cancels_the_request(tmp_path):
+    """The only slot is held by an endless generation, so the page's request waits in the
+    queue until Stop: the page says so and the server drops the request."""
+    server = ServerPreset.chat()
+    server.n_slots, server.n_predict, server.context_shift = 1, None, True
+    server.start()
+    hold = server.hold_slot()
+    try:
+        with _browser(tmp_path) as ws_url:
+            status = asyncio.run(_stop_while_queued(ws_url, server))
+    finally:
+        hold.close()
+    assert status == "stopped"
