@@ -16,8 +16,8 @@ import contextlib
 import shlex
 import sys
 
-from .__main__ import Bench
 from .client import completion_body, stream_completion
+from .runner import Bench
 from .server import Server
 from .stats import paired_ratio
 

@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     py_spy = find_py_spy()
     if a.model is None:
-        sys.path.insert(0, str(ROOT / "tools"))
-        import make_bench_model
+        from tools import make_bench_model
 
         a.model = make_bench_model.build(ROOT / "bench" / ".cache") / "onnx-fp32"
     OUT.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,32 @@ def _ratio(v) -> str:
 
 
 def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
-    rows, m = out["rows"], out["machine"]
-    model = out["model"]
-    lines = [
+    """docs/bench/results*.md: the header, one table row per bench row, the ratios."""
+    lines = _header(out) + ["", "| # | what | decode tok/s | TTFT ms | notes |", "|---|---|---|---|---|"]
+    for num, key, note in _ROWS:
+        lines += _row(out, num, key, note)
+    lines += _concurrency(out["rows"]) + _cache_and_spec(out["rows"]) + _memory(out["rows"]) + _ratios(out)
+    if out["notes"]:
+        lines += [""] + [f"- {n}" for n in out["notes"]]
+    if plot:
+        lines += ["", f"![aggregate decode tokens/s against concurrent streams]({plot})"]
+    lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+_ROWS = [(1, "raw", "backend `forward` + argmax, no HTTP (the floor)"),
+         (2, "http", "one streaming `/completion` client"),
+         (3, "genai", "`og.Generator`, intra_op_num_threads set"),
+         (4, "llama", "low-level `eval` + argmax"),
+         ("", "raw_int4", ""), ("", "genai_int4", ""),
+         (9, "small_raw", "the embedded chat model: little model time, so the gap to HTTP is refserver's cost"),
+         (9, "small_http", "")]
+
+
+def _header(out: dict) -> list[str]:
+    m, model = out["machine"], out["model"]
+    return [
         "# refserver benchmark results",
         "",
         f"`{out['command']}` — {out['date']}, {out['mode']} mode, {out['elapsed_s']:.0f} s.",
@@ -34,49 +57,40 @@ def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
         "",
         (f"Model: `{model['name']}`, a random-weight Llama of {model['params_m']}M parameters (hidden "
-        f"{model['hidden_size']}, {model['num_hidden_layers']} layers, {model['num_attention_heads']}/"
-        f"{model['num_key_value_heads']} heads, ffn {model['intermediate_size']}, vocab {model['vocab_size']}), "
-        "fp32, made by `tools/make_bench_model.py`. Greedy, end-of-generation banned, "
-        f"{out['settings']['prompt_len']}-token prompts, {out['settings']['n_new']} new tokens; "
-        f"median (min–max) of {out['settings']['repeats']} runs."),
-        "",
-        "| # | what | decode tok/s | TTFT ms | notes |",
-        "|---|---|---|---|---|",
+         f"{model['hidden_size']}, {model['num_hidden_layers']} layers, {model['num_attention_heads']}/"
+         f"{model['num_key_value_heads']} heads, ffn {model['intermediate_size']}, vocab {model['vocab_size']}), "
+         "fp32, made by `tools/make_bench_model.py`. Greedy, end-of-generation banned, "
+         f"{out['settings']['prompt_len']}-token prompts, {out['settings']['n_new']} new tokens; "
+         f"median (min–max) of {out['settings']['repeats']} runs."),
     ]
+
+
+def _row(out: dict, num, key: str, note: str) -> list[str]:
+    r = out["rows"].get(key)
+    if r is None:
+        return []
+    if "skipped" in r:
+        return [f"| {num} | {_plain(r['label'])} | skipped | | {r['skipped']} |"]
     match = out.get("token_match_vs_raw", {})
+    extra = [note] if note else []
+    if key in match:
+        first = match.get(key + "_first_divergence")
+        extra.append(f"greedy tokens equal to raw: {match[key]:.0%}"
+                     + (f" (first difference at token {first})" if first is not None else ""))
+    if r.get("cpu_ms_per_token"):
+        extra.append(f"CPU {r['cpu_ms_per_token']:.2f} ms/token")
+    if r.get("server_cpu_ms_per_token"):
+        extra.append(f"server CPU {r['server_cpu_ms_per_token']:.2f} ms/token, of which IOLoop thread "
+                     f"{r['ioloop_cpu_ms_per_token']:.2f}")
+    if r.get("rss_mib"):
+        extra.append(f"RSS {r['rss_mib']:.0f} MiB")
+    return [(f"| {num} | {_plain(r['label'])} | {_fmt(r.get('stat'))} | "
+            f"{_fmt(r.get('ttft_ms'))} | {'; '.join(extra)} |")]
 
-    def row(num, key, note=""):
-        r = rows.get(key)
-        if r is None:
-            return
-        if "skipped" in r:
-            lines.append(f"| {num} | {_plain(r['label'])} | skipped | | {r['skipped']} |")
-            return
-        extra = [note] if note else []
-        if key in match:
-            first = match.get(key + "_first_divergence")
-            extra.append(f"greedy tokens equal to raw: {match[key]:.0%}"
-                         + (f" (first difference at token {first})" if first is not None else ""))
-        if r.get("cpu_ms_per_token"):
-            extra.append(f"CPU {r['cpu_ms_per_token']:.2f} ms/token")
-        if r.get("server_cpu_ms_per_token"):
-            extra.append(f"server CPU {r['server_cpu_ms_per_token']:.2f} ms/token, of which IOLoop thread "
-                         f"{r['ioloop_cpu_ms_per_token']:.2f}")
-        if r.get("rss_mib"):
-            extra.append(f"RSS {r['rss_mib']:.0f} MiB")
-        lines.append(f"| {num} | {_plain(r['label'])} | {_fmt(r.get('stat'))} | "
-                     f"{_fmt(r.get('ttft_ms'))} | {'; '.join(extra)} |")
 
-    row(1, "raw", "backend `forward` + argmax, no HTTP (the floor)")
-    row(2, "http", "one streaming `/completion` client")
-    row(3, "genai", "`og.Generator`, intra_op_num_threads set")
-    row(4, "llama", "low-level `eval` + argmax")
-    row("", "raw_int4")
-    row("", "genai_int4")
-    row(9, "small_raw", "the embedded chat model: little model time, so the gap to HTTP is refserver's cost")
-    row(9, "small_http")
-    conc = rows.get("concurrency", {}).get("levels", {})
-    for n, c in conc.items():
+def _concurrency(rows: dict) -> list[str]:
+    lines = []
+    for n, c in rows.get("concurrency", {}).get("levels", {}).items():
         lines.append(f"| 5 | {n} concurrent stream(s), aggregate | {_fmt(c['aggregate'])} | | "
                      f"per stream {c['per_stream']['median']:.1f} tok/s; server CPU "
                      f"{c.get('server_cpu_ms_per_token', float('nan')):.2f} ms/token, IOLoop thread "
@@ -86,6 +100,11 @@ def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
         lines.append("| 5 | the ceiling: raw backend, B rows per decode call | "
                      + ", ".join(f"B={b} {v:.0f}" for b, v in ceiling.items()) + " tok/s | | "
                      "no HTTP, no sampling: what batching can give on this machine |")
+    return lines
+
+
+def _cache_and_spec(rows: dict) -> list[str]:
+    lines = []
     for key in ("ttft_cold", "ttft_hit"):
         r = rows.get(key)
         if r:
@@ -102,26 +121,34 @@ def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
                 note += (f"; draft accepted {r['draft_n_accepted']}/{r['draft_n']}; same tokens as without: "
                          f"{r['same_tokens']}")
             lines.append(f"| 7 | {r['label']} | {_fmt(r['stat'])} | | {note} |")
+    return lines
+
+
+def _memory(rows: dict) -> list[str]:
     mem = rows.get("memory")
-    if mem:
-        over_raw = mem.get("server_over_raw_loop_idle_mib")
-        lines.append(f"| 8 | server RSS, idle | | | {mem['rss_idle_mib']:.0f} MiB = weights {mem['weights_mib']:.0f} + "
-                     f"{mem['beyond_weights_idle_mib']:.0f} MiB (KV arena pages not touched yet)"
-                     + (f"; {over_raw:.0f} MiB more than the raw loop process" if over_raw is not None else "")
-                     + " |")
-        lines.append(f"| 8 | server RSS, peak | | | {mem['rss_peak_mib']:.0f} MiB = weights + KV arena "
-                     f"{mem['kv_arena_mib']:.0f} + {mem['beyond_weights_kv_peak_mib']:.0f} MiB (prompt-cache KV "
-                     "copies, buffers, heap) |")
+    if not mem:
+        return []
+    over_raw = mem.get("server_over_raw_loop_idle_mib")
+    return [f"| 8 | server RSS, idle | | | {mem['rss_idle_mib']:.0f} MiB = weights {mem['weights_mib']:.0f} + "
+            f"{mem['beyond_weights_idle_mib']:.0f} MiB (KV arena pages not touched yet)"
+            + (f"; {over_raw:.0f} MiB more than the raw loop process" if over_raw is not None else "")
+            + " |",
+            (f"| 8 | server RSS, peak | | | {mem['rss_peak_mib']:.0f} MiB = weights + KV arena "
+            f"{mem['kv_arena_mib']:.0f} + {mem['beyond_weights_kv_peak_mib']:.0f} MiB (prompt-cache KV "
+            "copies, buffers, heap) |")]
+
+
+def _ratios(out: dict) -> list[str]:
     pairs = out.get("paired_ratios", {})
 
     def spread(key: str) -> str:
         p = pairs.get(key)
         return f"{p['min']:.3f}–{p['max']:.3f}" if p else ""
 
-    lines += ["", ("Ratios of rows run side by side are the median of the per-round ratios (range "
-                   "shown); the others are ratios of medians."), "",
-              "| ratio | value | per-round range | first threshold | goal | status |",
-              "|---|---|---|---|---|---|"]
+    lines = ["", ("Ratios of rows run side by side are the median of the per-round ratios (range "
+                  "shown); the others are ratios of medians."), "",
+             "| ratio | value | per-round range | first threshold | goal | status |",
+             "|---|---|---|---|---|---|"]
     for key, t in out["thresholds"].items():
         sign = "≥" if t["dir"] == "ge" else "≤"
         lines.append(f"| `{key}` | {_ratio(out.get(key))} | {spread(key)} | {sign} {t['first']} | "
@@ -129,13 +156,7 @@ def write_markdown(out: dict, path: Path, plot: str | None = None) -> Path:
     for key in ("over_llama_cpp", "http_ttft_over_raw", "raw_over_onnxruntime_genai", "small_http_over_raw",
                 "small_overhead_ms_per_token"):
         lines.append(f"| `{key}` | {_ratio(out.get(key))} | {spread(key)} | | | |")
-    if out["notes"]:
-        lines += [""] + [f"- {n}" for n in out["notes"]]
-    if plot:
-        lines += ["", f"![aggregate decode tokens/s against concurrent streams]({plot})"]
-    lines.append("")
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def write_plot(out: dict, path: Path) -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,27 +12,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from refserver.procs import free_port, proc_status, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (KiB) and Threads of a process, from /proc (Linux); {} if it is gone."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "Threads"):
-                    out[key] = int(rest.split()[0])
-    except OSError:
-        pass
-    return out
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -129,13 +110,7 @@ class Server:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT if self.wrap else signal.SIGTERM)
-            try:
-                proc.wait(timeout=15 if self.wrap else 8)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, signal.SIGINT if self.wrap else signal.SIGTERM, timeout=15 if self.wrap else 8)
         if self._log is not None:
             self._log.close()
             os.unlink(self._log.name)

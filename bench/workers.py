@@ -21,7 +21,6 @@ the ids in `ban` (end-of-generation tokens) masked as `ignore_eos` does.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -47,7 +46,6 @@ def _run_result(t0: float, t_first: float, t_end: float, tokens: list[int]) -> d
 
 # ---------------------------------------------------------------------------- raw backend
 def raw(spec: dict) -> dict:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import backends
     from backends import Step
 
@@ -77,7 +75,6 @@ def raw(spec: dict) -> dict:
 def raw_batch(spec: dict) -> dict:
     """The backend's batched decode alone: B rows stepping in one `forward` per token, for
     each B in spec["batches"]; the ceiling for refserver's aggregate rate at B streams."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import backends
     from backends import Step
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .chat.named_templates import NAMED_TEMPLATES
+from .config import BACKENDS, ServerConfig
 from .llama_flags import add_llama_flags
 
-BACKENDS = {"onnx-cpu": "cpu", "onnx-cuda": "cuda", "onnx-dml": "dml"}
 MIN_CTX = 32  # a smaller context holds no prompt worth answering
 
 # llama-server's sampling flags: the server-wide defaults of requests that omit the field.
@@ -40,63 +39,6 @@ SAMPLING_FLAGS: tuple[tuple[tuple[str, ...], str, type], ...] = (
 )
 
 
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"  # comma-separated: one listener each
-    port: int = 8080
-    model: str | None = None
-    model_draft: str | None = None
-    draft_max: int = 16
-    draft_min: int = 0
-    draft_p_min: float = 0.75
-    threads_draft: int = 1
-    ctx_size: int = 0  # total tokens of all slots (0: the model's context length)
-    parallel: int = 4
-    kv_unified: bool = True  # False: each slot gets ctx_size / parallel (llama.cpp's --no-kv-unified)
-    batch_size: int = 2048
-    n_predict: int = -1
-    temp: float | None = None  # None: the model's genai_config.json search default, else 0.8
-    seed: int = -1
-    slots: bool = True
-    jinja: bool = True
-    chat_template: str | None = None
-    chat_template_file: str | None = None
-    alias: str | None = None  # the first of `aliases`
-    aliases: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    api_keys: list[str] = field(default_factory=list)
-    metrics: bool = False
-    metrics_compat: tuple[str, ...] = ()  # extra metric name sets for routers: "vllm"
-    verbose: bool = False
-    threads: int = 0
-    cache_ram: int | None = None  # MiB
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    cors_methods: str = "GET, POST, DELETE, OPTIONS"
-    cors_headers: str = "*"
-    webui: bool = True
-    sampling: dict = field(default_factory=dict)  # SamplingParams fields set by --top-k, --min-p, ...
-    inert_flags: list[str] = field(default_factory=list)  # llama-server flags with no effect here
-    backend: str = "onnx-cpu"
-    strict: bool = False
-    sse_keepalive: float = 5.0
-    stream_interval_ms: float = 25.0
-    prompt_cache_size: int | None = None
-    max_body_mb: float = 16.0
-    max_queue: int | None = None
-    shutdown_grace: float = 3.0
-    timeout: float = 30.0  # seconds a request body may take to arrive
-    props: bool = False
-    reasoning_format: str = "auto"  # none | deepseek | auto: split <think> off content
-    reasoning: str = "auto"  # on | off | auto: the template's enable_thinking
-    reasoning_budget: int = -1  # -1: unlimited; 0: thinking off; N: </think> forced after N tokens
-    responses_store_size: int = 256
-    context_shift: bool = False
-
-    @property
-    def device(self) -> str:
-        return BACKENDS[self.backend]
-
-
 class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one stderr line (exit 2)."""
 
@@ -111,7 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--version", action="version", version=f"refserver {__version__}")
     add("--usage", action="help", help="show this help message and exit")
-    g = p.add_argument_group("server")
+    _server_flags(p.add_argument_group("server"))
+    _model_flags(p.add_argument_group("model"))
+    _sampling_flags(p.add_argument_group("sampling and chat"))
+    add_llama_flags(p)
+    return p
+
+
+def _server_flags(g) -> None:
     g.add_argument("--host", default="127.0.0.1",
                    help="address(es) to listen on, comma-separated (default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
@@ -152,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests waiting for a slot; more get 503 (default and 0: no limit)")
     g.add_argument("--shutdown-grace", type=float, default=3.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, time left to in-flight requests (default 3)")
-    g = p.add_argument_group("model")
+
+
+def _model_flags(g) -> None:
     g.add_argument("-m", "--model", metavar="DIR", help="model directory (default: the embedded model)")
     g.add_argument("-a", "--alias", help="model name(s) reported by the API, comma-separated "
                                           "(default: the directory name)")
@@ -184,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-td", "--threads-draft", "--spec-draft-threads", type=int, default=1,
                    help="CPU threads of the draft model (default 1: a small draft gains nothing from more, "
                         "and its idle threads would spin against the main model's; 0: all cores)")
-    g = p.add_argument_group("sampling and chat")
+
+
+def _sampling_flags(g) -> None:
     g.add_argument("-n", "--n-predict", "--predict", type=int, default=-1,
                    help="tokens to generate for requests that give no n_predict/max_tokens; a request's own "
                         "value wins (default -1: until EOS or the context is full)")
@@ -212,8 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "after N reasoning tokens")
     g.add_argument("--responses-store-size", type=int, default=256, metavar="N",
                    help="most responses kept for store: true / previous_response_id (LRU; 0: none)")
-    add_llama_flags(p)
-    return p
 
 
 class _NegatableSwitch(argparse.Action):

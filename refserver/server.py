@@ -12,7 +12,6 @@ a supervisor restarts it (`REFSERVER_INJECT_ENGINE_FAULT=1` forces this, for tes
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -20,18 +19,17 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from .cli import ServerConfig
-from .engine.types import SamplingParams
+from .config import ServerConfig
 from .errors import RefserverError
 from .http.app import make_app
 from .http.state import AppState, ModelSummary
 from .http.transport import READ_HEADER_BYTES, RefserverHTTPServer
 from .model_dir import ModelDir, ModelDirError, check_ctx_size, resolve_model_dir, search_defaults
-from .schemas.common import ServerDefaults
 from .stream.bridge import EventBridge
 
 log = logging.getLogger("refserver")
@@ -58,7 +56,7 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
     from backends.errors import BackendError
 
     from .chat.templates import resolve_chat_template
-    from .engine import Engine, EngineConfig
+    from .engine import Engine
     from .metrics import Metrics
     from .tokenizer import TextTokenizer
 
@@ -84,19 +82,10 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
     except BackendError as exc:
         raise StartupError(str(exc)) from exc
     search = search_defaults(model)
-    engine_kwargs = {"n_slots": config.parallel, "n_ctx": config.ctx_size or search.get("max_length", 0),
-                     "kv_unified": config.kv_unified,
-                     "n_batch": config.batch_size,
-                     "n_predict": config.n_predict, "seed": config.seed, "draft_max": config.draft_max,
-                     "draft_min": config.draft_min, "draft_p_min": config.draft_p_min,
-                     "context_shift": config.context_shift}
-    for key, value in (("cache_ram_mib", config.cache_ram), ("prompt_cache_size", config.prompt_cache_size),
-                       ("max_queue", config.max_queue)):
-        if value is not None:
-            engine_kwargs[key] = value
-    engine_kwargs["inject_fault"] = os.environ.get("REFSERVER_INJECT_ENGINE_FAULT") == "1"
     try:
-        engine = Engine(backend, tokenizer, EngineConfig(**engine_kwargs), draft=draft)
+        engine_config = replace(config.engine_config(search),
+                                inject_fault=os.environ.get("REFSERVER_INJECT_ENGINE_FAULT") == "1")
+        engine = Engine(backend, tokenizer, engine_config, draft=draft)
         engine.start()
     except (BackendError, RefserverError, ValueError) as exc:
         raise StartupError(f"cannot start the engine: {exc}") from exc
@@ -107,23 +96,11 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
         path=str(model.path), n_vocab=info.vocab_size,
         n_ctx_train=info.context_length or model.n_ctx_train,
         n_embd=int(model.config.get("hidden_size", 0) or 0), n_params=info.n_params, size=info.size_bytes)
-    state.defaults = server_defaults(config, search, tokenizer.vocab_size, has_draft=draft is not None)
+    state.defaults = config.request_defaults(has_draft=draft is not None, search=search)
     state.tokenizer, state.template, state.engine = tokenizer, template, engine
     state.tool_template, state.template_names = tool_template, list(model.chat_templates)
     if config.metrics:
         state.metrics = Metrics(engine.stats, model_name=model.alias, compat=config.metrics_compat)
-
-
-def server_defaults(config: ServerConfig, search: dict, n_vocab: int, has_draft: bool) -> ServerDefaults:
-    """What requests fall back to: the flags, else the model's genai_config.json `search`
-    values (as onnxruntime-genai would sample it), else llama-server's defaults."""
-    model = {k: v for k, v in search.items() if k in ("temperature", "top_k", "top_p")}
-    flags = {**({} if config.temp is None else {"temperature": config.temp}), **config.sampling}
-    sampling = dataclasses.replace(SamplingParams(), **{**model, **flags})
-    return ServerDefaults(
-        temperature=sampling.temperature, seed=config.seed, n_predict=config.n_predict, n_slots=config.parallel,
-        n_vocab=n_vocab, draft_max=config.draft_max, draft_min=config.draft_min, draft_p_min=config.draft_p_min,
-        has_draft=has_draft, sampling=sampling)
 
 
 def run(config: ServerConfig) -> int:
@@ -169,7 +146,7 @@ def _banner(config: ServerConfig, state: AppState, bound: list[tuple[str, int]])
     """What the server serves and how to reach it, logged once it is ready."""
     engine, m = state.engine, state.model
     url = _url(*bound[0])
-    sharing = (f"sharing {engine.n_ctx_total} tokens of context" if engine.n_ctx_total < len(engine.slots_) *
+    sharing = (f"sharing {engine.n_ctx_total} tokens of context" if engine.n_ctx_total < len(engine.slots()) *
                engine.n_ctx_slot else f"of {engine.n_ctx_slot} tokens each")
     endpoints = ("/health /props /v1/models /completion /v1/completions /v1/chat/completions /tokenize "
                  "/detokenize /apply-template" + (" /slots" if config.slots else "")
@@ -178,7 +155,7 @@ def _banner(config: ServerConfig, state: AppState, bound: list[tuple[str, int]])
     lines = [
         (f"model {m.path} as {', '.join(m.aliases)} ({m.n_params / 1e6:.1f}M parameters, "
          f"trained context {m.n_ctx_train} tokens)"),
-        (f"{len(engine.slots_)} slots, each up to {engine.n_ctx_slot} tokens, {sharing}; "
+        (f"{len(engine.slots())} slots, each up to {engine.n_ctx_slot} tokens, {sharing}; "
          f"KV cache {engine.kv_bytes / 2**20:.1f} MiB allocated for them"),
         "listening on " + ", ".join(_url(h, p) for h, p in bound),
         f"chat page {url}/" if config.webui else "chat page off (--no-webui)",
@@ -205,30 +182,9 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     except (OSError, socket.gaierror) as exc:
         return _fail(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
                      "pick another --port or --host")
-    stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():  # a second signal: exit at once, as llama-server does
-            log.warning("second signal: exiting now")
-            _exit_now(1)
-        stop.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop = _stop_on_signals(loop)
     log.info("listening on %s; loading %s", ", ".join(_url(h, p) for h, p in bound), model.path)
-
-    loaded: asyncio.Future = loop.create_future()
-
-    def load_in_thread() -> None:
-        try:
-            load(config, model, state)
-        except BaseException as exc:  # noqa: BLE001 - reported on the loop
-            error = exc
-            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_exception(error))
-        else:
-            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_result(None))
-
-    # A daemon thread, so a signal during loading can end the process at once.
-    threading.Thread(target=load_in_thread, name="refserver-load", daemon=True).start()
+    loaded = _load_in_background(loop, config, model, state)
     stop_wait = asyncio.ensure_future(stop.wait())
     await asyncio.wait([loaded, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     if not loaded.done():
@@ -256,6 +212,39 @@ async def _serve(config: ServerConfig, model: ModelDir) -> int:
     died_wait.cancel()
     await _shutdown(state, server, config.shutdown_grace)
     return 0
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event SIGTERM/SIGINT set; a second signal exits at once, as llama-server does."""
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            _exit_now(1)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    return stop
+
+
+def _load_in_background(loop: asyncio.AbstractEventLoop, config: ServerConfig, model: ModelDir,
+                        state: AppState) -> asyncio.Future:
+    """`load()` on a daemon thread (so a signal during loading can end the process at once);
+    the future resolves on the loop when it is done."""
+    loaded: asyncio.Future = loop.create_future()
+
+    def load_in_thread() -> None:
+        try:
+            load(config, model, state)
+        except BaseException as exc:  # noqa: BLE001 - reported on the loop
+            error = exc
+            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(lambda: loaded.done() or loaded.set_result(None))
+
+    threading.Thread(target=load_in_thread, name="refserver-load", daemon=True).start()
+    return loaded
 
 
 def _exit_now(code: int) -> None:

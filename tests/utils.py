@@ -23,7 +23,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from urllib.parse import urlparse
 import pytest
 import requests
 from discovery import Discovery, capability_of
+
+from refserver.procs import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("REFSERVER_SHARED", REPO_ROOT.parent / "shared"))
@@ -204,12 +205,6 @@ def binary_help(binary: str) -> str:
         except (OSError, subprocess.TimeoutExpired):
             _HELP_TEXT[binary] = ""
     return _HELP_TEXT[binary]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- responses
@@ -504,14 +499,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         """terminate → wait 5 s → kill; only our own child process."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        if self.process is not None:
+            stop_process(self.process)
         self._cleanup()
 
     def send_signal(self, sig: int = signal.SIGTERM) -> None:

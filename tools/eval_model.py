@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llguidance
 import llguidance.numpy
-from corpus import Corpus
+import numpy as np
+import onnxruntime as ort
 
 from refserver.chat.grammars import tools_constraint
 from refserver.chat.tool_calls import HermesToolCallParser
 from refserver.tokenizer import TextTokenizer
+from tools.corpus import Corpus
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "refserver" / "models" / "chat"
 COUNTS = {"story": 15, "chat": 15, "capital": 20, "math": 20, "json": 15, "echo": 15, "tool": 40}

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from train_model import Llama, LlamaConfig, rotate_half
+
+from tools.train_model import Llama, LlamaConfig, rotate_half
 
 CHECK_PROMPTS = [
     "Once upon a time, there was a little cat named Tom.",

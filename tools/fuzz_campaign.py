@@ -1,7 +1,7 @@
 """A longer fuzz campaign against a running refserver (or any llama-server compatible server).
 
     python -m refserver -m ../shared/models/stories260K/onnx-genai --port 8080 -np 4 -c 2048 -n 8 &
-    python tools/fuzz_campaign.py --url http://127.0.0.1:8080 --minutes 2 [--pid PID] [--out bad.jsonl]
+    python -m tools.fuzz_campaign --url http://127.0.0.1:8080 --minutes 2 [--pid PID] [--out bad.jsonl]
 
 For N minutes, a few workers send random and mutated requests: bodies built from each
 route's fields with plausible and hostile values, arbitrary JSON, valid bodies with
@@ -38,8 +38,7 @@ from urllib.parse import urlparse
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.server import proc_status  # after the path: the repository root
+from refserver.procs import proc_status
 
 GENERATING = ["/completion", "/completions", "/v1/completions", "/v1/chat/completions", "/chat/completions"]
 POST_ROUTES = GENERATING + ["/tokenize", "/detokenize", "/apply-template", "/infill"]

@@ -1,7 +1,7 @@
 """Make the benchmark model: a seeded random-weight Llama, exported three ways.
 
-    python tools/make_bench_model.py                 # into bench/.cache/ (skipped when up to date)
-    python tools/make_bench_model.py --force --check
+    python -m tools.make_bench_model                 # into bench/.cache/ (skipped when up to date)
+    python -m tools.make_bench_model --force --check
 
 Writes, under the cache directory (default `bench/.cache/`):
 
@@ -154,7 +154,6 @@ def check(hf: Path, onnx_dir: Path, gguf: Path | None, n_new: int = 48) -> None:
     from tokenizers import Tokenizer
     from transformers import LlamaForCausalLM
 
-    sys.path.insert(0, str(ROOT))
     import backends
     from backends import Step
 

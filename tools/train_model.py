@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from corpus import Corpus
 from tokenizers import Tokenizer
 from torch import nn
+
+from tools.corpus import Corpus
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # BPE merge ties are resolved deterministically on one thread
 
-from corpus import BOS, EOS, TEMPLATE_PATH, Corpus
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from tools.corpus import BOS, EOS, TEMPLATE_PATH, Corpus
 
 SPECIAL = [BOS, EOS, "<|im_start|>", "<|im_end|>"]
 TOOL_MARKERS = ["<tool_call>", "</tool_call>"]

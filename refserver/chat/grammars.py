@@ -1,16 +1,21 @@
-"""Structured-output constraints for the engine (compiled there with llguidance).
+"""Structured-output constraints for the engine: requests -> `Constraint`s.
 
+Only built here; the engine alone converts a `Constraint` to llguidance's form and
+validates it, once, at submit (`refserver.engine.constraints`; llguidance's own error
+text -> 400), so constraints never fail open and keywords llguidance does not implement
+(`not`, `if`, `uniqueItems`, ...) are a 400 too.
+
+- `chat_constraint` / `native_constraint`: what a chat / native request asks for, with the
+  conflicts between `tools`, `response_format`, `json_schema` and `grammar` checked here
+  and nowhere else.
 - `response_format_constraint`: OpenAI `response_format` / llama.cpp's top-level
   `json_schema` and `grammar` -> `Constraint`.  JSON schemas get llguidance options in
   "x-guidance" (no free whitespace; ", " and ": " separators), so output cannot drown in
-  whitespace; options the client put in "x-guidance" win.  Schemas are checked here
-  (llguidance's own error text -> 400): constraints never fail open.  Keywords llguidance
-  does not implement (`not`, `if`, `uniqueItems`, ...) are therefore a 400 too.
+  whitespace; options the client put in "x-guidance" win.
 - `tools_constraint`: a llguidance lark grammar for Hermes tool calls
   (`{"name": "f", "arguments": {...}}</tool_call>`), names restricted to the listed tools
   and arguments to each tool's `parameters` schema (whose top-level object gets
   `additionalProperties: false` unless it says otherwise, as llama.cpp's converter does).
-- `validate_constraint(c, lltokenizer)`: compile against the model's tokenizer.
 """
 
 from __future__ import annotations
@@ -30,11 +35,6 @@ TOOL_START, TOOL_END = "<tool_call>", "</tool_call>"
 _LARK_RULE = re.compile(r"^\s*[?!]?[A-Za-z_][A-Za-z0-9_.]*(\.\d+)?\s*:(?!:=)", re.MULTILINE)
 
 
-def _llg():
-    import llguidance
-    return llguidance
-
-
 def _with_options(schema: dict) -> dict:
     schema = dict(schema)
     user = schema.get("x-guidance")
@@ -42,57 +42,11 @@ def _with_options(schema: dict) -> dict:
     return schema
 
 
-def _check(grammar: str, what: str, tokenizer=None) -> None:
-    msg = _llg().LLMatcher.validate_grammar(grammar, tokenizer)
-    if msg and not msg.startswith("WARNING"):
-        raise InvalidRequest(f"invalid {what}: {msg}")
-
-
-_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
-
-
-def _unicode_escapes_to_chars(gbnf: str) -> str:
-    """GBNF `\\uXXXX` / `\\UXXXXXXXX` escapes as characters (or `\\xNN` below 0x80):
-    llguidance's GBNF converter turns `\\u0041` into an invalid `\\u41`."""
-    def repl(m: re.Match) -> str:
-        code = int(m.group(2) or m.group(3), 16)
-        return m.group(1) + (f"\\x{code:02x}" if code < 0x80 else chr(code))
-    return _UNICODE_ESCAPE.sub(repl, gbnf)
-
-
-def to_llguidance_grammar(c: Constraint) -> str:
-    """The llguidance grammar (what LLMatcher takes) for a Constraint: the one place a
-    Constraint is turned into llguidance's form, for validation here and for the engine."""
-    L = _llg()
-    try:
-        if c.kind == "json_schema":
-            schema = json.loads(c.text) if isinstance(c.text, str) else c.text
-            return L.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        if c.kind == "lark":
-            return L.LLMatcher.grammar_from_lark(c.text)
-        if c.kind == "regex":
-            return L.LLMatcher.grammar_from_regex(c.text)
-        if c.kind == "gbnf":
-            if c.text.lstrip().startswith("%llguidance"):
-                return L.LLMatcher.grammar_from_lark(c.text)
-            return L.grammar_from("gbnf", _unicode_escapes_to_chars(c.text))
-    except Exception as e:  # llguidance converter and JSON errors: the user's grammar is at fault
-        raise InvalidRequest(f"invalid {c.kind} grammar: {e}") from e
-    raise InvalidRequest(f"unknown constraint kind {c.kind!r}")
-
-
-def validate_constraint(c: Constraint, lltokenizer=None) -> None:
-    """Raise InvalidRequest (with llguidance's message) when `c` does not compile."""
-    _check(to_llguidance_grammar(c), {"json_schema": "JSON schema"}.get(c.kind, f"{c.kind} grammar"),
-           lltokenizer)
-
-
 def _schema_constraint(schema: Any, where: str) -> Constraint:
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{where} must be a JSON schema object, got {type(schema).__name__}")
-    c = Constraint(kind="json_schema", text=json.dumps(_with_options(schema), ensure_ascii=False))
-    validate_constraint(c)
-    return c
+    return Constraint(kind="json_schema", text=json.dumps(_with_options(schema), ensure_ascii=False),
+                      source=where)
 
 
 def grammar_constraint(grammar: str) -> Constraint:
@@ -102,11 +56,8 @@ def grammar_constraint(grammar: str) -> Constraint:
         raise InvalidRequest("'grammar' must be a string")
     stripped = grammar.lstrip()
     if stripped.startswith("%llguidance") or ("::=" not in grammar and _LARK_RULE.search(grammar)):
-        c = Constraint(kind="lark", text=grammar)
-    else:
-        c = Constraint(kind="gbnf", text=grammar)
-    validate_constraint(c)
-    return c
+        return Constraint(kind="lark", text=grammar, source="'grammar'")
+    return Constraint(kind="gbnf", text=grammar, source="'grammar'")
 
 
 def response_format_constraint(response_format: dict | None, json_schema: Any = None,
@@ -262,7 +213,8 @@ def close_reasoning_first(c: Constraint, end: str, token_names: frozenset[str] =
     """A forced tool grammar for a prompt that ends inside an open reasoning block (the
     template opened `<think>`): the block is closed first, then the call is forced."""
     text = c.text.replace("start:", "tool_start:", 1)
-    return Constraint(kind=c.kind, text=f'start: {_literal(end, token_names)} ("\\n" | "\\n\\n")? tool_start\n' + text)
+    return Constraint(kind=c.kind, text=f'start: {_literal(end, token_names)} ("\\n" | "\\n\\n")? tool_start\n' + text,
+                      source=c.source)
 
 
 def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool_calls: bool = False,
@@ -306,6 +258,31 @@ def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool
     else:
         raise InvalidRequest(f"tool_choice {tool_choice!r} is not supported with this chat template: its "
                              f"tool-call format ({fmt or 'none detected'}) has no grammar here; use \"auto\"")
-    c = Constraint(kind="lark", text=text, lazy_trigger=trigger if lazy else None)
-    _check(to_llguidance_grammar(c), "tool parameters schema")
-    return c
+    return Constraint(kind="lark", text=text, lazy_trigger=trigger if lazy else None, source="tool parameters schema")
+
+
+def chat_constraint(*, tools: list[dict] | None, tool_choice: Any, parallel_tool_calls: bool,
+                    response_format: Any, json_schema: Any, grammar: str | None,
+                    token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes",
+                    think_open: bool = False, think_end: str = "</think>") -> Constraint | None:
+    """A chat request's constraint: tool calls in the template's format `fmt` (when the
+    model may call tools) or structured output, never both.  `think_open`: the prompt ends
+    inside an open reasoning block, so a forced call first closes it."""
+    rf = response_format_constraint(response_format, json_schema=json_schema, grammar=grammar or None)
+    if not tools or tool_choice == "none":
+        return rf
+    if rf is not None or grammar:
+        raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
+    tc = tools_constraint(tools, tool_choice or "auto", parallel_tool_calls, token_names=token_names, fmt=fmt)
+    if tc is not None and tc.lazy_trigger is None and think_open:
+        tc = close_reasoning_first(tc, think_end, token_names)
+    return tc
+
+
+def native_constraint(grammar: str | None, json_schema: Any) -> Constraint | None:
+    """`grammar` / `json_schema` of a native request (grammar wins, as in llama.cpp)."""
+    grammar = grammar or None
+    schema = None if grammar else json_schema
+    if grammar is None and schema is None:
+        return None
+    return response_format_constraint(None, json_schema=schema, grammar=grammar)

@@ -37,14 +37,64 @@ Errors carry llguidance's first line only, not the parser state it appends.
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import threading
 
 import numpy as np
 
 from refserver import errors
-from refserver.chat.grammars import to_llguidance_grammar
 from refserver.engine.types import Constraint
 from refserver.tokenizer import TextTokenizer
+
+_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
+
+
+def _unicode_escapes_to_chars(gbnf: str) -> str:
+    """GBNF `\\uXXXX` / `\\UXXXXXXXX` escapes as characters (or `\\xNN` below 0x80):
+    llguidance's GBNF converter turns `\\u0041` into an invalid `\\u41`."""
+    def repl(m: re.Match) -> str:
+        code = int(m.group(2) or m.group(3), 16)
+        return m.group(1) + (f"\\x{code:02x}" if code < 0x80 else chr(code))
+    return _UNICODE_ESCAPE.sub(repl, gbnf)
+
+
+@functools.lru_cache(maxsize=256)
+def to_llguidance_grammar(c: Constraint) -> str:
+    """The llguidance grammar (what LLMatcher takes) for a Constraint: the one place a
+    Constraint is turned into llguidance's form (cached: the n choices of a request, and
+    requests repeating a schema, convert it once)."""
+    import llguidance as L
+    try:
+        if c.kind == "json_schema":
+            return L.LLMatcher.grammar_from_json_schema(json.loads(c.text), defaults={"whitespace_flexible": False})
+        if c.kind == "lark":
+            return L.LLMatcher.grammar_from_lark(c.text)
+        if c.kind == "regex":
+            return L.LLMatcher.grammar_from_regex(c.text)
+        if c.kind == "gbnf":
+            if c.text.lstrip().startswith("%llguidance"):
+                return L.LLMatcher.grammar_from_lark(c.text)
+            return L.grammar_from("gbnf", _unicode_escapes_to_chars(c.text))
+    except Exception as e:  # llguidance converter and JSON errors: the user's grammar is at fault
+        raise errors.InvalidRequest(f"invalid {_what(c)}: {e}") from e
+    raise errors.InvalidRequest(f"unknown constraint kind {c.kind!r}")
+
+
+def _what(c: Constraint) -> str:
+    return c.source or {"json_schema": "JSON schema"}.get(c.kind, f"{c.kind} grammar")
+
+
+def validate_constraint(c: Constraint, lltokenizer=None) -> str:
+    """The llguidance grammar of `c`; InvalidRequest (with llguidance's message, warnings
+    included: a constraint never fails open) when it does not compile."""
+    import llguidance
+    grammar = to_llguidance_grammar(c)
+    msg = llguidance.LLMatcher.validate_grammar(grammar, lltokenizer)
+    if msg:
+        raise errors.InvalidRequest(f"invalid {_what(c)}: {msg}")
+    return grammar
 
 
 class ConstraintCompiler:
@@ -63,17 +113,10 @@ class ConstraintCompiler:
                 self._lltok = llguidance.LLTokenizer(str(self.tokenizer.path), n_vocab=n_vocab, eos_token=eos)
             return self._lltok
 
-    def grammar(self, c: Constraint) -> str:
-        return to_llguidance_grammar(c)
-
     def compile(self, c: Constraint) -> ConstraintState:
-        import llguidance
-        grammar = self.grammar(c)
-        tok = self.lltokenizer()
-        err = llguidance.LLMatcher.validate_grammar(grammar, tok)
-        if err:
-            raise errors.InvalidRequest(err)
-        state = ConstraintState(self, grammar, c.lazy_trigger)
+        """Convert and validate `c` against the model's tokenizer (the only check a
+        constraint gets), then try its first step; raises InvalidRequest."""
+        state = ConstraintState(self, validate_constraint(c, self.lltokenizer()), c.lazy_trigger)
         err = state.first_step_error()
         if err:
             raise errors.InvalidRequest(f"the grammar cannot be followed: {err}")

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,9 +67,7 @@ class EngineConfig:
     seed: int = -1
     cache_ram_mib: int = 256  # cross-slot prompt cache byte bound (0 disables)
     prompt_cache_size: int = 10
-    draft_max: int = 16
-    draft_min: int = 0
-    draft_p_min: float = 0.75
+    speculative: SpeculativeParams = field(default_factory=SpeculativeParams)  # draft settings of requests that give none
     max_queue: int = 0
     context_shift: bool = False  # a full slot drops old tokens and goes on (llama.cpp's --context-shift)
     inject_fault: bool = False  # tests only: the loop dies when it first has work
@@ -118,7 +116,7 @@ class Engine:
         self.n_ctx_total = min(n_ctx, n_slots * self._n_ctx_slot)
         # The budget binds only when the slots together could hold more than it.
         self._shared = self.n_ctx_total < n_slots * self._n_ctx_slot
-        self.slots_ = [Slot(i) for i in range(n_slots)]
+        self._slots = [Slot(i) for i in range(n_slots)]
         self.eog = frozenset(tokenizer.eog_ids)
         self.prompt_cache = (PromptCache(config.prompt_cache_size, config.cache_ram_mib << 20)
                              if config.cache_ram_mib > 0 and config.prompt_cache_size > 0 else None)
@@ -149,12 +147,12 @@ class Engine:
         """Bytes of the main model's KV arena (one row of n_ctx_slot + 1 positions per slot)."""
         info = self.backend.info
         per_position = 2 * info.n_layers * info.n_kv_heads * info.head_dim * np.dtype(info.kv_dtype).itemsize
-        return per_position * len(self.slots_) * (self._n_ctx_slot + 1)
+        return per_position * len(self._slots) * (self._n_ctx_slot + 1)
 
     def start(self) -> None:
-        self.backend.allocate(len(self.slots_), self._n_ctx_slot)
+        self.backend.allocate(len(self._slots), self._n_ctx_slot)
         if self.draft_backend is not None:
-            self.drafter = Drafter(self.draft_backend, len(self.slots_), self._n_ctx_slot, self.config.n_batch)
+            self.drafter = Drafter(self.draft_backend, len(self._slots), self._n_ctx_slot, self.config.n_batch)
         self._thread = threading.Thread(target=self._run, name="refserver-engine", daemon=True)
         self._thread.start()
 
@@ -194,29 +192,10 @@ class Engine:
         return breaker_table(strings, self._vocabulary, lambda text: tok.encode(text, parse_special=False))
 
     def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> RequestHandle:
-        prompt = request.prompt
-        if not prompt:
-            raise errors.InvalidRequest("the prompt is empty")
-        if any(not 0 <= t < self.vocab_size for t in prompt):
-            raise errors.InvalidRequest("the prompt contains an invalid token id")
-        if len(prompt) >= self._n_ctx_slot:
-            raise errors.ContextExceeded(len(prompt), self._n_ctx_slot)
-        if request.id_slot >= len(self.slots_) or request.id_slot < -1:
-            raise errors.InvalidRequest(f"id_slot {request.id_slot} is out of range")
-        constraint = self.constraints.compile(request.constraint) if request.constraint else None
-        s = request.sampling
-        seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
-        breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
-        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=prompt, dry_breakers=breakers)
-        spec = None
-        if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
-            spec = request.speculative or SpeculativeParams(self.config.draft_max, self.config.draft_min,
-                                                            self.config.draft_p_min)
-            if spec.n_max <= 0:
-                spec = None
-        task = Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
-                    self.n_predict_for(request), seed, constraint, spec,
-                    budget=BudgetState(request.budget) if request.budget else None)
+        """Queue a request; InvalidRequest / ContextExceeded / Unavailable are raised here,
+        before any event."""
+        self._check(request)
+        task = self._new_task(request, sink)
         with self._lock:
             if self._stopping:
                 raise errors.Unavailable("server is shutting down")
@@ -226,6 +205,33 @@ class Engine:
             self._lock.notify_all()
         return task.handle
 
+    def _check(self, request: GenerationRequest) -> None:
+        prompt = request.prompt
+        if not prompt:
+            raise errors.InvalidRequest("the prompt is empty")
+        if any(not 0 <= t < self.vocab_size for t in prompt):
+            raise errors.InvalidRequest("the prompt contains an invalid token id")
+        if len(prompt) >= self._n_ctx_slot:
+            raise errors.ContextExceeded(len(prompt), self._n_ctx_slot)
+        if request.id_slot >= len(self._slots) or request.id_slot < -1:
+            raise errors.InvalidRequest(f"id_slot {request.id_slot} is out of range")
+
+    def _new_task(self, request: GenerationRequest, sink: Callable[[Event], None]) -> Task:
+        """The request's task: its compiled constraint, seed, sampler and draft settings."""
+        constraint = self.constraints.compile(request.constraint) if request.constraint else None
+        s = request.sampling
+        seed = s.seed if s.seed != -1 else self.config.seed if self.config.seed != -1 else secrets.randbits(32)
+        breakers = self._dry_breakers(s.dry_sequence_breakers) if s.dry_multiplier else None
+        sampler = Sampler(s, self.vocab_size, self.eog, seed, history=request.prompt, dry_breakers=breakers)
+        spec = None
+        if self.draft_backend is not None and constraint is None and not sampler.stateful and not request.budget:
+            spec = request.speculative or self.config.speculative
+            if spec.n_max <= 0:
+                spec = None
+        return Task(RequestHandle(next(self._ids)), request, sink, sampler, TextStream(request.stop),
+                    self.n_predict_for(request), seed, constraint, spec,
+                    budget=BudgetState(request.budget) if request.budget else None)
+
     def n_predict_for(self, request: GenerationRequest) -> int:
         """The request's own n_predict, else the server's -n (llama.cpp's current rule: -n
         is a default, not a cap); -1 means until EOS or the slot's context is full."""
@@ -233,7 +239,7 @@ class Engine:
 
     def slots(self) -> list[dict]:
         out = []
-        for slot in self.slots_:
+        for slot in self._slots:
             task = slot.task
             d = {"id": slot.id, "id_task": task.handle.id if task else -1, "n_ctx": self._n_ctx_slot,
                  "speculative": self.draft_backend is not None, "is_processing": task is not None,
@@ -251,7 +257,7 @@ class Engine:
         return out
 
     def stats(self) -> dict:
-        busy = [s for s in self.slots_ if s.busy]
+        busy = [s for s in self._slots if s.busy]
         with self._lock:
             deferred = len(self._queue)
         cache = self.prompt_cache
@@ -267,13 +273,13 @@ class Engine:
         try:
             while True:
                 with self._lock:
-                    while not self._stopping and not self._queue and not any(s.busy for s in self.slots_):
+                    while not self._stopping and not self._queue and not any(s.busy for s in self._slots):
                         self._lock.wait()
                     if self._stopping:
                         break
                 self._drop_cancelled()
                 self._assign()
-                if any(s.busy for s in self.slots_):
+                if any(s.busy for s in self._slots):
                     if self.config.inject_fault:
                         raise RuntimeError("injected engine fault (REFSERVER_INJECT_ENGINE_FAULT)")
                     self._step()
@@ -295,7 +301,7 @@ class Engine:
         with self._lock:
             self._stopping = True
             queued, self._queue = list(self._queue), deque()
-        for slot in self.slots_:
+        for slot in self._slots:
             if slot.task is not None:
                 self._send(slot.task, Failed(error))
                 slot.task = None
@@ -313,7 +319,7 @@ class Engine:
         with self._lock:
             if any(t.handle.cancelled for t in self._queue):
                 self._queue = deque(t for t in self._queue if not t.handle.cancelled)
-        for slot in self.slots_:
+        for slot in self._slots:
             if slot.task is not None and slot.task.handle.cancelled:
                 self._release(slot)
 
@@ -342,13 +348,13 @@ class Engine:
         taken = []
         in_use = self._tokens_in_use() if self._shared else 0
         for task in queue:
-            idle = [s for s in self.slots_ if not s.busy]
+            idle = [s for s in self._slots if not s.busy]
             if not idle:
                 break
             if self._shared and in_use + len(task.prompt) >= self.n_ctx_total:
                 break  # waits (first in, first out) until running requests free enough context
             if task.request.id_slot >= 0:
-                slot = self.slots_[task.request.id_slot]
+                slot = self._slots[task.request.id_slot]
                 if slot.busy:
                     continue
             else:
@@ -369,7 +375,7 @@ class Engine:
         """Context the busy slots hold or were promised: a pre-filling slot its whole
         prompt, a generating one its cache plus the sampled token still to be written."""
         return sum(len(s.cache) + len(s.task.refill) + 1 if s.task.generating else len(s.task.prompt)
-                   for s in self.slots_ if s.task is not None and s is not exclude)
+                   for s in self._slots if s.task is not None and s is not exclude)
 
     def _context_full(self, slot: Slot) -> bool:
         """Whether `slot` may not write its newest token: llama.cpp stops when prompt +
@@ -407,7 +413,7 @@ class Engine:
             self.drafter.tokens[slot.id] = dt[:min(common_prefix(dt, prompt), own)]
         slot.task = task
         task.handle.id_slot = slot.id
-        task.n_cached = task.next_idx = own
+        task.n_prompt_reused = task.next_idx = own
         task.t_start = time.perf_counter()
         self._stats["prompt_tokens_cache_total"] += own
         self._stats["prompt_tokens_queried_total"] += len(prompt)
@@ -416,23 +422,9 @@ class Engine:
 
     # ------------------------------------------------------------------ one step
     def _step(self) -> None:
-        active = [s for s in self.slots_ if s.task is not None]
-        drafts = self._propose(active)
-        steps: list[Step] = []
-        before: dict[int, list[int]] = {}
-        for slot in active:
-            task = slot.task
-            pos = len(slot.cache)
-            if task.refill:
-                steps.append(Step(slot.id, pos, task.refill[: self.config.n_batch]))
-                before[slot.id] = list(slot.cache)
-            elif task.generating:
-                d = drafts.get(slot.id, [])
-                steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
-            else:
-                chunk = task.prompt[task.next_idx: task.next_idx + self.config.n_batch]
-                steps.append(Step(slot.id, pos, list(chunk), all_logits=task.request.prompt_logprobs))
-                before[slot.id] = list(slot.cache)
+        """One model call for every active slot, then each slot's result."""
+        active = [s for s in self._slots if s.task is not None]
+        steps, before = self._plan(active, self._propose(active))
         t0 = time.perf_counter()
         try:
             logits = self.backend.forward(steps)
@@ -440,34 +432,13 @@ class Engine:
             for slot in active:
                 self._fail_task(slot, slot.task, exc, "model step failed")
             return
-        dt = time.perf_counter() - t0
-        self._stats["n_steps"] += 1
-        self._stats["n_decode_total"] += 1
-        self._stats["n_busy_slots_total"] += len(active)
-        if self.drafter is not None:
-            pre = [s for s in steps if s.row in before and self.slots_[s.row].task.spec is not None]
-            self.drafter.mirror(pre, before)
-        n_prompt = sum(len(s.tokens) for s in steps if s.row in before) if before else 0
-        n_gen = len(steps) - len(before)
-        if n_prompt:
-            self._stats["prompt_tokens_seconds"] += dt * n_prompt / (n_prompt + n_gen)
-        if n_gen:
-            self._stats["tokens_predicted_seconds"] += dt * n_gen / (n_prompt + n_gen)
+        self._account(steps, before, time.perf_counter() - t0)
         for slot, step, lg in zip(active, steps, logits):
             task = slot.task
             if task is None:
                 continue
             try:
-                if task.refill:
-                    slot.cache.extend(step.tokens)
-                    del task.refill[: len(step.tokens)]
-                elif step.row in before:
-                    self._after_prefill(slot, task, step, lg)
-                elif step.all_logits:
-                    self._after_verify(slot, task, step, lg)
-                else:
-                    slot.cache.append(task.pending)
-                    self._generate(slot, task, lg[-1])
+                self._advance(slot, task, step, lg, prefilling=step.row in before)
             except Exception as exc:  # noqa: BLE001 - one request's failure ends that request only
                 self._fail_task(slot, task, exc)
         # The prompt-cache copies of the requests that finished in this step, once every
@@ -478,6 +449,58 @@ class Engine:
         for slot, n in self._finished_rows:
             self._cache_insert(slot, n, "assistant")
         self._finished_rows.clear()
+
+    def _plan(self, active: list[Slot], drafts: dict[int, list[int]]) -> tuple[list[Step], dict[int, list[int]]]:
+        """A Step per slot: a chunk of its context-shift refill or of its prompt (at most
+        n_batch tokens), or its pending token plus drafts; and, by row, the cache of each
+        slot that is (re)filling, as it was before the step."""
+        steps: list[Step] = []
+        before: dict[int, list[int]] = {}
+        n_batch = self.config.n_batch
+        for slot in active:
+            task = slot.task
+            pos = len(slot.cache)
+            if task.generating and not task.refill:
+                d = drafts.get(slot.id, [])
+                steps.append(Step(slot.id, pos, [task.pending] + d, all_logits=bool(d)))
+                continue
+            if task.refill:
+                steps.append(Step(slot.id, pos, task.refill[:n_batch]))
+            else:
+                chunk = task.prompt[task.next_idx: task.next_idx + n_batch]
+                steps.append(Step(slot.id, pos, list(chunk), all_logits=task.request.prompt_logprobs))
+            before[slot.id] = list(slot.cache)
+        return steps, before
+
+    def _account(self, steps: list[Step], before: dict[int, list[int]], dt: float) -> None:
+        """Step counters and time split between prompt and generated tokens; the draft
+        model mirrors the main model's prefill."""
+        self._stats["n_steps"] += 1
+        self._stats["n_decode_total"] += 1
+        self._stats["n_busy_slots_total"] += len(steps)
+        if self.drafter is not None:
+            pre = [s for s in steps if s.row in before and self._slots[s.row].task.spec is not None]
+            self.drafter.mirror(pre, before)
+        n_prompt = sum(len(s.tokens) for s in steps if s.row in before) if before else 0
+        n_gen = len(steps) - len(before)
+        if n_prompt:
+            self._stats["prompt_tokens_seconds"] += dt * n_prompt / (n_prompt + n_gen)
+        if n_gen:
+            self._stats["tokens_predicted_seconds"] += dt * n_gen / (n_prompt + n_gen)
+
+    def _advance(self, slot: Slot, task: Task, step: Step, lg: np.ndarray, prefilling: bool) -> None:
+        """Take one slot's logits: refill or prefill progress, a verified draft, or the
+        next token."""
+        if task.refill:
+            slot.cache.extend(step.tokens)
+            del task.refill[: len(step.tokens)]
+        elif prefilling:
+            self._after_prefill(slot, task, step, lg)
+        elif step.all_logits:
+            self._after_verify(slot, task, step, lg)
+        else:
+            slot.cache.append(task.pending)
+            self._generate(slot, task, lg[-1])
 
     def _propose(self, active: list[Slot]) -> dict[int, list[int]]:
         if self.drafter is None:
@@ -505,7 +528,7 @@ class Engine:
                 self.drafter.tokens[w.row] = []
             return {}
         for w in wants:
-            spec = self.slots_[w.row].task.spec
+            spec = self._slots[w.row].task.spec
             if len(out[w.row]) < max(spec.n_min, 1):
                 out[w.row] = []
         return out
@@ -519,7 +542,7 @@ class Engine:
         now = time.perf_counter()
         total = len(task.prompt)
         if task.request.return_progress:
-            self._send(task, Progress(total, task.n_cached, task.next_idx, (now - task.t_start) * 1000.0))
+            self._send(task, Progress(total, task.n_prompt_reused, task.next_idx, (now - task.t_start) * 1000.0))
         if task.next_idx < total:
             return
         task.t_prompt_done = now

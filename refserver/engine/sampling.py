@@ -74,6 +74,27 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - math.log(np.exp(x - m).sum())
 
 
+def _bias_row(params: SamplingParams, vocab_size: int, eog_ids: Sequence[int]) -> np.ndarray:
+    """logit_bias over the vocabulary (-inf bans stay -inf), EOG tokens banned with ignore_eos."""
+    bias = np.zeros(vocab_size, dtype=np.float64)
+    for tok, b in params.logit_bias:
+        if 0 <= tok < vocab_size:
+            bias[tok] = NEG_INF if b == NEG_INF else bias[tok] + b
+    if params.ignore_eos:
+        for t in eog_ids:
+            if 0 <= t < vocab_size:
+                bias[t] = NEG_INF
+    return bias
+
+
+def _chain_names(params: SamplingParams) -> tuple[str, ...]:
+    """The samplers list, with top_n_sigma at llama.cpp's default place when set but not listed."""
+    names = list(params.samplers)
+    if params.top_n_sigma > 0 and "top_n_sigma" not in names:
+        names.insert(names.index("dry") + 1 if "dry" in names else 0, "top_n_sigma")
+    return tuple(names)
+
+
 class Sampler:
     """A request's sampler: its parameters, token history (for penalties) and RNG."""
 
@@ -84,21 +105,11 @@ class Sampler:
         self.seed = seed
         self.rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
         self.history: list[int] = list(history)
-        bias = np.zeros(vocab_size, dtype=np.float64)
-        for tok, b in params.logit_bias:
-            if 0 <= tok < vocab_size:
-                bias[tok] = NEG_INF if b == NEG_INF else bias[tok] + b
-        if params.ignore_eos:
-            for t in eog_ids:
-                if 0 <= t < vocab_size:
-                    bias[t] = NEG_INF
+        bias = _bias_row(params, vocab_size, eog_ids)
         self.bias = bias if (params.logit_bias or params.ignore_eos) else None
         self.greedy = params.temperature <= 0
         self.dry_breakers = dry_breakers or {}  # where DRY's sequence breakers occur (dry.py)
-        names = list(params.samplers)
-        if params.top_n_sigma > 0 and "top_n_sigma" not in names:  # llama.cpp's default place
-            names.insert(names.index("dry") + 1 if "dry" in names else 0, "top_n_sigma")
-        self.chain_names = tuple(names)
+        self.chain_names = _chain_names(params)
         self.mirostat = params.mirostat if params.mirostat in (1, 2) else 0
         self.mu = saturating(2.0 * params.mirostat_tau, 0.0)  # Mirostat's running surprise bound
         self.adaptive = params.adaptive_target >= 0 and not self.greedy and not self.mirostat

@@ -55,7 +55,7 @@ class Task:
     constraint: Any = None  # constraints.ConstraintState or None
     spec: SpeculativeParams | None = None  # None: no speculation for this request
     budget: Any = None  # budget.BudgetState or None
-    n_cached: int = 0  # prompt tokens reused
+    n_prompt_reused: int = 0  # prompt tokens reused
     next_idx: int = 0  # next prompt token to evaluate
     pending: int | None = None  # sampled, not yet in the KV (None while pre-filling)
     refill: list[int] = field(default_factory=list)  # after a context shift: kept tokens to re-evaluate
@@ -76,11 +76,11 @@ class Task:
 
     def timings(self, now: float | None = None, draft: bool = False) -> dict:
         now = time.perf_counter() if now is None else now
-        prompt_n = len(self.prompt) - self.n_cached
+        prompt_n = len(self.prompt) - self.n_prompt_reused
         prompt_ms = ((self.t_prompt_done or now) - self.t_start) * 1000.0
         predicted_ms = (now - self.t_prompt_done) * 1000.0 if self.t_prompt_done else 0.0
         out = {
-            "cache_n": self.n_cached,
+            "cache_n": self.n_prompt_reused,
             "prompt_n": prompt_n,
             "prompt_ms": prompt_ms,
             "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,

@@ -63,6 +63,7 @@ class Constraint:
     kind: str
     text: str
     lazy_trigger: str | None = None
+    source: str = ""  # what the client sent it as ("'grammar'", "tool parameters schema"), for errors
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class TokenProb:
     id: int
     token: str
     bytes: list[int]
-    logprob: float  # a probability in 0..1 instead when post_sampling_probs
+    value: float  # a log-probability; a probability in 0..1 when the request set post_sampling_probs
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ and whenever the handler ends before it finished.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -25,10 +24,8 @@ from refserver.engine.types import GenerationRequest
 from refserver.errors import (
     AuthenticationError,
     InvalidRequest,
-    NotFound,
     PayloadTooLarge,
     RefserverError,
-    ServerError,
     Unavailable,
 )
 from refserver.schemas.common import RequestModel, parse_request
@@ -37,37 +34,11 @@ from refserver.stream.deltas import Delta
 from refserver.stream.generation import ClientGone, Generation
 from refserver.stream.parsers import ParserChain
 
+from .envelope import as_refserver_error, dumps, reject_constant
 from .offload import loads_yielding, off_loop
 from .state import AppState
 
 log = logging.getLogger("refserver.http")
-
-class MethodNotAllowed(RefserverError):
-    status, type = 405, "invalid_request_error"
-
-
-# allow_nan=False: a non-finite number anywhere in a response is a bug to surface as a 500,
-# never `Infinity` or `NaN` in a body that JSON parsers reject.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact JSON as UTF-8 bytes (the encoders are built once: this runs per token).
-
-    Client strings may hold lone surrogates (`"\\ud800"` is legal JSON) and are echoed back
-    (stop strings, rendered templates); such text cannot be encoded as UTF-8, so it is
-    written with ASCII escapes instead of failing the response with a 500.
-    """
-    try:
-        return _JSON.encode(obj).encode("utf-8")
-    except UnicodeEncodeError:
-        return _JSON_ASCII.encode(obj).encode("ascii")
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
 
 def _is_local_origin(origin: str) -> bool:
     """An origin on this machine (llama.cpp's `--cors-origins localhost`): any scheme and port."""
@@ -77,23 +48,6 @@ def _is_local_origin(origin: str) -> bool:
         return False
     return host in ("localhost", "127.0.0.1", "::1") or bool(host and host.endswith(".localhost"))
 
-
-def as_refserver_error(exc: BaseException | None, status: int) -> RefserverError:
-    if isinstance(exc, RefserverError):
-        return exc
-    if isinstance(exc, tornado.web.HTTPError) or exc is None:
-        code = exc.status_code if exc is not None else status
-        reason = (exc.log_message if exc is not None and exc.log_message else None)
-        if code == 404:
-            return NotFound(reason or "File Not Found")
-        if code == 405:
-            return MethodNotAllowed(reason or "Method not allowed")
-        if 400 <= code < 500:
-            err = InvalidRequest(reason or "Bad request")
-            err.status = code
-            return err
-        return ServerError(reason or "Internal server error")
-    return ServerError(f"internal server error ({type(exc).__name__}: {exc})")
 
 
 @tornado.web.stream_request_body
@@ -189,7 +143,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if not self._body.strip():
             raise InvalidRequest("the request body is empty; send a JSON object")
         try:
-            return loads_yielding(self._body.decode("utf-8"), _reject_constant)
+            return loads_yielding(self._body.decode("utf-8"), reject_constant)
         except UnicodeDecodeError:
             raise InvalidRequest("the request body is not valid UTF-8") from None
         except RecursionError:

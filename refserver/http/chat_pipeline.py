@@ -20,16 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from refserver.chat.formats import WHOLE_OUTPUT
-from refserver.chat.grammars import (
-    TOOL_START,
-    close_reasoning_first,
-    response_format_constraint,
-    tools_constraint,
-)
+from refserver.chat.grammars import TOOL_START, chat_constraint
 from refserver.chat.reasoning import THINK_END, THINK_START, opened_by_prompt
 from refserver.engine.budget import SpanBudget
 from refserver.engine.types import GenerationRequest
-from refserver.errors import InvalidRequest
+from refserver.errors import InvalidRequest, RefserverError
 from refserver.schemas.chat import ChatRequest
 from refserver.schemas.common import encode_text
 from refserver.stream.parsers import ParserChain, select_parsers
@@ -67,46 +62,56 @@ def render_prompt(state, req: ChatRequest) -> str:
                            continue_final_message=bool(req.continue_final_message))
 
 
-def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:
+def banned_markers(req: ChatRequest, tokenizer) -> tuple[int, ...]:
     """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
     when it is one token; otherwise the parser still keeps markup out of content)."""
+    if not (req.tools and req.tool_choice == "none"):
+        return ()
     marker = tokenizer.encode(TOOL_START)
-    if len(marker) != 1:
-        return request
-    sampling = replace(request.sampling, logit_bias=request.sampling.logit_bias + ((marker[0], float("-inf")),))
-    return replace(request, sampling=sampling)
+    return tuple(marker) if len(marker) == 1 else ()
 
 
-def _constraint(state, req: ChatRequest, tool_format: str | None, think_open: bool):
-    rf = response_format_constraint(req.response_format, json_schema=req.json_schema, grammar=req.grammar or None)
-    if req.callable_tools() is None:
-        return rf
-    tc = tools_constraint(req.tools, req.tool_choice or "auto", bool(req.parallel_tool_calls),
-                          token_names=state.tokenizer.added_token_names, fmt=tool_format)
-    if rf is not None and tc is not None:
-        raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
-    if tc is not None and tc.lazy_trigger is None and think_open:
-        tc = close_reasoning_first(tc, THINK_END, state.tokenizer.added_token_names)
-    return tc
+def system_checkpoint(state, req: ChatRequest, text: str, prompt: list[int]) -> tuple[tuple[int, str], ...]:
+    """The prompt's leading system message(s) as a "system" prompt-cache checkpoint (it
+    outlives per-conversation entries on eviction), when the rendered system part is a
+    prefix of the prompt in text and in tokens; otherwise none."""
+    msgs = req.messages if isinstance(req.messages, list) else []
+    k = 0
+    while k < len(msgs) and isinstance(msgs[k], dict) and msgs[k].get("role") == "system":
+        k += 1
+    if k == 0 or k == len(msgs):
+        return ()
+    try:
+        head = state.template.render(msgs[:k], tools=req.callable_tools(), add_generation_prompt=False,
+                                     template_kwargs=template_kwargs(state.config, req))
+    except RefserverError:  # a template that refuses a system-only conversation
+        return ()
+    if not head or not text.startswith(head):
+        return ()
+    ids = encode_text(state.tokenizer, head, True)
+    n = len(ids)
+    return ((n, "system"),) if 0 < n < len(prompt) and prompt[:n] == ids else ()
 
 
 def prepare_chat(state, req: ChatRequest, n: int = 1, n_probs: int | None = None) -> ChatGeneration:
     """Validate a chat request and turn it into `n` engine requests (one prompt) and the
     factory of each choice's parsers."""
     req.check_tools(state.config.jinja)
-    req.check_common()
     text = render_prompt(state, req)
     prompt = encode_text(state.tokenizer, text, True, where="the rendered chat prompt")
     tool_format = state.template.tool_call_format  # refserver.chat.formats
-    use_tools = tool_format is not None and (req.callable_tools() is not None or tool_format in WHOLE_OUTPUT)
+    callable_tools = req.callable_tools()
+    use_tools = tool_format is not None and (callable_tools is not None or tool_format in WHOLE_OUTPUT)
     fmt = req.reasoning_format or state.config.reasoning_format
     opened = opened_by_prompt(text)
-    constraint = _constraint(state, req, tool_format, opened and fmt != "none")
-    n_predict = req.requested_n_predict()
-    reqs = [req.generation_request(list(prompt), state.tokenizer, state.defaults, n_predict=n_predict,
-                                   constraint=constraint, n_probs=n_probs) for _ in range(n)]
-    if req.tools and req.tool_choice == "none":
-        reqs = [forbid_tool_calls(r, state.tokenizer) for r in reqs]
+    constraint = chat_constraint(
+        tools=req.tools if callable_tools is not None else None, tool_choice=req.tool_choice,
+        parallel_tool_calls=bool(req.parallel_tool_calls), response_format=req.response_format,
+        json_schema=req.json_schema, grammar=req.grammar, token_names=state.tokenizer.added_token_names,
+        fmt=tool_format, think_open=opened and fmt != "none", think_end=THINK_END)
+    reqs = req.to_generation_requests(prompt, state.tokenizer, state.defaults, constraint, n=n, n_probs=n_probs,
+                                      banned=banned_markers(req, state.tokenizer),
+                                      checkpoints=system_checkpoint(state, req, text, prompt))
     budget = state.config.reasoning_budget if req.reasoning_budget is None else req.reasoning_budget
     if budget > 0 and fmt != "none":
         span = SpanBudget(tuple(state.tokenizer.encode(THINK_START)), tuple(state.tokenizer.encode(THINK_END)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from refserver.chat.grammars import response_format_constraint
+from refserver.chat.grammars import native_constraint
 from refserver.schemas.completion import CompletionRequest
 from refserver.stream.choice import ChoiceStream
 from refserver.stream.deltas import FinishDelta, ProgressDelta, TokenDelta
@@ -10,16 +10,8 @@ from refserver.stream.generation import Generation
 
 from .base import BaseHandler, dumps, log
 from .formats import native_probs, select_fields
+from .generation_settings import generation_settings
 from .offload import off_loop
-
-
-def native_constraint(req):
-    """`grammar` / `json_schema` of a native request (grammar wins, as in llama.cpp)."""
-    grammar = req.grammar or None
-    schema = None if grammar else req.json_schema
-    if grammar is None and schema is None:
-        return None
-    return response_format_constraint(None, json_schema=schema, grammar=grammar)
 
 
 def native_final(state, req, choice: ChoiceStream, stream: bool) -> dict:
@@ -37,8 +29,9 @@ def native_final(state, req, choice: ChoiceStream, stream: bool) -> dict:
         "model": state.model.alias,
         "tokens_predicted": fin.tokens_predicted,
         "tokens_evaluated": fin.tokens_evaluated,
-        "generation_settings": req.generation_settings(
-            gen.sampling, state.engine.n_predict_for(gen), fin.seed, bool(req.stream), gen.stop, tok, state.defaults),
+        "generation_settings": generation_settings(
+            gen, n_predict=state.engine.n_predict_for(gen), seed=fin.seed, stream=bool(req.stream),
+            eog_ids=tok.eog_ids, speculative=state.defaults.speculative),
         "prompt": tok.decode(gen.prompt),
         "has_new_line": "\n" in result.raw_text,
         "truncated": fin.truncated,
@@ -82,7 +75,7 @@ class CompletionHandler(BaseHandler):
         state = self.state
         req = await off_loop(self.parse_body, CompletionRequest)
         reqs, many = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults,
-                                    native_constraint(req))
+                                    native_constraint(req.grammar, req.json_schema))
         n = req.n_choices(state.defaults)
         if state.config.verbose:
             self.log_prompts(reqs)

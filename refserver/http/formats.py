@@ -21,9 +21,9 @@ def completion_id(prefix: str) -> str:
 def _native_entry(p: TokenProb, post: bool) -> dict:
     d = {"id": p.id, "token": p.token, "bytes": list(p.bytes)}
     if post:
-        d["prob"] = p.logprob
+        d["prob"] = p.value
     else:
-        d["logprob"] = p.logprob
+        d["logprob"] = p.value
     return d
 
 
@@ -37,8 +37,8 @@ def native_probs(tp: TokenProbs, post_sampling: bool) -> dict:
 def oai_logprob(tp: TokenProbs, top_n: int) -> dict:
     """One entry of OpenAI's `logprobs.content` (chat shape)."""
     c = tp.chosen
-    return {"id": c.id, "token": c.token, "bytes": list(c.bytes), "logprob": c.logprob,
-            "top_logprobs": [{"id": p.id, "token": p.token, "bytes": list(p.bytes), "logprob": p.logprob}
+    return {"id": c.id, "token": c.token, "bytes": list(c.bytes), "logprob": c.value,
+            "top_logprobs": [{"id": p.id, "token": p.token, "bytes": list(p.bytes), "logprob": p.value}
                              for p in tp.top[:top_n]]}
 
 
@@ -48,8 +48,8 @@ def oai_completion_logprobs(entries: list[TokenProbs], top_n: int, text_offset0:
     offset = text_offset0
     for tp in entries:
         tokens.append(tp.chosen.token)
-        lps.append(tp.chosen.logprob)
-        tops.append({p.token: p.logprob for p in tp.top[:top_n]})
+        lps.append(tp.chosen.value)
+        tops.append({p.token: p.value for p in tp.top[:top_n]})
         offsets.append(offset)
         offset += len(tp.chosen.token)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from refserver.engine.types import GenerationRequest
 from refserver.errors import NotFound, NotSupported, Unavailable
 from refserver.metrics import CONTENT_TYPE
-from refserver.schemas.completion import CompletionRequest
 
 from .base import BaseHandler
+from .generation_settings import generation_settings
 from .state import BUILD_INFO
 
 
@@ -30,10 +31,11 @@ class HealthHandler(BaseHandler):
 
 
 def default_generation_params(state) -> dict:
-    defaults = state.defaults
-    sampling = dataclasses.replace(defaults.sampling, temperature=defaults.temperature, seed=defaults.seed)
-    return CompletionRequest().generation_settings(
-        sampling, defaults.n_predict, defaults.seed, False, (), state.tokenizer, defaults)
+    """What a request that sets nothing gets (the server's --temp, sampling flags, --seed, -n,
+    draft settings)."""
+    gen = GenerationRequest([], dataclasses.replace(state.defaults.sampling, seed=state.config.seed))
+    return generation_settings(gen, n_predict=state.engine.n_predict_for(gen), seed=state.config.seed, stream=False,
+                               eog_ids=state.tokenizer.eog_ids, speculative=state.defaults.speculative)
 
 
 class PropsHandler(BaseHandler):

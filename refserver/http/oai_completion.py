@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from refserver.chat.grammars import native_constraint
 from refserver.engine.types import TokenProbs
 from refserver.schemas.oai_completion import OAICompletionRequest
 from refserver.stream.choice import ChoiceStream, usage
@@ -11,7 +12,6 @@ from refserver.stream.deltas import FinishDelta, PromptProbsDelta, TokenDelta
 from refserver.stream.generation import Generation
 
 from .base import BaseHandler
-from .completion import native_constraint
 from .formats import completion_id, oai_completion_logprobs
 from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
@@ -24,7 +24,8 @@ class OAICompletionHandler(BaseHandler):
     async def post(self) -> None:
         state = self.state
         req = await off_loop(self.parse_body, OAICompletionRequest)
-        reqs = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults, native_constraint(req))
+        reqs = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults,
+                              native_constraint(req.grammar, req.json_schema))
         n = req.n_choices(state.defaults)
         self.top_n = req.top_n_probs()
         # echo: each prompt's text (with logprobs, its tokens' log-probabilities) first
@@ -103,8 +104,8 @@ def echo_logprobs(first_piece: str, entries: tuple[TokenProbs | None, ...], top_
     for entry in entries:
         piece = entry.chosen.token if entry is not None else first_piece
         tokens.append(piece)
-        lps.append(entry.chosen.logprob if entry is not None else None)
-        tops.append({p.token: p.logprob for p in entry.top[:top_n]} if entry is not None else None)
+        lps.append(entry.chosen.value if entry is not None else None)
+        tops.append({p.token: p.value for p in entry.top[:top_n]} if entry is not None else None)
         offsets.append(offset)
         offset += len(piece)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}

@@ -81,7 +81,8 @@ class ResponsesHandler(BaseHandler):
         history = state.responses.get(req.previous_response_id).messages if req.previous_response_id else []
         chat = req.to_chat(history, state.config.strict)
         chat_gen = await off_loop(prepare_chat, state, chat)
-        self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.temperature), state.model.alias)
+        self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.sampling.temperature),
+                                                    state.model.alias)
         gen = await self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
         emit = self.sse_events if req.stream else (lambda events: None)
         emit(renderer.start())

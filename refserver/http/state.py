@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refserver import __version__
-from refserver.cli import ServerConfig
+from refserver.config import ServerConfig
 from refserver.schemas.common import ServerDefaults
 
 from .response_store import ResponseStore
@@ -49,7 +49,7 @@ class AppState:
     metrics: Any = None  # refserver.metrics.Metrics, with --metrics
     defaults: ServerDefaults = field(default_factory=ServerDefaults)
     active: set = field(default_factory=set)  # handlers with generations in flight
-    bridge: Any = None  # refserver.http.bridge.EventBridge of the serving loop
+    bridge: Any = None  # refserver.stream.bridge.EventBridge of the serving loop
     started_at: float = field(default_factory=time.time)  # the server's start (Unix time)
     responses: ResponseStore = field(default_factory=lambda: ResponseStore(0))  # stored Responses
 

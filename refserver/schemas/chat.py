@@ -6,14 +6,16 @@ The messages themselves are validated by `refserver.chat.messages.normalize_mess
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from pydantic import Field
 
+from refserver.engine.types import Constraint, GenerationRequest
 from refserver.errors import InvalidRequest
 
 from . import documented_fields
-from .common import NativeParams, ServerDefaults, StreamOptions, n_within_slots
+from .common import NativeParams, ServerDefaults, StreamOptions, TokenizerLike, n_within_slots
 
 
 class ChatRequest(NativeParams):
@@ -62,15 +64,27 @@ class ChatRequest(NativeParams):
                 return value
         return None
 
+    def to_generation_requests(self, prompt: list[int], tokenizer: TokenizerLike, defaults: ServerDefaults,
+                               constraint: Constraint | None = None, *, n: int = 1, n_probs: int | None = None,
+                               banned: tuple[int, ...] = (), checkpoints: tuple = ()) -> list[GenerationRequest]:
+        """`n` choices of the rendered, tokenized prompt; `banned` tokens get a -inf bias.
+        `n_probs`: what the engine reports per token (the caller's API decides it)."""
+        self.check_common()
+        reqs = []
+        for _ in range(n):
+            r = self.generation_request(list(prompt), tokenizer, defaults, n_predict=self.requested_n_predict(),
+                                        constraint=constraint, n_probs=n_probs, checkpoints=checkpoints)
+            if banned:
+                bias = r.sampling.logit_bias + tuple((t, float("-inf")) for t in banned)
+                r.sampling = replace(r.sampling, logit_bias=bias)
+            reqs.append(r)
+        return reqs
+
     def check_tools(self, jinja: bool) -> None:
         uses_tools = bool(self.tools) or self.tool_choice not in (None, "auto")
         if uses_tools and not jinja:
             raise InvalidRequest("tools and tool_choice need the Jinja template engine; start the server "
                                  "with --jinja")
-        if self.tools and self.grammar:
-            raise InvalidRequest("'tools' and 'grammar' cannot be used together")
-        if self.grammar and self.json_schema is not None:
-            raise InvalidRequest("'json_schema' and 'grammar' cannot be used together")
         if isinstance(self.tool_choice, str) and self.tool_choice not in ("auto", "none", "required"):
             raise InvalidRequest("'tool_choice' must be \"auto\", \"none\", \"required\" or "
                                  '{"type": "function", "function": {"name": ...}}')

@@ -34,18 +34,13 @@ class TokenizerLike(Protocol):
 
 @dataclass(frozen=True)
 class ServerDefaults:
-    """Server-wide values requests fall back to (from the command line and the model)."""
+    """Server-wide values request validation falls back to (`ServerConfig.request_defaults()`).
+    n_predict and the seed are not here: the engine applies those."""
 
-    temperature: float = 0.8
-    seed: int = -1
-    n_predict: int = -1
     n_slots: int = 1
-    n_vocab: int = 0
-    draft_max: int = 16
-    draft_min: int = 0
-    draft_p_min: float = 0.75
+    speculative: SpeculativeParams = field(default_factory=SpeculativeParams)
     has_draft: bool = False
-    sampling: SamplingParams = field(default_factory=SamplingParams)  # --top-k, --min-p, ... (and --temp)
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # --temp, --top-k, --min-p, ...
 
 
 class RequestModel(BaseModel):
@@ -206,7 +201,7 @@ class NativeParams(RequestModel):
     def _new_sampling_params(self, tokenizer: TokenizerLike, defaults: ServerDefaults,
                              n_probs: int | None) -> SamplingParams:
         d = defaults.sampling
-        temperature = or_default(self.temperature, defaults.temperature)
+        temperature = or_default(self.temperature, defaults.sampling.temperature)
         return SamplingParams(
             temperature=float(temperature),
             dynatemp_range=float(or_default(self.dynatemp_range, d.dynatemp_range)),
@@ -246,9 +241,9 @@ class NativeParams(RequestModel):
         if self.speculative_n_max is None and self.speculative_n_min is None and self.speculative_p_min is None:
             return None
         return SpeculativeParams(
-            n_max=or_default(self.speculative_n_max, defaults.draft_max),
-            n_min=or_default(self.speculative_n_min, defaults.draft_min),
-            p_min=or_default(self.speculative_p_min, defaults.draft_p_min))
+            n_max=or_default(self.speculative_n_max, defaults.speculative.n_max),
+            n_min=or_default(self.speculative_n_min, defaults.speculative.n_min),
+            p_min=or_default(self.speculative_p_min, defaults.speculative.p_min))
 
     def check_common(self) -> None:
         if self.lora:
@@ -274,66 +269,6 @@ class NativeParams(RequestModel):
             n_discard=or_default(self.n_discard, 0),
             checkpoints=checkpoints,
         )
-
-    def generation_settings(self, sampling: SamplingParams, n_predict: int, seed: int,
-                            stream: bool, stop: tuple[str, ...], tokenizer: TokenizerLike,
-                            defaults: ServerDefaults) -> dict:
-        """The `generation_settings` echo of llama.cpp's final response."""
-        d = SamplingParams()
-        bias = [{"bias": _finite_or_none(b), "token": t} for t, b in sampling.logit_bias]
-        if sampling.ignore_eos:
-            bias += [{"bias": None, "token": t} for t in sorted(tokenizer.eog_ids)]
-        spec = self.speculative_params(defaults) or SpeculativeParams(
-            defaults.draft_max, defaults.draft_min, defaults.draft_p_min)
-        return {
-            "seed": seed,
-            "temperature": sampling.temperature,
-            "dynatemp_range": sampling.dynatemp_range,
-            "dynatemp_exponent": sampling.dynatemp_exponent,
-            "top_k": sampling.top_k,
-            "top_p": sampling.top_p,
-            "min_p": sampling.min_p,
-            "top_n_sigma": sampling.top_n_sigma,
-            "xtc_probability": sampling.xtc_probability,
-            "xtc_threshold": sampling.xtc_threshold,
-            "typical_p": sampling.typical_p,
-            "repeat_last_n": sampling.repeat_last_n,
-            "repeat_penalty": sampling.repeat_penalty,
-            "presence_penalty": sampling.presence_penalty,
-            "frequency_penalty": sampling.frequency_penalty,
-            "dry_multiplier": sampling.dry_multiplier,
-            "dry_base": sampling.dry_base,
-            "dry_allowed_length": sampling.dry_allowed_length,
-            "dry_penalty_last_n": sampling.dry_penalty_last_n,
-            "dry_sequence_breakers": list(sampling.dry_sequence_breakers),
-            "mirostat": sampling.mirostat,
-            "mirostat_tau": sampling.mirostat_tau,
-            "mirostat_eta": sampling.mirostat_eta,
-            "stop": list(stop),
-            "max_tokens": n_predict,
-            "n_predict": n_predict,
-            "n_keep": or_default(self.n_keep, 0),
-            "n_discard": or_default(self.n_discard, 0),
-            "ignore_eos": sampling.ignore_eos,
-            "stream": stream,
-            "logit_bias": bias,
-            "n_probs": sampling.n_probs,
-            "min_keep": sampling.min_keep,
-            "grammar": self.grammar or "",
-            "samplers": list(sampling.samplers if sampling.samplers != d.samplers else DEFAULT_SAMPLERS),
-            "speculative.n_max": spec.n_max,
-            "speculative.n_min": spec.n_min,
-            "speculative.p_min": spec.p_min,
-            "timings_per_token": bool(self.timings_per_token),
-            "post_sampling_probs": sampling.post_sampling_probs,
-            "adaptive_target": sampling.adaptive_target,
-            "adaptive_decay": sampling.adaptive_decay,
-            "lora": [],
-        }
-
-
-def _finite_or_none(x: float):
-    return x if math.isfinite(x) else None
 
 
 def encode_text(tokenizer: TokenizerLike, text: str, add_special: bool, parse_special: bool = True,

@@ -118,5 +118,5 @@ def test_a_rejected_token_is_an_error_not_a_silent_drop():
     (r'root ::= "\\u0041"', r'root ::= "\\u0041"'),  # an escaped backslash, not an escape
 ])
 def test_gbnf_unicode_escapes_are_rewritten_for_llguidance(gbnf, expected):
-    from refserver.chat.grammars import _unicode_escapes_to_chars
+    from refserver.engine.constraints import _unicode_escapes_to_chars
     assert _unicode_escapes_to_chars(gbnf) == expected

@@ -321,14 +321,14 @@ def test_token_probabilities():
     ev = run(eng, GenerationRequest(prompt(), SamplingParams(seed=3, n_probs=5), n_predict=4))
     outs = [e for e in ev if isinstance(e, TokenOut)]
     for e in outs:
-        lps = [t.logprob for t in e.probs.top]
+        lps = [t.value for t in e.probs.top]
         assert len(lps) == 5 and lps == sorted(lps, reverse=True) and lps[0] <= 0
         assert e.probs.chosen.id == e.token
     ev = run(eng, GenerationRequest(prompt(), SamplingParams(seed=3, n_probs=3, post_sampling_probs=True,
                                                              top_k=2), n_predict=4))
     for e in [e for e in ev if isinstance(e, TokenOut)]:
-        ps = [t.logprob for t in e.probs.top]
-        assert 1 <= len(ps) <= 2 and 0 < e.probs.chosen.logprob <= 1 and abs(sum(ps) - 1) < 1e-6
+        ps = [t.value for t in e.probs.top]
+        assert 1 <= len(ps) <= 2 and 0 < e.probs.chosen.value <= 1 and abs(sum(ps) - 1) < 1e-6
     eng.shutdown()
 
 

@@ -13,8 +13,9 @@ from utils import SHARED_DIR
 
 from refserver.chat.formats import detect_tool_format, tool_call_parser
 from refserver.chat.formats.syntax import SYNTAX
-from refserver.chat.grammars import close_reasoning_first, to_llguidance_grammar, tools_constraint
+from refserver.chat.grammars import close_reasoning_first, tools_constraint
 from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
+from refserver.engine.constraints import to_llguidance_grammar
 from refserver.errors import InvalidRequest
 from refserver.stream.deltas import ReasoningDelta
 

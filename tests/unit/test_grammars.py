@@ -5,8 +5,8 @@ import json
 import pytest
 from utils import STORIES260K_DIR
 
-from refserver.chat import response_format_constraint, tools_constraint, validate_constraint
-from refserver.chat.grammars import to_llguidance_grammar
+from refserver.chat import chat_constraint, response_format_constraint, tools_constraint
+from refserver.engine.constraints import to_llguidance_grammar, validate_constraint
 from refserver.errors import InvalidRequest
 
 pytestmark = [pytest.mark.feature("structured_output"), pytest.mark.profile("refserver")]
@@ -71,8 +71,9 @@ def test_no_constraint(rf):
     "json_object",
 ])
 def test_invalid_response_format(rf):
+    """Refused when built (shape) or when the engine validates it (schema content)."""
     with pytest.raises(InvalidRequest):
-        response_format_constraint(rf)
+        validate_constraint(response_format_constraint(rf))
 
 
 def test_top_level_json_schema_and_grammar(tok):
@@ -87,7 +88,7 @@ def test_top_level_json_schema_and_grammar(tok):
     with pytest.raises(InvalidRequest):
         response_format_constraint(None, json_schema=[1])
     with pytest.raises(InvalidRequest):
-        response_format_constraint(None, grammar='root ::= "a')
+        validate_constraint(response_format_constraint(None, grammar='root ::= "a'))
 
 
 def test_grammar_kinds(tok):
@@ -150,8 +151,23 @@ def test_tools_none_and_errors():
         tools_constraint([WEATHER], "sometimes")
     with pytest.raises(InvalidRequest):
         tools_constraint([{"type": "function"}], "auto")
-    with pytest.raises(InvalidRequest):
-        tools_constraint([{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}])
+    with pytest.raises(InvalidRequest, match="tool parameters schema"):
+        validate_constraint(tools_constraint([{"type": "function", "function": {"name": "f",
+                                                                                "parameters": {"type": 5}}}]))
+
+
+def test_chat_constraint_checks_every_conflict_in_one_place():
+    rf = {"type": "json_object"}
+    for extra in ({"response_format": rf}, {"json_schema": {"type": "object"}}, {"grammar": 'root ::= "a"'}):
+        args = {"response_format": None, "json_schema": None, "grammar": None, **extra}
+        with pytest.raises(InvalidRequest, match="'tools' cannot be combined"):
+            chat_constraint(tools=[WEATHER], tool_choice="auto", parallel_tool_calls=False, **args)
+        # tool_choice "none": the model cannot call tools, so structured output applies
+        c = chat_constraint(tools=[WEATHER], tool_choice="none", parallel_tool_calls=False, **args)
+        assert c is not None and c.lazy_trigger is None
+    with pytest.raises(InvalidRequest, match="not both"):
+        chat_constraint(tools=None, tool_choice=None, parallel_tool_calls=False, response_format=None,
+                        json_schema={"type": "object"}, grammar='root ::= "a"')
 
 
 def test_tool_without_parameters_and_odd_name(tok):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,21 +19,17 @@ import pytest
 import requests
 from shared_models import needs_shared, stories260k_dir
 
+from refserver.procs import free_port, stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = stories260k_dir() / "onnx-genai"
 pytestmark = [pytest.mark.needs_flags, pytest.mark.profile("refserver")]  # every test starts its own server
 feature = pytest.mark.feature
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, *extra: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [sys.executable, "-m", "refserver", "-m", str(MODEL), "--host", "127.0.0.1",
                      "--port", str(self.port), "-c", "512", "--seed", "42", *extra]
@@ -53,13 +48,7 @@ class Server:
         raise TimeoutError("server not healthy")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
         self.proc.stderr.close()
         return self.proc.returncode
 
@@ -100,7 +89,7 @@ def test_unknown_flag_is_one_line_exit_2():
 
 @feature("limits")
 def test_missing_model_dir_is_one_line_exit_1(tmp_path):
-    res = run_cli("-m", str(tmp_path / "nope"), "--port", str(_free_port()))
+    res = run_cli("-m", str(tmp_path / "nope"), "--port", str(free_port()))
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1 and "-m DIR" in res.stderr
 

@@ -201,3 +201,31 @@ def test_context_shift_generates_past_the_context(server_pool, draft):
     assert res["stop_type"] == "limit" and res["content"]
     again = server.ok("/completion", body)
     assert again["content"] == res["content"], "greedy output after a shift is not deterministic"
+
+
+@prompt_cache
+@pytest.mark.needs_flags
+@pytest.mark.extension  # refserver's eviction tiers in its cross-slot prompt cache
+def test_chat_system_prompt_outlives_conversations_in_the_prompt_cache(server_pool):
+    """A chat request's system part is kept as a "system" entry, which per-request entries
+    are evicted before: with room for two entries, two unrelated requests evict the
+    conversation but not its system prompt, so another slot still starts from it."""
+    def make():
+        server = slots_server(2)()
+        server.prompt_cache_size = 2
+        return server
+    server = server_pool("slots-2-cache-2", make)
+    system = {"role": "system", "content": "You are a patient storyteller who answers every question with a "
+                                           "short tale about animals living by the sea."}
+
+    def chat(user: str, slot: int) -> dict:
+        return server.ok("/v1/chat/completions", {"messages": [system, {"role": "user", "content": user}],
+                                                  "max_tokens": 2, "id_slot": slot})
+
+    chat("Tell me about cats.", 0)
+    for other in ("Once upon a time, a frog sat on a log.", "The weather today is sunny and warm."):
+        server.ok("/completion", {"prompt": other, "n_predict": 2, "id_slot": 0})
+    usage = chat("Tell me about dogs.", 1)["usage"]
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    n_system = len(server.tokenize(system["content"]))  # the system part is longer still (its markup)
+    assert n_system <= cached < usage["prompt_tokens"], usage

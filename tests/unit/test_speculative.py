@@ -28,7 +28,7 @@ def test_greedy_output_matches_no_draft(draft_kind):
     req = GenerationRequest(prompt(), GREEDY, n_predict=40)
     base = generate(None, req)
     draft = FakeBackend(512, 2048, scale=4.0, seed=0 if draft_kind == "same" else 1)
-    ev = generate(draft, req, draft_p_min=0.0 if draft_kind == "different" else 0.5)
+    ev = generate(draft, req, speculative=SpeculativeParams(p_min=0.0 if draft_kind == "different" else 0.5))
     assert tokens_of(ev) == tokens_of(base)
     t = ev[-1].timings
     assert t["draft_n"] > 0
@@ -40,7 +40,8 @@ def test_greedy_output_matches_no_draft(draft_kind):
 
 def test_speculation_saves_main_model_calls_and_works_with_several_slots():
     main = RecordingBackend(512, 2048, scale=4.0)
-    eng = make_engine(main, draft=FakeBackend(512, 2048, scale=4.0), n_slots=3, start=False, draft_p_min=0.0)
+    eng = make_engine(main, draft=FakeBackend(512, 2048, scale=4.0), n_slots=3, start=False,
+                      speculative=SpeculativeParams(p_min=0.0))
     cols = [Collector() for _ in range(3)]
     reqs = [GenerationRequest(prompt(f"Tim had {i} dogs"), GREEDY, n_predict=30) for i in range(3)]
     for r, c in zip(reqs, cols):
@@ -58,8 +59,8 @@ def test_speculation_saves_main_model_calls_and_works_with_several_slots():
 def test_sampled_seeded_run_is_reproducible_and_n_max_zero_disables():
     sp = SamplingParams(seed=99, temperature=1.0, ignore_eos=True)
     req = GenerationRequest(prompt(), sp, n_predict=30)
-    a = generate(FakeBackend(512, 2048, scale=4.0, seed=2), req, draft_p_min=0.0)
-    b = generate(FakeBackend(512, 2048, scale=4.0, seed=2), req, draft_p_min=0.0)
+    a = generate(FakeBackend(512, 2048, scale=4.0, seed=2), req, speculative=SpeculativeParams(p_min=0.0))
+    b = generate(FakeBackend(512, 2048, scale=4.0, seed=2), req, speculative=SpeculativeParams(p_min=0.0))
     assert tokens_of(a) == tokens_of(b) and a[-1].timings["draft_n"] > 0
     off = GenerationRequest(prompt(), sp, n_predict=30, speculative=SpeculativeParams(n_max=0))
     c = generate(FakeBackend(512, 2048, scale=4.0, seed=2), off)
@@ -81,7 +82,7 @@ def test_rejection_rule_preserves_the_target_distribution():
 
 def test_prompt_cache_carries_draft_state_across_slots():
     eng = make_engine(RecordingBackend(512, 2048, scale=4.0), draft=FakeBackend(512, 2048, scale=4.0),
-                      n_slots=2, draft_p_min=0.0)
+                      n_slots=2, speculative=SpeculativeParams(p_min=0.0))
     a = run(eng, GenerationRequest(prompt(), GREEDY, n_predict=20, id_slot=0))
     b = run(eng, GenerationRequest(prompt(), GREEDY, n_predict=20, id_slot=1))
     eng.shutdown()
@@ -104,7 +105,8 @@ def test_banned_tokens_are_never_proposed():
 def test_mirostat_requests_are_not_speculated():
     """Mirostat's state moves with every draw, so a verify step cannot replay it: no drafts."""
     sp = SamplingParams(seed=4, temperature=1.0, mirostat=2, ignore_eos=True)
-    ev = generate(FakeBackend(512, 2048, scale=4.0), GenerationRequest(prompt(), sp, n_predict=20), draft_p_min=0.0)
+    ev = generate(FakeBackend(512, 2048, scale=4.0), GenerationRequest(prompt(), sp, n_predict=20),
+                  speculative=SpeculativeParams(p_min=0.0))
     assert isinstance(ev[-1], Finished) and ev[-1].tokens_predicted == 20
     assert ev[-1].timings.get("draft_n", 0) == 0
     assert tokens_of(ev) == tokens_of(generate(None, GenerationRequest(prompt(), sp, n_predict=20)))
