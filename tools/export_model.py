@@ -133,16 +133,17 @@ class PlainExport(torch.nn.Module):
         return (self.m.lm_head(self.m.model.norm(x)), *presents)
 
 
-def export_plain(model: Llama, out: Path) -> None:
-    c = model.c
+def plain_io(n_layers: int, n_kv_heads: int, head_dim: int) -> tuple[list[str], list[str], tuple, dict]:
+    """The plain (optimum / `torch.onnx`) layout's input and output names, example inputs
+    and dynamic axes, for `torch.onnx.export` of a decoder with a KV cache."""
     names_in = ["input_ids", "attention_mask", "position_ids"]
     names_out = ["logits"]
     past = []
-    for i in range(c.num_hidden_layers):
+    for i in range(n_layers):
         for kind in ("key", "value"):
             names_in.append(f"past_key_values.{i}.{kind}")
             names_out.append(f"present.{i}.{kind}")
-            past.append(torch.zeros(1, c.num_key_value_heads, 3, c.head_dim))
+            past.append(torch.zeros(1, n_kv_heads, 3, head_dim))
     args = (torch.tensor([[5, 6]]), torch.ones(1, 5, dtype=torch.long), torch.tensor([[3, 4]]), *past)
     dyn = {"input_ids": {0: "batch_size", 1: "sequence_length"},
            "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
@@ -152,6 +153,12 @@ def export_plain(model: Llama, out: Path) -> None:
         dyn[n] = {0: "batch_size", 2: "past_sequence_length"}
     for n in names_out[1:]:
         dyn[n] = {0: "batch_size", 2: "total_sequence_length"}
+    return names_in, names_out, args, dyn
+
+
+def export_plain(model: Llama, out: Path) -> None:
+    c = model.c
+    names_in, names_out, args, dyn = plain_io(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
     torch.onnx.export(PlainExport(model), args, str(out / "model.onnx"), input_names=names_in,
                       output_names=names_out, dynamic_axes=dyn, opset_version=17, dynamo=False)
 

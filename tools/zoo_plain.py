@@ -14,6 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from tools.export_model import plain_io
+
 
 class PlainLlama(torch.nn.Module):
     def __init__(self, model):
@@ -52,21 +54,7 @@ class PlainLlama(torch.nn.Module):
 def export_llama_plain(hf: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
     c = model.config
-    names_in, names_out, past = ["input_ids", "attention_mask", "position_ids"], ["logits"], []
-    for i in range(c.num_hidden_layers):
-        for kind in ("key", "value"):
-            names_in.append(f"past_key_values.{i}.{kind}")
-            names_out.append(f"present.{i}.{kind}")
-            past.append(torch.zeros(1, c.num_key_value_heads, 3, c.head_dim))
-    args = (torch.tensor([[5, 6]]), torch.ones(1, 5, dtype=torch.long), torch.tensor([[3, 4]]), *past)
-    dyn = {"input_ids": {0: "batch_size", 1: "sequence_length"},
-           "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
-           "position_ids": {0: "batch_size", 1: "sequence_length"},
-           "logits": {0: "batch_size", 1: "sequence_length"}}
-    for n in names_in[3:]:
-        dyn[n] = {0: "batch_size", 2: "past_sequence_length"}
-    for n in names_out[1:]:
-        dyn[n] = {0: "batch_size", 2: "total_sequence_length"}
+    names_in, names_out, args, dyn = plain_io(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
     with torch.no_grad():
         torch.onnx.export(PlainLlama(model), args, str(out / "model.onnx"), input_names=names_in,
                           output_names=names_out, dynamic_axes=dyn, opset_version=17, dynamo=False)
