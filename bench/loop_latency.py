@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(CHAT_MODEL), help="model directory (default: the embedded chat model)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
-    with Server(args.model, ["-c", "8192", "-np", "4", "--max-body-mb", "16"]) as server:
+    with Server(args.model, ["-c", "2048", "-np", "4", "--max-body-mb", "16"]) as server:
         rows = measure(server.url)
     print(f"{'case':36} {'status':>6} {'request s':>10} {'/health worst s':>16} {'median s':>9} {'probes':>7}")
     for r in rows:

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         a.model = make_bench_model.build(ROOT / "bench" / ".cache") / "onnx-fp32"
     OUT.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
-    with Server(a.model, ["-np", "8", "-c", "4096", "-t", str(a.threads), "--temp", "0"]) as srv:
+    with Server(a.model, ["-np", "8", "-c", "2048", "-t", str(a.threads), "--temp", "0"]) as srv:
         concurrent_streams(srv.port, [completion_body([0, 5, 6, 7], 16) for _ in range(2)])  # warm-up
         for n in a.streams:
             base = OUT / f"streams{n}"
