@@ -18,6 +18,7 @@ Layouts:
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
@@ -141,6 +142,29 @@ def _dim(shape, index: int):
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _unsupported(path: Path, what: str):
+    raise ModelLoadError(f"{path}: {what}; refserver serves decoder-only LLM exports with a KV cache "
+                         "(onnxruntime-genai builder, optimum 'text-generation-with-past', torch.onnx)")
+
+
+WINDOWED_KV = ("its sliding-window layers keep window-sized KV buffers (GroupQueryAttention "
+               "sliding_window_cache, the builder's default on CPU), which refserver's one-buffer-per-row "
+               "KV layout cannot serve; re-export with the builder's --extra_options windowed_kv_cache=false")
+
+
+def _kv_dims(past_shape, logits_shape, gmodel: dict, config: dict) -> tuple:
+    """KV heads, head size and vocabulary: from the graph's shapes where they are fixed,
+    else genai_config.json, else config.json (None where none says)."""
+    decoder = gmodel.get("decoder", {})
+    n_kv_heads = (_dim(past_shape, 1) or decoder.get("num_key_value_heads")
+                  or config.get("num_key_value_heads") or config.get("num_attention_heads"))
+    head_dim = _dim(past_shape, 3) or decoder.get("head_size") or config.get("head_dim")
+    if not head_dim and config.get("hidden_size") and config.get("num_attention_heads"):
+        head_dim = config["hidden_size"] // config["num_attention_heads"]
+    vocab = _dim(logits_shape, 2) or gmodel.get("vocab_size") or config.get("vocab_size")
+    return n_kv_heads, head_dim, vocab
+
+
 def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> tuple[ModelInfo, GraphSpec]:
     """Read names, shapes, dtypes and sizes from the session's graph and the config files."""
     config = read_json(model_dir / "config.json")
@@ -149,11 +173,7 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
     gin, gout = decoder.get("inputs", {}), decoder.get("outputs", {})
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-
-    def fail(what: str):
-        raise ModelLoadError(
-            f"{path}: {what}; refserver serves decoder-only LLM exports with a KV cache "
-            "(onnxruntime-genai builder, optimum 'text-generation-with-past', torch.onnx)")
+    fail = functools.partial(_unsupported, path)
 
     past_k = _kv_names(set(inputs), gin.get("past_key_names", "past_key_values.%d.key"))
     past_v = _kv_names(set(inputs), gin.get("past_value_names", "past_key_values.%d.value"))
@@ -173,10 +193,7 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
     if extra:
         fail(f"unsupported extra inputs {extra}")
     if graph_mentions(path, b"sliding_window_cache"):
-        fail("its sliding-window layers keep window-sized KV buffers (GroupQueryAttention "
-             "sliding_window_cache, the builder's default on CPU), which refserver's one-buffer-per-row "
-             "KV layout cannot serve; re-export with the builder's "
-             "--extra_options windowed_kv_cache=false")
+        fail(WINDOWED_KV)
     logits = gout.get("logits", "logits")
     if logits not in outputs:
         fail(f"the graph has no {logits!r} output")
@@ -186,12 +203,7 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
     logits_dtype = ORT_DTYPES.get(outputs[logits].type)
     if kv_dtype is None or logits_dtype is None:
         fail(f"KV type {past0.type} / logits type {outputs[logits].type} (need float or float16)")
-    n_kv_heads = (_dim(past0.shape, 1) or decoder.get("num_key_value_heads")
-                  or config.get("num_key_value_heads") or config.get("num_attention_heads"))
-    head_dim = _dim(past0.shape, 3) or decoder.get("head_size") or config.get("head_dim")
-    if not head_dim and config.get("hidden_size") and config.get("num_attention_heads"):
-        head_dim = config["hidden_size"] // config["num_attention_heads"]
-    vocab = _dim(outputs[logits].shape, 2) or gmodel.get("vocab_size") or config.get("vocab_size")
+    n_kv_heads, head_dim, vocab = _kv_dims(past0.shape, outputs[logits].shape, gmodel, config)
     if not (n_kv_heads and head_dim and vocab):
         fail("cannot tell KV heads, head size or vocab size from the graph, genai_config.json or config.json")
     context = int(gmodel.get("context_length") or config.get("max_position_embeddings")

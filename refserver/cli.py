@@ -226,13 +226,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     sampling = {k.removeprefix("sampling_"): v for k, v in vars(a).items() if k.startswith("sampling_")}
     return ServerConfig(
         host=a.host, port=a.port, model=a.model, model_draft=a.model_draft, draft_max=a.draft_max,
-        draft_min=a.draft_min, draft_p_min=a.draft_p_min, ctx_size=a.ctx_size, parallel=a.parallel,
-        batch_size=a.batch_size, n_predict=a.n_predict, temp=a.temp, seed=a.seed, slots=a.slots,
+        draft_min=a.draft_min, draft_p_min=a.draft_p_min, n_ctx=a.ctx_size, n_slots=a.parallel,
+        batch_size=a.batch_size, n_predict=a.n_predict, temperature=a.temp, seed=a.seed, slots=a.slots,
         jinja=a.jinja, chat_template=a.chat_template, chat_template_file=a.chat_template_file,
         alias=aliases[0] if aliases else None, aliases=aliases, tags=_split(a.tags), api_keys=keys,
         metrics=a.metrics or bool(a.metrics_compat), metrics_compat=tuple(dict.fromkeys(a.metrics_compat)),
         verbose=a.verbose, threads=a.threads,
-        threads_draft=a.threads_draft, cache_ram=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
+        threads_draft=a.threads_draft, cache_ram_mib=a.cache_ram, cors_origins=[o.strip() for o in a.cors_origins.split(",") if o.strip()],
         backend=a.backend, strict=a.strict, sse_keepalive=a.sse_keepalive,
         stream_interval_ms=a.stream_interval_ms, prompt_cache_size=a.prompt_cache_size,
         max_body_mb=a.max_body_mb, max_queue=a.max_queue,

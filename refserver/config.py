@@ -27,12 +27,12 @@ class ServerConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     threads_draft: int = 1
-    ctx_size: int = 0  # total tokens of all slots (0: the model's context length)
-    parallel: int = 4
+    n_ctx: int = 0  # -c: total tokens of all slots (0: the model's context length)
+    n_slots: int = 4  # -np
     kv_unified: bool = True  # False: each slot gets ctx_size / parallel (llama.cpp's --no-kv-unified)
     batch_size: int = 2048
     n_predict: int = -1
-    temp: float | None = None  # None: the model's genai_config.json search default, else 0.8
+    temperature: float | None = None  # --temp; None: the model's genai_config.json search default, else 0.8
     seed: int = -1
     slots: bool = True
     jinja: bool = True
@@ -46,7 +46,7 @@ class ServerConfig:
     metrics_compat: tuple[str, ...] = ()  # extra metric name sets for routers: "vllm"
     verbose: bool = False
     threads: int = 0
-    cache_ram: int | None = None  # MiB
+    cache_ram_mib: int | None = None  # --cache-ram  # MiB
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     cors_methods: str = "GET, POST, DELETE, OPTIONS"
     cors_headers: str = "*"
@@ -83,10 +83,10 @@ class ServerConfig:
         when `-c` is not given)."""
         from .engine.engine import EngineConfig
 
-        optional = {"cache_ram_mib": self.cache_ram, "prompt_cache_size": self.prompt_cache_size,
+        optional = {"cache_ram_mib": self.cache_ram_mib, "prompt_cache_size": self.prompt_cache_size,
                     "max_queue": self.max_queue}
-        n_ctx = self.ctx_size or (search or {}).get("max_length", 0)
-        return EngineConfig(n_slots=self.parallel, n_ctx=n_ctx, kv_unified=self.kv_unified,
+        n_ctx = self.n_ctx or (search or {}).get("max_length", 0)
+        return EngineConfig(n_slots=self.n_slots, n_ctx=n_ctx, kv_unified=self.kv_unified,
                             n_batch=self.batch_size, n_predict=self.n_predict, seed=self.seed, speculative=self.speculative(),
                             context_shift=self.context_shift,
                             **{k: v for k, v in optional.items() if v is not None})
@@ -99,7 +99,7 @@ class ServerConfig:
         from .schemas.common import ServerDefaults
 
         model = {k: v for k, v in (search or {}).items() if k in ("temperature", "top_k", "top_p")}
-        flags = {**({} if self.temp is None else {"temperature": self.temp}), **self.sampling}
+        flags = {**({} if self.temperature is None else {"temperature": self.temperature}), **self.sampling}
         sampling = replace(SamplingParams(), **{**model, **flags})
-        return ServerDefaults(n_slots=self.parallel, speculative=self.speculative(),
+        return ServerDefaults(n_slots=self.n_slots, speculative=self.speculative(),
                               has_draft=has_draft, sampling=sampling)

@@ -106,7 +106,7 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
 def run(config: ServerConfig) -> int:
     try:
         model = resolve_model_dir(config.model, config.alias)
-        check_ctx_size(model, config.ctx_size, config.parallel, config.kv_unified)
+        check_ctx_size(model, config.n_ctx, config.n_slots, config.kv_unified)
         if config.model_draft:
             draft = resolve_model_dir(config.model_draft, flag="-md")
             config.model_draft = str(draft.path / draft.graph) if draft.graph else str(draft.path)

@@ -49,7 +49,7 @@ class PropsHandler(BaseHandler):
                                             "speculative": bool(state.config.model_draft),
                                             "is_processing": False,
                                             "params": default_generation_params(state)},
-            "total_slots": state.config.parallel,
+            "total_slots": state.config.n_slots,
             "n_ctx_train": state.model.n_ctx_train,
             "model_alias": state.model.alias,
             "model_path": state.model.path,
