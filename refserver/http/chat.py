@@ -20,7 +20,8 @@ from refserver.stream.generation import Generation
 from .base import BaseHandler, log
 from .chat_pipeline import prepare_chat, render_prompt
 from .completion import native_final
-from .formats import completion_id, oai_logprob
+from .ids import completion_id
+from .logprobs import oai_logprob
 from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from refserver.chat.grammars import native_constraint
 from refserver.schemas.completion import CompletionRequest
 from refserver.stream.choice import ChoiceStream
@@ -9,8 +11,8 @@ from refserver.stream.deltas import FinishDelta, ProgressDelta, TokenDelta
 from refserver.stream.generation import Generation
 
 from .base import BaseHandler, dumps, log
-from .formats import native_probs, select_fields
 from .generation_settings import generation_settings
+from .logprobs import native_probs
 from .offload import off_loop
 
 
@@ -106,3 +108,22 @@ class CompletionHandler(BaseHandler):
                 elif isinstance(d, FinishDelta):
                     self.sse_send(native_final(self.state, req, c, stream=True))
         self.finish()
+
+
+# ------------------------------------------------------------------ response_fields
+_MISSING = object()
+
+
+def select_fields(obj: dict, paths: list[str]) -> dict:
+    """llama.cpp's `response_fields`: only the listed paths; `a/b` is looked up nested and
+    returned under the literal key "a/b"; missing paths are left out."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        node: Any = obj
+        for part in path.split("/"):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is _MISSING:
+                break
+        if node is not _MISSING:
+            out[path] = node
+    return out

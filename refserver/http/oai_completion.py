@@ -12,7 +12,8 @@ from refserver.stream.deltas import FinishDelta, PromptProbsDelta, TokenDelta
 from refserver.stream.generation import Generation
 
 from .base import BaseHandler
-from .formats import completion_id, oai_completion_logprobs
+from .ids import completion_id
+from .logprobs import oai_completion_logprobs
 from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
 

@@ -1,23 +1,11 @@
-"""Response pieces shared by the endpoints: ids, token probabilities in llama.cpp's and
-OpenAI's shapes, `response_fields`.  (Log-probabilities come finite from the engine.)"""
+"""Token probabilities in llama.cpp's shape (`completion_probabilities`) and OpenAI's
+(chat `logprobs.content`, legacy completions).  Log-probabilities come finite from the engine."""
 
 from __future__ import annotations
 
-import secrets
-import string
-from typing import Any
-
 from refserver.engine.types import TokenProb, TokenProbs
 
-_ALNUM = string.ascii_letters + string.digits
 
-
-def completion_id(prefix: str) -> str:
-    """`chatcmpl-` / `cmpl-` plus 32 alphanumeric characters."""
-    return prefix + "".join(secrets.choice(_ALNUM) for _ in range(32))
-
-
-# ------------------------------------------------------------------ probabilities
 def _native_entry(p: TokenProb, post: bool) -> dict:
     d = {"id": p.id, "token": p.token, "bytes": list(p.bytes)}
     if post:
@@ -54,22 +42,3 @@ def oai_completion_logprobs(entries: list[TokenProbs], top_n: int, text_offset0:
         offset += len(tp.chosen.token)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets,
             "content": [oai_logprob(tp, top_n) for tp in entries]}
-
-
-# ------------------------------------------------------------------ response_fields
-_MISSING = object()
-
-
-def select_fields(obj: dict, paths: list[str]) -> dict:
-    """llama.cpp's `response_fields`: only the listed paths; `a/b` is looked up nested and
-    returned under the literal key "a/b"; missing paths are left out."""
-    out: dict[str, Any] = {}
-    for path in paths:
-        node: Any = obj
-        for part in path.split("/"):
-            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-            if node is _MISSING:
-                break
-        if node is not _MISSING:
-            out[path] = node
-    return out
