@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import bigvocab
 from .client import completion_body, concurrent_streams, stream_completion
 from .report import write_markdown, write_plot
 from .server import ROOT, Server
@@ -39,6 +40,7 @@ THRESHOLDS = {  # key: (first threshold, goal, "ge" | "le")
     "cache_hit_ttft_over_miss": (0.2, 0.1, "le"),
     "over_onnxruntime_genai": (0.8, 1.0, "ge"),
     "spec_speedup": (1.2, 1.5, "ge"),
+    **bigvocab.THRESHOLDS,
 }
 SPEC_PROMPTS = [
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
@@ -423,6 +425,10 @@ class Bench:
         self.cache_row(onnx)
         self.small_row()
         self.spec_row()
+        if a.bigvocab:
+            bigvocab.BigVocabRows(self, bigvocab.QUICK if m.name == "quick" else bigvocab.FULL).run()
+        else:
+            self.skip("bigvocab", f"(10) {bigvocab.VOCAB:,}-token vocabulary rows", "--no-bigvocab")
         result = self.summary(load0)
         return result
 
@@ -458,6 +464,9 @@ class Bench:
             "spec_speedup": (r["spec_on"]["pooled_tok_s"] / r["spec_off"]["pooled_tok_s"]
                              if "spec_on" in r and "spec_off" in r else None),
         }
+        big, big_pairs = bigvocab.ratios(r)
+        ratios.update(big)
+        pairs.update(big_pairs)
         sh, sr = st("small_http"), st("small_raw")
         if sh and sr and sh.n and sr.n:
             # what refserver adds per token: the gap between the two, in ms
@@ -575,7 +584,7 @@ def print_summary(out: dict) -> None:
     print("\n== ratios ==")
     for key in ("http_over_raw", "over_onnxruntime_genai", "over_llama_cpp", "batch8_over_batch1",
                 "raw_batch8_over_batch1", "cache_hit_ttft_over_miss", "spec_speedup", "http_ttft_over_raw", "raw_over_onnxruntime_genai",
-                "small_http_over_raw", "small_overhead_ms_per_token"):
+                "small_http_over_raw", "small_overhead_ms_per_token", *bigvocab.RATIOS):
         v = out.get(key)
         status = out["thresholds"].get(key, {}).get("status", "")
         pair = out["paired_ratios"].get(key)
@@ -601,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
     p.add_argument("--draft", type=Path, default=DRAFT_MODEL, help="draft model for row 7 "
                    "(default: the embedded refserver/models/draft)")
+    p.add_argument("--no-bigvocab", dest="bigvocab", action="store_false",
+                   help=f"skip the {bigvocab.VOCAB:,}-token-vocabulary rows (10)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="Markdown and PNG go here (docs/bench)")
     args = p.parse_args(argv)
     bench = Bench(args)
