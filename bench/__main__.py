@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bigvocab
-from .client import completion_body, concurrent_streams, stream_completion
+from . import bigvocab, interleave
+from .client import completion_body, stream_completion
 from .report import write_markdown, write_plot
 from .server import ROOT, Server
 from .stats import Stat, paired_ratio, ratio
@@ -226,36 +226,7 @@ class Bench:
             self.say(f"    TTFT {Stat.of(r.ttft_ms for r in results).fmt()} ms")
 
             self.say("(5) aggregate decode tok/s vs concurrent streams ...")
-            conc = {}
-            offset = 0
-            concurrent_streams(srv.port, [completion_body(self.prompts[-1 - i], 16) for i in range(8)])  # warm-up
-            for n in m.concurrency:
-                vals, per_stream = [], []
-                cpu0, n_tok = srv.cpu(), 0
-                for _ in range(m.repeats):
-                    bodies = [completion_body(self._fresh_prompt(m.prompt_len), m.n_new) for _ in range(n)]
-                    offset += n
-                    results, agg = concurrent_streams(srv.port, bodies)
-                    for r in results:
-                        self._check(r)
-                    vals.append(agg)
-                    n_tok += sum(r.n_predicted for r in results)
-                    per_stream.append(sum(r.decode_tok_s for r in results) / len(results))
-                st = Stat.of(vals)
-                cpu = self._cpu_per_token(srv, cpu0, n_tok)
-                conc[n] = {"aggregate": st.as_dict(), "per_stream": Stat.of(per_stream).as_dict(), **cpu}
-                self.say(f"    {n} stream(s): {st.fmt()} tok/s aggregate, "
-                         f"{Stat.of(per_stream).median:.1f} tok/s per stream; IOLoop thread "
-                         f"{cpu['ioloop_cpu_ms_per_token']:.2f} ms CPU per token")
-            self.rows["concurrency"] = {"label": "aggregate decode vs concurrency", "levels": conc}
-            self.say("    the ceiling: the backend alone, B rows decoding in one call per token ...")
-            spec = {"kind": "raw_batch", "model": str(onnx), "prompts": self.prompts[: max(m.concurrency)],
-                    "n_new": m.n_new, "threads": self.threads, "ctx": m.slot_ctx, "ban": self.ban(onnx),
-                    "batches": list(m.concurrency)}
-            ceiling = self._run_worker(spec)["levels"]
-            self.rows["raw_batch"] = {"label": "raw backend, B rows per decode call", "unit": "tok/s",
-                                      "levels": ceiling}
-            self.say("    " + ", ".join(f"B={b}: {v:.0f} tok/s" for b, v in ceiling.items()))
+            interleave.concurrency_rounds(self, srv, onnx)
 
             self.say("(8) server memory ...")
             mem_end = srv.memory_kib()
@@ -301,9 +272,9 @@ class Bench:
                 r = self._check(stream_completion(srv.port, completion_body(follow, 2)))
                 hit.append(r.ttft_ms)
                 cached = r.final.get("timings", {}).get("cache_n")
-            self.record("ttft_cold", f"TTFT {n}-token prompt, cold", Stat.of(cold), "ms")
+            self.record("ttft_cold", f"TTFT {n}-token prompt, cold", Stat.of(cold), "ms", values=cold)
             self.record("ttft_hit", "TTFT same prefix + 8 tokens, cache hit", Stat.of(hit), "ms",
-                        cache_n=cached)
+                        cache_n=cached, values=hit)
 
     def small_row(self) -> None:
         """The embedded chat model (a few M parameters): model time is small, so the gap
@@ -346,6 +317,7 @@ class Bench:
             for srv in servers.values():
                 self._check(stream_completion(srv.port, completion_body(SPEC_PROMPTS[-1], 16)))  # warm-up
             prompts = spec_prompts()
+            per_round: dict[str, list] = {"plain": [], "spec": []}  # pooled tok/s of each round
             rounds = 2 * m.repeats  # short answers of a tiny model: more of them
             for r in range(rounds):
                 for p in prompts:
@@ -353,6 +325,8 @@ class Bench:
                         body = completion_body(p, m.spec_n, return_tokens=True, cache_prompt=False,
                                                ignore_eos=False)
                         outs[name].append(self._check(stream_completion(srv.port, body)))
+                for name in servers:
+                    per_round[name].append(_pooled(outs[name][-len(prompts):]))
                 self.say(f"    round {r + 1}/{rounds}: no draft {_pooled(outs['plain']):.1f} tok/s, "
                          f"draft {_pooled(outs['spec']):.1f} tok/s (pooled so far)")
         plain, spec = outs["plain"], outs["spec"]
@@ -361,9 +335,9 @@ class Bench:
         accepted = sum(r.final.get("timings", {}).get("draft_n_accepted", 0) for r in spec)
         n_tok = sum(r.n_predicted for r in plain)
         self.record("spec_off", "chat model, no draft", Stat.of(r.decode_tok_s for r in plain), "tok/s",
-                    pooled_tok_s=_pooled(plain), tokens=n_tok)
+                    pooled_tok_s=_pooled(plain), tokens=n_tok, round_tok_s=per_round["plain"])
         self.record("spec_on", "chat model + draft (-md)", Stat.of(r.decode_tok_s for r in spec), "tok/s",
-                    pooled_tok_s=_pooled(spec), draft_n=drafted, draft_n_accepted=accepted, same_tokens=same)
+                    pooled_tok_s=_pooled(spec), round_tok_s=per_round["spec"], draft_n=drafted, draft_n_accepted=accepted, same_tokens=same)
         self.say(f"    pooled decode: {_pooled(plain):.1f} → {_pooled(spec):.1f} tok/s over {n_tok} tokens; "
                  f"draft tokens accepted {accepted}/{drafted}; same tokens as without draft: {same}")
 
@@ -449,24 +423,23 @@ class Bench:
             pairs[name] = p.as_dict()
             return p.median
 
-        conc = r.get("concurrency", {}).get("levels", {})
-        b1, b8 = conc.get(1), conc.get(8)
-        raw_b = r.get("raw_batch", {}).get("levels", {})
         ratios = {
             "http_over_raw": side_by_side("http", "raw", "http_over_raw"),
             "over_onnxruntime_genai": side_by_side("http", "genai", "over_onnxruntime_genai"),
             "over_llama_cpp": side_by_side("http", "llama", "over_llama_cpp"),
             "raw_over_onnxruntime_genai": side_by_side("raw", "genai", "raw_over_onnxruntime_genai"),
             "small_http_over_raw": side_by_side("small_http", "small_raw", "small_http_over_raw"),
-            "batch8_over_batch1": (b8["aggregate"]["median"] / b1["aggregate"]["median"]) if b1 and b8 else None,
-            "raw_batch8_over_batch1": (raw_b["8"] / raw_b["1"]) if "8" in raw_b and "1" in raw_b else None,
-            "cache_hit_ttft_over_miss": ratio(st("ttft_hit"), st("ttft_cold")),
+            "cache_hit_ttft_over_miss": side_by_side("ttft_hit", "ttft_cold", "cache_hit_ttft_over_miss"),
             "spec_speedup": (r["spec_on"]["pooled_tok_s"] / r["spec_off"]["pooled_tok_s"]
                              if "spec_on" in r and "spec_off" in r else None),
         }
-        big, big_pairs = bigvocab.ratios(r)
-        ratios.update(big)
-        pairs.update(big_pairs)
+        for more, more_pairs in (interleave.batch_ratios(r), bigvocab.ratios(r)):
+            ratios.update(more)
+            pairs.update(more_pairs)
+        spec_rounds = paired_ratio(r.get("spec_on", {}).get("round_tok_s", []),
+                                   r.get("spec_off", {}).get("round_tok_s", []))
+        if spec_rounds is not None:  # the headline stays the pooled ratio; this is its per-round spread
+            pairs["spec_speedup"] = spec_rounds.as_dict()
         sh, sr = st("small_http"), st("small_raw")
         if sh and sr and sh.n and sr.n:
             # what refserver adds per token: the gap between the two, in ms
@@ -588,8 +561,8 @@ def print_summary(out: dict) -> None:
         v = out.get(key)
         status = out["thresholds"].get(key, {}).get("status", "")
         pair = out["paired_ratios"].get(key)
-        spread = f"  (median of {pair['n']} side-by-side rounds, {pair['min']:.3f}–{pair['max']:.3f})" if pair else ""
-        print(f"  {key:28s} {'n/a' if v is None else f'{v:.3f}':>8s}  {status}{spread}")
+        spread = f"  ({pair['n']} side-by-side rounds: {pair['min']:.3f}–{pair['max']:.3f})" if pair else ""
+        print(f"  {key:36s} {'n/a' if v is None else f'{v:.3f}':>8s}  {status}{spread}")
     if out["token_match_vs_raw"]:
         print("  greedy tokens equal to the raw loop's (same precision): " + ", ".join(
             f"{k} {v:.0%}" for k, v in out["token_match_vs_raw"].items() if not k.endswith("_divergence")))
