@@ -197,10 +197,9 @@ class Sampler:
         value by partition, the ids above it and the lowest-id ties at it, then sorted as
         `_candidates` sorts.  None when fewer than k finite values lead (bans or NaN among
         them): the caller then takes the full path, which handles those."""
-        n = len(x)
-        if k >= n:
+        if k >= len(x):
             return None
-        kth = np.partition(x, n - k)[n - k]
+        kth = _kth_largest(x, k)
         if not kth > NEG_INF:
             return None
         above = np.flatnonzero(x > kth)
@@ -401,6 +400,23 @@ class Sampler:
             surprise = -math.log2(max(float(probs[i]), 1e-300))
             self.mu = saturating(self.mu - p.mirostat_eta * (surprise - p.mirostat_tau), self.mu)
         return Sampled(int(ids[i]), ids, probs)
+
+
+def _kth_largest(x: np.ndarray, k: int) -> float:
+    """The k-th largest value of `x` (NaN ignored when a sample finds the answer).
+
+    A partition of the whole row costs most of a sampled token on a 150k vocabulary, so
+    first the k-th largest of every s-th value, t: at least k values of `x` are >= t, so
+    the k-th largest of those alone (a few hundred, typically) is the answer."""
+    n = len(x)
+    stride = n // (64 * k)
+    if stride >= 4:
+        sub = x[::stride]
+        t = np.partition(sub, len(sub) - k)[len(sub) - k]
+        if t > NEG_INF:  # not NaN, not -inf
+            pool = x[x >= t]
+            return float(np.partition(pool, len(pool) - k)[len(pool) - k])
+    return float(np.partition(x, n - k)[n - k])
 
 
 def top_logprobs(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

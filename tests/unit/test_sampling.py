@@ -278,16 +278,21 @@ def test_mirostat_truncates_and_tracks_target_surprise(version):
     {"top_k": 7, "dry_multiplier": 0.8, "dry_allowed_length": 1}, {"top_k": 5, "top_n_sigma": 1.0},
     {"top_k": 12, "samplers": ("min_p", "top_k", "temperature")},
 ])
-def test_top_k_first_chain_equals_the_full_sort(params):
-    """With top_k the first stage that acts, `chain` takes the k best by partition instead of
-    sorting the whole row; on rows with exact ties, bans, NaN and +-inf its candidates,
-    probabilities and seeded draws must be the full sort's, bit for bit."""
+@pytest.mark.parametrize("vocab", [64, 5000])
+def test_top_k_first_chain_equals_the_full_sort(params, vocab):
+    """With top_k the first stage that acts, `chain` takes the k best by partition (of a
+    sample first, on a wide row) instead of sorting the whole row; on rows with exact ties,
+    bans, NaN and +-inf its candidates, probabilities and seeded draws must be the full
+    sort's, bit for bit."""
     rng = np.random.default_rng(11)
-    vocab = 64
-    for trial in range(300):
+    for trial in range(300 if vocab < 1000 else 60):
         row = rng.integers(-4, 5, vocab).astype(np.float32) * 0.5  # many exact ties
+        if trial % 3 == 0:  # a long tail below a few leaders: the sample's threshold matters
+            row = (rng.standard_normal(vocab) * 2).round(1).astype(np.float32)
         if trial % 7 == 0:
             row[rng.integers(0, vocab, 3)] = rng.choice([np.nan, np.inf, -np.inf], 3)
+        if trial % 5 == 0:
+            row[rng.integers(0, vocab, 40)] = np.nan
         if trial % 11 == 0:
             row[:] = -np.inf
             row[rng.integers(0, vocab, 2)] = 1.0
