@@ -581,7 +581,8 @@ def print_summary(out: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="refserver benchmarks")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and tokens (under 5 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and tokens; the "
+                   "151,936-vocab rows (10) are its slowest part (--no-bigvocab skips them)")
     p.add_argument("--json", metavar="FILE", help="write every number and ratio as JSON")
     p.add_argument("--with-llama-cpp", action="store_true", help="also run llama.cpp (llama-cpp-python)")
     p.add_argument("--llama-python", metavar="PATH", help="interpreter that has llama_cpp (default: this one, "
