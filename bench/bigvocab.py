@@ -52,7 +52,7 @@ class BigMode:
     slot_ctx: int
 
 
-QUICK = BigMode(rounds=5, n_new=64, slot_ctx=256)
+QUICK = BigMode(rounds=5, n_new=32, slot_ctx=256)
 FULL = BigMode(rounds=9, n_new=128, slot_ctx=256)
 
 
