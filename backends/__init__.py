@@ -15,11 +15,13 @@ __all__ = ["DEVICES", "Backend", "BackendError", "KVState", "ModelInfo", "ModelL
            "OnnxBackend", "ProviderUnavailable", "Step", "load"]
 
 
-def load(model_dir: str | os.PathLike, device: str = "cpu", threads: int = 0) -> Backend:
-    """Load the ONNX model in `model_dir` on `device` ("cpu", "cuda" or "dml").
+def load(model_dir: str | os.PathLike, device: str = "cpu", threads: int = 0,
+         filename: str | None = None) -> Backend:
+    """Load the ONNX model in `model_dir` on `device` ("cpu", "cuda" or "dml"); `filename`
+    names the graph when the folder holds several (default: see `onnx_layouts.model_file`).
 
     `threads` > 0 sets ONNX Runtime's intra-op threads; 0 uses every core (os.cpu_count()).
     Raises ProviderUnavailable when this onnxruntime build lacks the device's provider,
     ModelLoadError when the folder or graph cannot be used.
     """
-    return OnnxBackend(model_dir, device=device, threads=threads)
+    return OnnxBackend(model_dir, device=device, threads=threads, filename=filename)

@@ -45,6 +45,8 @@ class GraphSpec:
     logits: str
     kv_dtype: np.dtype
     logits_dtype: np.dtype
+    #: LongRoPE: the sequence length past which the graph uses its long-factor cache (0: none)
+    rope_switch: int = 0
 
 
 def read_json(path: Path) -> dict:
@@ -56,13 +58,21 @@ def read_json(path: Path) -> dict:
         raise ModelLoadError(f"cannot read {path}: {exc}; fix or remove the file") from exc
 
 
-def model_file(model_dir: Path, genai: dict) -> Path:
-    """The graph file: genai_config's decoder filename, else `model.onnx`."""
+def model_file(model_dir: Path, genai: dict, filename: str | None = None) -> Path:
+    """The graph file: `filename` if given, else genai_config's decoder filename, else
+    `model.onnx`, else the folder's only `.onnx` file."""
     if not model_dir.is_dir():
         raise ModelLoadError(
             f"model folder {model_dir} does not exist; pass a folder holding model.onnx "
             "(e.g. an onnxruntime-genai builder or optimum export)")
-    name = genai.get("model", {}).get("decoder", {}).get("filename") or "model.onnx"
+    name = filename or genai.get("model", {}).get("decoder", {}).get("filename") or "model.onnx"
+    graphs = sorted(p.name for p in model_dir.glob("*.onnx"))
+    if not filename and name == "model.onnx" and name not in graphs and graphs:
+        if len(graphs) > 1:
+            raise ModelLoadError(
+                f"{model_dir} holds several graphs ({', '.join(graphs)}) and no model.onnx; pass the "
+                f"one to serve as -m {model_dir / graphs[0]}")
+        name = graphs[0]
     path = model_dir / name
     if not path.is_file():
         raise ModelLoadError(
@@ -71,13 +81,18 @@ def model_file(model_dir: Path, genai: dict) -> Path:
     return path
 
 
-def uses_group_query_attention(path: Path) -> bool:
-    """Whether the graph mentions the com.microsoft GroupQueryAttention op (bytes scan)."""
+def graph_mentions(path: Path, name: bytes) -> bool:
+    """Whether the graph file holds `name` (an op type or attribute name; bytes scan)."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return False
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return m.find(b"GroupQueryAttention") >= 0
+            return m.find(name) >= 0
+
+
+def uses_group_query_attention(path: Path) -> bool:
+    """Whether the graph uses the com.microsoft GroupQueryAttention op."""
+    return graph_mentions(path, b"GroupQueryAttention")
 
 
 def model_size_bytes(path: Path) -> int:
@@ -99,6 +114,19 @@ def estimate_params(config: dict, size_bytes: int, bytes_per_weight: int) -> int
     per_layer = attn + 3 * h * ffn + 2 * h
     embeddings = vocab * h * (1 if config.get("tie_word_embeddings") else 2)
     return embeddings + layers * per_layer + h
+
+
+def rope_switch(path: Path, config: dict) -> int | None:
+    """For a graph with the builder's two LongRoPE caches (`cos_cache_large` / `_small`, picked
+    by the attention mask's width): the length it switches at, config.json's
+    original_max_position_embeddings; 0 for other graphs, None when the config does not say."""
+    if not graph_mentions(path, b"cos_cache_large"):
+        return 0
+    for source in (config, config.get("rope_scaling") or {}, config.get("rope_parameters") or {}):
+        value = source.get("original_max_position_embeddings") if isinstance(source, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _kv_names(names: set[str], template: str) -> list[str]:
@@ -144,6 +172,11 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
     extra = sorted(set(inputs) - known)
     if extra:
         fail(f"unsupported extra inputs {extra}")
+    if graph_mentions(path, b"sliding_window_cache"):
+        fail("its sliding-window layers keep window-sized KV buffers (GroupQueryAttention "
+             "sliding_window_cache, the builder's default on CPU), which refserver's one-buffer-per-row "
+             "KV layout cannot serve; re-export with the builder's "
+             "--extra_options windowed_kv_cache=false")
     logits = gout.get("logits", "logits")
     if logits not in outputs:
         fail(f"the graph has no {logits!r} output")
@@ -163,6 +196,10 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
         fail("cannot tell KV heads, head size or vocab size from the graph, genai_config.json or config.json")
     context = int(gmodel.get("context_length") or config.get("max_position_embeddings")
                   or DEFAULT_CONTEXT_LENGTH)
+    switch = rope_switch(path, config)
+    if switch is None:
+        fail("it has LongRoPE caches but config.json gives no original_max_position_embeddings "
+             "(the length at which it switches to the long cache); put config.json beside it")
 
     size = model_size_bytes(path)
     info = ModelInfo(
@@ -172,5 +209,6 @@ def inspect(session, model_dir: Path, path: Path, genai: dict, device: str) -> t
         uses_position_ids=position_ids is not None,
         n_params=estimate_params(config, size, kv_dtype.itemsize), size_bytes=size, device=device)
     spec = GraphSpec(names["input_ids"], names["attention_mask"], position_ids,
-                     list(zip(past_k, past_v)), list(zip(pres_k, pres_v)), logits, kv_dtype, logits_dtype)
+                     list(zip(past_k, past_v)), list(zip(pres_k, pres_v)), logits, kv_dtype, logits_dtype,
+                     rope_switch=switch)
     return info, spec

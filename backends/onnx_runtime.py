@@ -125,15 +125,36 @@ class _Call:
 class OnnxBackend(Backend):
     """A decoder-only ONNX model (GQA or plain layout) on one ONNX Runtime session."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", threads: int = 0):
+    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", threads: int = 0,
+                 filename: str | None = None):
         check_device(device)  # before touching the model: the more basic problem
         model_dir = Path(model_dir)
+        if model_dir.suffix == ".onnx" and model_dir.is_file():  # a graph file: its folder
+            model_dir, filename = model_dir.parent, filename or model_dir.name
         genai = read_json(model_dir / "genai_config.json") if model_dir.is_dir() else {}
-        path = model_file(model_dir, genai)
+        path = model_file(model_dir, genai, filename)
         self.session = create_session(path, device, threads)
         self.info, self._spec = inspect(self.session, model_dir, path, genai, device)
         self.n_calls = 0
+        self._smoke_test(path)
         self.allocate(0, 0)
+
+    def _smoke_test(self, path: Path) -> None:
+        """A 2-token prompt and one decode step on a scratch row, so that a graph this
+        onnxruntime cannot execute (an op or type its provider lacks) fails at start-up
+        rather than at the first request."""
+        self.allocate(1, 4)
+        try:
+            self.forward([Step(0, 0, [DUMMY_TOKEN, DUMMY_TOKEN])])
+            self.forward([Step(0, 2, [DUMMY_TOKEN])])
+        except BackendError as exc:
+            cause = str(exc.__cause__ or exc).strip().splitlines()[0][:500]
+            raise ModelLoadError(
+                f"onnxruntime {ort.__version__} loads {path} but cannot run it on {self.info.device} "
+                f"({self.info.kv_dtype} KV, {self.info.layout} layout): {cause}. Export it for this "
+                "device (for CPU: fp32 or int4, e.g. onnxruntime-genai's builder with -p int4 -e cpu)") from exc
+        finally:
+            self.n_calls = 0
 
     # ---- arena ---------------------------------------------------------------------------
 
@@ -188,48 +209,67 @@ class OnnxBackend(Backend):
         return out
 
     def _gqa_decode(self, steps: Sequence[Step], singles: dict[int, int], out: list) -> None:
-        last_position = self.info.context_length - 1
-        for lo, hi in self._spans(sorted(singles)):
-            call = self._call(lo, hi)
-            rows = [r for r in range(lo, hi) if r in singles]
-            order = [singles[r] for r in rows]
-            pos = np.array([steps[i].pos for i in order], np.int64)
-            ids = [steps[i].tokens[0] for i in order]
-            full = len(rows) == hi - lo
-            if full:  # every row of the span steps (one stream; packed slots)
-                sel = slice(None)
-                totals = pos + 1
-                call.positions[:, 0] = pos
-                call.ids[:, 0] = ids
-            else:  # dummies write where nothing valid can be: at the end of their last write
-                sel = np.array(rows) - lo
-                high = self._high[lo:hi]
-                totals = high + 1
-                totals[sel] = pos + 1
-                call.positions[:, 0] = np.minimum(high, last_position)
-                call.positions[sel, 0] = pos
-                call.ids[:, 0] = DUMMY_TOKEN
-                call.ids[sel, 0] = ids
-            np.less(call.columns, totals[:, None], out=call.mask, casting="unsafe")
-            self._run(call.binding, "decode of rows %d..%d", lo, hi - 1)
-            logits = call.logits[sel].astype(np.float32)  # [n, 1, vocab], a copy
-            for j, i in enumerate(order):
-                out[i] = logits[j]
-            if full:
-                self._high[lo:hi] = totals
-            else:
-                self._high[rows] = totals[sel]
+        for group, width in self._decode_groups(steps, singles):
+            for lo, hi in self._spans(sorted(group), width):
+                self._gqa_decode_span(steps, group, lo, hi, width, out)
 
-    def _spans(self, rows: list[int]) -> list[tuple[int, int]]:
+    def _decode_groups(self, steps: Sequence[Step], singles: dict[int, int]) -> list[tuple[dict, int]]:
+        """(rows, attention-mask width) of each decode call group.  A LongRoPE graph (Phi-3 /
+        Phi-4 builder exports) takes the mask's width as the sequence length and switches to
+        its long-factor RoPE cache past `rope_switch`, as transformers does past
+        original_max_position_embeddings: rows still within it step apart, under a mask no wider."""
+        switch = self._spec.rope_switch
+        if not switch or self._width <= switch:
+            return [(singles, self._width)]
+        short = {r: i for r, i in singles.items() if steps[i].pos < switch}
+        long = {r: i for r, i in singles.items() if steps[i].pos >= switch}
+        return [(group, width) for group, width in ((short, switch), (long, self._width)) if group]
+
+    def _gqa_decode_span(self, steps: Sequence[Step], singles: dict[int, int], lo: int, hi: int, width: int,
+                         out: list) -> None:
+        last_position = self.info.context_length - 1
+        call = self._call(lo, hi, width=width)
+        rows = [r for r in range(lo, hi) if r in singles]
+        order = [singles[r] for r in rows]
+        pos = np.array([steps[i].pos for i in order], np.int64)
+        ids = [steps[i].tokens[0] for i in order]
+        full = len(rows) == hi - lo
+        if full:  # every row of the span steps (one stream; packed slots)
+            sel = slice(None)
+            totals = pos + 1
+            call.positions[:, 0] = pos
+            call.ids[:, 0] = ids
+        else:  # dummies write where nothing valid can be: at the end of their last write
+            sel = np.array(rows) - lo
+            high = self._high[lo:hi]
+            totals = high + 1
+            totals[sel] = pos + 1
+            call.positions[:, 0] = np.minimum(high, last_position)
+            call.positions[sel, 0] = pos
+            call.ids[:, 0] = DUMMY_TOKEN
+            call.ids[sel, 0] = ids
+        np.less(call.columns, totals[:, None], out=call.mask, casting="unsafe")
+        self._run(call.binding, "decode of rows %d..%d", lo, hi - 1)
+        logits = call.logits[sel].astype(np.float32)  # [n, 1, vocab], a copy
+        for j, i in enumerate(order):
+            out[i] = logits[j]
+        if full:
+            self._high[lo:hi] = totals
+        else:
+            self._high[rows] = totals[sel]
+
+    def _spans(self, rows: list[int], width: int | None = None) -> list[tuple[int, int]]:
         """Contiguous row spans [lo, hi) covering the sorted `rows`, split at idle rows too
-        full for a dummy write (possible only when row_len reaches the RoPE cache length)."""
+        full for a dummy write under a `width`-column mask (possible only when row_len reaches
+        the RoPE cache length, or past a LongRoPE switch)."""
+        width = width or self._width
         stepping = set(rows)
         spans, lo, last = [], rows[0], rows[0]
         for r in range(rows[0], rows[-1] + 1):
             if r in stepping:
                 lo = r if lo is None else lo
                 last = r
-            elif lo is not None and self._high[r] >= self._width:
+            elif lo is not None and self._high[r] >= width:
                 spans.append((lo, last + 1))
                 lo = None
         spans.append((lo, last + 1))
@@ -238,7 +278,7 @@ class OnnxBackend(Backend):
     def _call(self, lo: int, hi: int, seq: int = 1, width: int = 0) -> _Call:
         """The binding of rows [lo, hi) for `seq`-token steps (decode: one per span;
         multi-token steps: one per row, reshaped as their length changes)."""
-        key = (lo, hi, seq == 1)
+        key = (lo, hi, seq == 1, width if seq == 1 else 0)
         call = self._calls.get(key)
         if call is None:
             call = self._calls[key] = _Call(self, lo, hi)

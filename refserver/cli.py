@@ -55,7 +55,7 @@ class ServerConfig:
     kv_unified: bool = True  # False: each slot gets ctx_size / parallel (llama.cpp's --no-kv-unified)
     batch_size: int = 2048
     n_predict: int = -1
-    temp: float = 0.8
+    temp: float | None = None  # None: the model's genai_config.json search default, else 0.8
     seed: int = -1
     slots: bool = True
     jinja: bool = True
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", "--n-predict", "--predict", type=int, default=-1,
                    help="tokens to generate for requests that give no n_predict/max_tokens; a request's own "
                         "value wins (default -1: until EOS or the context is full)")
-    g.add_argument("--temp", "--temperature", type=float, default=0.8, help="default temperature (0.8)")
+    g.add_argument("--temp", "--temperature", type=float, default=None,
+                   help="default temperature (default: the model's genai_config.json, else 0.8)")
     for names, name, kind in SAMPLING_FLAGS:
         g.add_argument(*names, dest=f"sampling_{name}", type=kind, default=argparse.SUPPRESS, metavar="N",
                        help=f"default {name} of requests that omit it")

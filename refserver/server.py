@@ -30,7 +30,7 @@ from .errors import RefserverError
 from .http.app import make_app
 from .http.state import AppState, ModelSummary
 from .http.transport import READ_HEADER_BYTES, RefserverHTTPServer
-from .model_dir import ModelDir, ModelDirError, resolve_model_dir
+from .model_dir import ModelDir, ModelDirError, check_ctx_size, resolve_model_dir, search_defaults
 from .schemas.common import ServerDefaults
 from .stream.bridge import EventBridge
 
@@ -69,16 +69,23 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
     try:
         template = resolve_chat_template(config.chat_template, config.chat_template_file, model.chat_template,
                                          tokenizer.bos_token, tokenizer.eos_token, jinja=config.jinja)
+        tool_template = None  # the model's `tool_use` template, for requests with tools
+        if "tool_use" in model.chat_templates and config.jinja and not (
+                config.chat_template or config.chat_template_file):
+            tool_template = resolve_chat_template(None, None, model.chat_templates["tool_use"],
+                                                  tokenizer.bos_token, tokenizer.eos_token)
     except RefserverError as exc:
         raise StartupError(f"{exc.message}; fix --chat-template / --chat-template-file") from exc
     try:
-        backend = backends.load(model.path, device=config.device, threads=config.threads)
+        backend = backends.load(model.path, device=config.device, threads=config.threads, filename=model.graph)
         draft = None
         if config.model_draft:
             draft = backends.load(config.model_draft, device=config.device, threads=config.threads_draft)
     except BackendError as exc:
         raise StartupError(str(exc)) from exc
-    engine_kwargs = {"n_slots": config.parallel, "n_ctx": config.ctx_size, "kv_unified": config.kv_unified,
+    search = search_defaults(model)
+    engine_kwargs = {"n_slots": config.parallel, "n_ctx": config.ctx_size or search.get("max_length", 0),
+                     "kv_unified": config.kv_unified,
                      "n_batch": config.batch_size,
                      "n_predict": config.n_predict, "seed": config.seed, "draft_max": config.draft_max,
                      "draft_min": config.draft_min, "draft_p_min": config.draft_p_min,
@@ -100,21 +107,32 @@ def load(config: ServerConfig, model: ModelDir, state: AppState) -> None:
         path=str(model.path), n_vocab=info.vocab_size,
         n_ctx_train=info.context_length or model.n_ctx_train,
         n_embd=int(model.config.get("hidden_size", 0) or 0), n_params=info.n_params, size=info.size_bytes)
-    state.defaults = ServerDefaults(
-        temperature=config.temp, seed=config.seed, n_predict=config.n_predict, n_slots=config.parallel,
-        n_vocab=tokenizer.vocab_size, draft_max=config.draft_max, draft_min=config.draft_min,
-        draft_p_min=config.draft_p_min, has_draft=draft is not None,
-        sampling=dataclasses.replace(SamplingParams(), temperature=config.temp, **config.sampling))
+    state.defaults = server_defaults(config, search, tokenizer.vocab_size, has_draft=draft is not None)
     state.tokenizer, state.template, state.engine = tokenizer, template, engine
+    state.tool_template, state.template_names = tool_template, list(model.chat_templates)
     if config.metrics:
         state.metrics = Metrics(engine.stats, model_name=model.alias, compat=config.metrics_compat)
+
+
+def server_defaults(config: ServerConfig, search: dict, n_vocab: int, has_draft: bool) -> ServerDefaults:
+    """What requests fall back to: the flags, else the model's genai_config.json `search`
+    values (as onnxruntime-genai would sample it), else llama-server's defaults."""
+    model = {k: v for k, v in search.items() if k in ("temperature", "top_k", "top_p")}
+    flags = {**({} if config.temp is None else {"temperature": config.temp}), **config.sampling}
+    sampling = dataclasses.replace(SamplingParams(), **{**model, **flags})
+    return ServerDefaults(
+        temperature=sampling.temperature, seed=config.seed, n_predict=config.n_predict, n_slots=config.parallel,
+        n_vocab=n_vocab, draft_max=config.draft_max, draft_min=config.draft_min, draft_p_min=config.draft_p_min,
+        has_draft=has_draft, sampling=sampling)
 
 
 def run(config: ServerConfig) -> int:
     try:
         model = resolve_model_dir(config.model, config.alias)
+        check_ctx_size(model, config.ctx_size, config.parallel, config.kv_unified)
         if config.model_draft:
-            resolve_model_dir(config.model_draft, flag="-md")
+            draft = resolve_model_dir(config.model_draft, flag="-md")
+            config.model_draft = str(draft.path / draft.graph) if draft.graph else str(draft.path)
         from backends.errors import ProviderUnavailable
         from backends.onnx_runtime import check_device
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+_LONG_TEXT = 4096  # characters: tokenized without holding the GIL from here on
+
 
 @lru_cache(maxsize=1)
 def _byte_level_decoder() -> dict[str, int]:
@@ -109,11 +111,19 @@ class TextTokenizer:
             return piece.replace("\u2581", " ").encode()
         return self.tok.decode([token_id], skip_special_tokens=False).encode()
 
+    def _ids(self, text: str) -> list[int]:
+        """Token ids of plain text.  `Tokenizer.encode` holds the GIL throughout (seconds for
+        a megabyte, during which the server's IOLoop stalls); `encode_batch` releases it, so
+        long texts go that way."""
+        if len(text) < _LONG_TEXT:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        return self.tok.encode_batch([text], add_special_tokens=False)[0].ids
+
     # ------------------------------------------------------------------ public
     def encode(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """Token ids of `text`; `add_special` prepends BOS when the model uses one."""
         if parse_special:
-            ids = self.tok.encode(text, add_special_tokens=False).ids
+            ids = self._ids(text)
         else:
             ids = self._encode_literal(text)
         if add_special and self.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
@@ -124,18 +134,18 @@ class TextTokenizer:
         """Encode without recognising special-token text (it is tokenized as plain text)."""
         specials = [t["content"] for t in self._added_tokens() if t["special"]]
         if not any(s in text for s in specials):
-            return self.tok.encode(text, add_special_tokens=False).ids
+            return self._ids(text)
         # Break every special marker with a zero-width split, then drop the joiner tokens.
         out: list[int] = []
         i = 0
         while i < len(text):
             hit = min(((text.find(s, i), s) for s in specials if text.find(s, i) >= 0), default=None)
             if hit is None:
-                out += self.tok.encode(text[i:], add_special_tokens=False).ids
+                out += self._ids(text[i:])
                 break
             pos, s = hit
             if pos > i:
-                out += self.tok.encode(text[i:pos], add_special_tokens=False).ids
+                out += self._ids(text[i:pos])
             out += self.tok.encode(s[0], add_special_tokens=False).ids
             out += self.tok.encode(s[1:], add_special_tokens=False).ids
             i = pos + len(s)

@@ -87,6 +87,7 @@ FEATURES: dict[str, str] = {
     "mlx": "mlx-lm's server tests over HTTP",
     "backend": "start-up errors and backend selection",
     "engine": "model execution: reproducing reference greedy ids",
+    "zoo": "every architecture and precision of the model zoo, token for token; HF directory conventions",
     "harness": "the suite's own helpers (tests/utils.py), no server",
 }
 
@@ -120,6 +121,11 @@ DOCS: dict[tuple[str, str], str] = {
     ("openai", "openai_client"): "openai-python (github.com/openai/openai-python) against the "
                                  f"{OPENAI_REF} shapes",
     ("openai", "complaints"): f"{OPENAI_REF}; the user reports gathered in CONTRACT.md §9",
+    ("openai", "responses"): f"{OPENAI_REF}/responses (create, streaming events, retrieve, delete, "
+                             "input items)",
+    ("llamacpp", "messages"): f"{LLAMACPP_REF} `POST /v1/messages` (Anthropic Messages, "
+                              "docs.anthropic.com/en/api/messages)",
+    ("llamacpp", "reasoning"): f"{LLAMACPP_REF} `reasoning_content`, `--reasoning-format`",
     ("llamacpp", "basic"): f"{LLAMACPP_REF} `GET /health`, `GET /props`, `GET /slots`",
     ("llamacpp", "completion"): f"{LLAMACPP_REF} `POST /completion`",
     ("llamacpp", "chat"): f"{LLAMACPP_REF} `POST /v1/chat/completions` (llama.cpp's extensions)",

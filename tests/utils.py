@@ -586,10 +586,10 @@ class ServerProcess:
     def hold_slot(self) -> EventStream:
         """Occupy one slot until the returned stream is closed, however fast the machine:
         an endless generation (`n_predict` -1, EOS ignored) on a server started with
-        `context_shift` and no `n_predict` cap, which shifts its context instead of ending.
-        Returns once the first token arrived, so the slot is busy."""
-        if not (self.context_shift and self.n_predict in (None, -1)):
-            raise RuntimeError("hold_slot needs a server started with context_shift=True and no n_predict cap")
+        `context_shift`, which shifts its context instead of ending.  Returns once the
+        first token arrived, so the slot is busy."""
+        if not self.context_shift:
+            raise RuntimeError("hold_slot needs a server started with context_shift=True")
         stream = self.make_stream_request("POST", "/completion", {
             "prompt": "Once upon a time", "n_predict": -1, "ignore_eos": True, "stream": True})
         next(iter(stream))

@@ -6,13 +6,16 @@
 For N minutes, a few workers send random and mutated requests: bodies built from each
 route's fields with plausible and hostile values, arbitrary JSON, valid bodies with
 mutated bytes, wrong methods and paths, raw HTTP garbage, streams abandoned mid-queue or
-mid-stream, oversized bodies, and ordinary requests.  Every answer is checked:
+mid-stream, oversized bodies, generating requests with 2-5 sampling fields at extreme
+values (the combinations that once killed the engine thread), and ordinary requests.
+Every answer is checked:
 
 - no 5xx status (a 501 for a disabled endpoint or a 503 for a full queue, with their
   envelopes, are answers), and no 5xx error event inside a stream;
 - every non-200 answer has `{"error": {"code", "message", "type"}}` with code == status;
 - the connection is never dropped on a well-formed HTTP request;
-- `/health` answers 200 throughout (polled every few seconds);
+- `/health` answers 200 throughout (polled every few seconds; it turns 503 if the engine
+  thread dies);
 - at the end every slot is idle within 5 s, and with --pid the server's thread count
   and RSS are compared with their values after a warm-up.
 
@@ -40,6 +43,14 @@ from bench.server import proc_status  # after the path: the repository root
 
 GENERATING = ["/completion", "/completions", "/v1/completions", "/v1/chat/completions", "/chat/completions"]
 POST_ROUTES = GENERATING + ["/tokenize", "/detokenize", "/apply-template", "/infill"]
+EXTREME_FLOAT_FIELDS = ["temperature", "dynatemp_range", "dynatemp_exponent", "top_p", "min_p", "typical_p",
+                        "top_n_sigma", "xtc_probability", "xtc_threshold", "mirostat_tau", "mirostat_eta",
+                        "repeat_penalty", "presence_penalty", "frequency_penalty", "dry_multiplier", "dry_base"]
+EXTREME_INT_FIELDS = ["top_k", "mirostat", "repeat_last_n", "dry_allowed_length", "dry_penalty_last_n", "n_probs",
+                      "min_keep"]
+EXTREME_FLOATS = [0.0, -0.0, 1e-320, 1e-38, 0.5, 1.0, 2.0, 600.0, 1e38, 3.4e38, 1e39, 1e308, -1.0, -600.0, -1e38,
+                  -1e308]
+EXTREME_INTS = [0, 1, 2, -1, -2, 100, 2**31, 10**9, -10**9, 2**63]
 GET_ROUTES = ["/health", "/v1/health", "/models", "/v1/models", "/props", "/slots", "/metrics", "/"]
 KIND = {"/completion": "native", "/completions": "native", "/v1/completions": "oai",
         "/v1/chat/completions": "chat", "/chat/completions": "chat", "/apply-template": "chat",
@@ -174,6 +185,21 @@ class Gen:
         if field == "lora":
             return r.choice([[], [{"id": 0, "scale": 1.0}]])
         return self.number()
+
+    def extreme_sampling(self, path: str) -> dict:
+        """A valid body plus 2-5 sampling fields at huge, tiny, negative or zero values."""
+        r = self.r
+        body = dict(VALID[KIND[path]])
+        for name in r.sample(EXTREME_FLOAT_FIELDS + EXTREME_INT_FIELDS + ["logit_bias"], r.randint(2, 5)):
+            if name in EXTREME_FLOAT_FIELDS:
+                body[name] = r.choice(EXTREME_FLOATS)
+            elif name in EXTREME_INT_FIELDS:
+                body[name] = r.choice(EXTREME_INTS)
+            else:
+                body[name] = {str(r.randint(0, 300)): r.choice(EXTREME_FLOATS) for _ in range(r.randint(1, 3))}
+        if r.random() < 0.3:
+            body["stream"] = True
+        return body
 
     def structured(self, path: str) -> dict:
         r = self.r
@@ -319,6 +345,8 @@ class Campaign:
             self.garbage(g)
         elif roll < 0.865:
             self.oversized(g)
+        elif roll < 0.93 and path in GENERATING:
+            self.post("extreme-sampling", path, json.dumps(g.extreme_sampling(path)).encode())
         else:
             body = dict(VALID[KIND[path]])
             if r.random() < 0.5 and path in GENERATING:

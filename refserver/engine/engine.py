@@ -258,7 +258,7 @@ class Engine:
         return dict(self._stats, n_model_calls=self.backend.n_calls, requests_processing=len(busy),
                     requests_deferred=deferred, n_busy_slots=len(busy),
                     kv_cache_tokens=sum(len(s.cache) for s in busy),
-                    kv_cache_capacity=self._n_ctx_slot * len(self.slots_),
+                    kv_cache_capacity=self.n_ctx_total,
                     prompt_cache_entries=len(cache) if cache is not None else 0,
                     prompt_cache_bytes=cache.nbytes if cache is not None else 0)
 
@@ -636,9 +636,9 @@ class Engine:
         """llama.cpp's context shift: keep the first `n_keep` tokens, drop the next
         `n_discard` (default half of the rest) and go on.  The kept tail is re-evaluated at
         its new positions (`task.refill`), since a KV row's keys carry their positions."""
-        if not self.config.context_shift:
-            return False
         cache = slot.cache
+        if not self.config.context_shift or len(cache) < 4:  # too little left to drop any of it
+            return False
         n_keep = len(task.prompt) if task.request.n_keep < 0 else task.request.n_keep
         n_keep = min(n_keep, len(cache) - 2)
         n_discard = task.request.n_discard or (len(cache) - n_keep) // 2

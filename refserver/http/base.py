@@ -37,6 +37,7 @@ from refserver.stream.deltas import Delta
 from refserver.stream.generation import ClientGone, Generation
 from refserver.stream.parsers import ParserChain
 
+from .offload import loads_yielding, off_loop
 from .state import AppState
 
 log = logging.getLogger("refserver.http")
@@ -188,7 +189,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if not self._body.strip():
             raise InvalidRequest("the request body is empty; send a JSON object")
         try:
-            return json.loads(self._body.decode("utf-8"), parse_constant=_reject_constant)
+            return loads_yielding(self._body.decode("utf-8"), _reject_constant)
         except UnicodeDecodeError:
             raise InvalidRequest("the request body is not valid UTF-8") from None
         except RecursionError:
@@ -198,10 +199,11 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # ------------------------------------------------------------------ writing
     def write_json(self, obj: Any, status: int = 200) -> None:
-        """Finish with a JSON body; `obj` may be a list (Tornado's write() refuses lists)."""
+        """Finish with a JSON body; `obj` may be a list (Tornado's write() refuses lists), or
+        bytes `dumps` made already (off the loop, for a big body)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(dumps(obj))
+        self.finish(obj if isinstance(obj, bytes) else dumps(obj))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -303,10 +305,14 @@ class BaseHandler(tornado.web.RequestHandler):
         await self._flush()
 
     # ------------------------------------------------------------------ generation
-    def start_generation(self, requests: list[GenerationRequest], *, n: int = 1,
-                         parsers: Callable[[], ParserChain] | None = None) -> Generation:
-        """Submit every request to the engine (all or none); see `refserver.stream`."""
-        gen = Generation(self.state.engine, self.state.bridge, requests, n=n, parsers=parsers)
+    async def start_generation(self, requests: list[GenerationRequest], *, n: int = 1,
+                               parsers: Callable[[], ParserChain] | None = None) -> Generation:
+        """Submit every request to the engine (all or none; off the loop: it compiles
+        grammars and builds samplers); see `refserver.stream`."""
+        gen = await off_loop(Generation, self.state.engine, self.state.bridge, requests, n=n, parsers=parsers)
+        if self._client_gone:  # it left while the requests were being submitted
+            gen.cancel()
+            raise ClientGone()
         self.generation = gen
         self.n_prompt_tokens = gen.n_prompt_tokens
         self.state.active.add(self)

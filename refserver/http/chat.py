@@ -21,6 +21,7 @@ from .base import BaseHandler, log
 from .chat_pipeline import prepare_chat, render_prompt
 from .completion import native_final
 from .formats import completion_id, oai_logprob
+from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -28,9 +29,9 @@ class ApplyTemplateHandler(BaseHandler):
     route = "/apply-template"
 
     async def post(self) -> None:
-        req = self.parse_body(ChatRequest)
+        req = await off_loop(self.parse_body, ChatRequest)
         req.check_tools(self.state.config.jinja)
-        self.write_json({"prompt": render_prompt(self.state, req)})
+        self.write_json({"prompt": await off_loop(render_prompt, self.state, req)})
 
 
 class ChatHandler(BaseHandler):
@@ -39,10 +40,10 @@ class ChatHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = self.parse_body(ChatRequest)
+        req = await off_loop(self.parse_body, ChatRequest)
         n_probs, self.top_n = req.n_probs_requested()
         n = req.n_choices(state.defaults)
-        chat = prepare_chat(state, req, n=n, n_probs=n_probs)
+        chat = await off_loop(prepare_chat, state, req, n=n, n_probs=n_probs)
         if state.config.verbose:
             log.debug("request %s prompt: %r", self.request_id, chat.prompt_text)
         self.use_tools = chat.use_tools
@@ -50,7 +51,7 @@ class ChatHandler(BaseHandler):
         self.req = req
         self.chat_id = completion_id("chatcmpl-")
         self.created = int(time.time())
-        gen = self.start_generation(chat.requests, n=n, parsers=chat.parsers)
+        gen = await self.start_generation(chat.requests, n=n, parsers=chat.parsers)
         if req.stream:
             await self._stream(req, gen)
         else:

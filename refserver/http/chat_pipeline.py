@@ -52,8 +52,10 @@ def render_prompt(state, req: ChatRequest) -> str:
     if req.messages is None:
         raise InvalidRequest("'messages' is required")
     add_gen = True if req.add_generation_prompt is None else req.add_generation_prompt
-    return state.template.render(req.messages, tools=req.callable_tools(), add_generation_prompt=add_gen,
-                                 template_kwargs=template_kwargs(state.config, req))
+    tools = req.callable_tools()
+    template = state.tool_template if tools and state.tool_template is not None else state.template
+    return template.render(req.messages, tools=tools, add_generation_prompt=add_gen,
+                           template_kwargs=template_kwargs(state.config, req))
 
 
 def forbid_tool_calls(request: GenerationRequest, tokenizer) -> GenerationRequest:

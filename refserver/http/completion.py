@@ -8,8 +8,9 @@ from refserver.stream.choice import ChoiceStream
 from refserver.stream.deltas import FinishDelta, ProgressDelta, TokenDelta
 from refserver.stream.generation import Generation
 
-from .base import BaseHandler, log
+from .base import BaseHandler, dumps, log
 from .formats import native_probs, select_fields
+from .offload import off_loop
 
 
 def native_constraint(req):
@@ -79,12 +80,13 @@ class CompletionHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = self.parse_body(CompletionRequest)
-        reqs, many = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
+        req = await off_loop(self.parse_body, CompletionRequest)
+        reqs, many = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults,
+                                    native_constraint(req))
         n = req.n_choices(state.defaults)
         if state.config.verbose:
             self.log_prompts(reqs)
-        gen = self.start_generation(reqs, n=n)
+        gen = await self.start_generation(reqs, n=n)
         if req.stream:
             await self._stream(req)
         else:
@@ -99,7 +101,7 @@ class CompletionHandler(BaseHandler):
         results = [native_final(self.state, req, c, stream=False) for c in gen.choices]
         if req.response_fields:
             results = [select_fields(r, req.response_fields) for r in results]
-        self.write_json(results if many else results[0])
+        self.write_json(await off_loop(dumps, results if many else results[0]))
 
     async def _stream(self, req) -> None:
         async for c, deltas in self.stream_deltas():

@@ -21,6 +21,7 @@ from refserver.stream.generation import ClientGone
 from .base import BaseHandler, as_refserver_error, dumps, log
 from .chat_pipeline import prepare_chat, render_prompt
 from .messages_events import MessageRenderer
+from .offload import off_loop
 
 # refserver's error type → Anthropic's (status, type)
 _ANTHROPIC_ERRORS = {
@@ -71,10 +72,10 @@ class MessagesHandler(AnthropicHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = parse_request(MessagesRequest, self.json_body())
-        chat = prepare_chat(state, req.to_chat(state.config.strict))
+        req = await off_loop(lambda: parse_request(MessagesRequest, self.json_body()))
+        chat = await off_loop(lambda: prepare_chat(state, req.to_chat(state.config.strict)))
         renderer = MessageRenderer(req.model, len(chat.requests[0].prompt))
-        gen = self.start_generation(chat.requests, parsers=chat.parsers)
+        gen = await self.start_generation(chat.requests, parsers=chat.parsers)
         emit = self.sse_events if req.stream else (lambda events: None)
         emit(renderer.start())
         async for _choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
@@ -93,9 +94,12 @@ class CountTokensHandler(AnthropicHandler):
     route = "/v1/messages/count_tokens"
 
     async def post(self) -> None:
+        self.write_json({"input_tokens": await off_loop(self.count)})
+
+    def count(self) -> int:
+        """The rendered prompt's token count (on a worker: rendering and tokenizing)."""
         req = parse_request(CountTokensRequest, self.json_body())
         chat = req.to_chat(self.state.config.strict)
         chat.check_tools(self.state.config.jinja)
         text = render_prompt(self.state, chat)
-        tokens = encode_text(self.state.tokenizer, text, True, where="the rendered chat prompt")
-        self.write_json({"input_tokens": len(tokens)})
+        return len(encode_text(self.state.tokenizer, text, True, where="the rendered chat prompt"))

@@ -13,6 +13,7 @@ from refserver.stream.generation import Generation
 from .base import BaseHandler
 from .completion import native_constraint
 from .formats import completion_id, oai_completion_logprobs
+from .offload import off_loop
 from .state import SYSTEM_FINGERPRINT
 
 
@@ -22,8 +23,8 @@ class OAICompletionHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = self.parse_body(OAICompletionRequest)
-        reqs = req.to_generation_requests(state.tokenizer, state.defaults, native_constraint(req))
+        req = await off_loop(self.parse_body, OAICompletionRequest)
+        reqs = await off_loop(req.to_generation_requests, state.tokenizer, state.defaults, native_constraint(req))
         n = req.n_choices(state.defaults)
         self.top_n = req.top_n_probs()
         # echo: each prompt's text (with logprobs, its tokens' log-probabilities) first
@@ -31,7 +32,7 @@ class OAICompletionHandler(BaseHandler):
         self.echo_probs = bool(req.echo) and req.logprobs is not None
         self.cmpl_id = completion_id("cmpl-")
         self.created = int(time.time())
-        gen = self.start_generation(reqs, n=n)
+        gen = await self.start_generation(reqs, n=n)
         if req.stream:
             await self._stream()
         else:

@@ -18,6 +18,7 @@ from refserver.stream.generation import ClientGone
 
 from .base import BaseHandler, log
 from .chat_pipeline import prepare_chat
+from .offload import off_loop
 from .response_store import StoredResponse
 from .responses_events import ResponseRenderer, new_id, response_usage
 
@@ -76,12 +77,12 @@ class ResponsesHandler(BaseHandler):
 
     async def post(self) -> None:
         state = self.state
-        req = parse_request(ResponsesRequest, self.json_body())
+        req = await off_loop(lambda: parse_request(ResponsesRequest, self.json_body()))
         history = state.responses.get(req.previous_response_id).messages if req.previous_response_id else []
         chat = req.to_chat(history, state.config.strict)
-        chat_gen = prepare_chat(state, chat)
+        chat_gen = await off_loop(prepare_chat, state, chat)
         self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.temperature), state.model.alias)
-        gen = self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
+        gen = await self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
         emit = self.sse_events if req.stream else (lambda events: None)
         emit(renderer.start())
         async for choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):

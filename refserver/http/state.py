@@ -43,6 +43,8 @@ class AppState:
     model: ModelSummary = field(default_factory=ModelSummary)
     tokenizer: Any = None  # refserver.tokenizer.TextTokenizer
     template: Any = None  # refserver.chat.templates.ChatTemplate
+    tool_template: Any = None  # the model's `tool_use` template (requests with tools), if it has one
+    template_names: list = field(default_factory=list)  # names of the model's own templates
     engine: Any = None  # refserver.engine.Engine
     metrics: Any = None  # refserver.metrics.Metrics, with --metrics
     defaults: ServerDefaults = field(default_factory=ServerDefaults)

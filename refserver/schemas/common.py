@@ -164,7 +164,7 @@ class NativeParams(RequestModel):
     stop: Stop | None = None
     seed: int | None = None
     ignore_eos: bool | None = None
-    logit_bias: list | dict | bool | None = None
+    logit_bias: Any = None  # shape checked by parse_logit_bias: pydantic would copy 4k+ entries holding the GIL
     n_probs: Annotated[int, Field(ge=0, le=MAX_N_PROBS)] | None = None
     post_sampling_probs: bool | None = None
     min_keep: NonNegInt | None = None

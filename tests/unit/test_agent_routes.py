@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 import requests
-from utils import ServerPreset, SSEComment, deferred_requests, wait_until
+from utils import ServerPreset, SSEComment, deferred_requests, parallel_function_calls, wait_until
 
 pytestmark = [pytest.mark.needs_flags, pytest.mark.profile("refserver")]
 
@@ -130,6 +130,7 @@ def keyed_server(server_pool):
 
 
 @pytest.mark.feature("responses")
+@pytest.mark.profile("llamacpp")  # --api-key and CORS are llama-server's
 def test_responses_api_key_and_cors(keyed_server):
     bad = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -143,6 +144,7 @@ def test_responses_api_key_and_cors(keyed_server):
 
 
 @pytest.mark.feature("messages")
+@pytest.mark.profile("llamacpp")
 def test_messages_api_key_and_cors(keyed_server):
     with pytest.raises(anthropic.AuthenticationError) as err:
         anthropic.Anthropic(base_url=keyed_server.url, api_key="wrong", max_retries=0).messages.count_tokens(
@@ -191,3 +193,31 @@ def test_shutdown_ends_streams_in_each_apis_shape():
     assert responses_tail["response"]["status"] == "failed" and responses_tail["response"]["error"]["message"]
     assert messages_tail["type"] == "error" and messages_tail["error"]["type"] == "overloaded_error"
     assert server.process.wait(timeout=10) == 0
+
+
+@pytest.mark.feature("responses")
+def test_concurrent_requests_do_not_mix(chat_server):
+    """Responses and Messages requests in flight together (streamed and not) give what each
+    gives alone: nothing of one leaks into another."""
+    oa = openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="x", max_retries=0, timeout=120)
+    an = anthropic.Anthropic(base_url=chat_server.url, api_key="x", max_retries=0, timeout=120)
+    questions = ["What is the capital of France?", "What is 2 plus 3?", "Tell me about cats.", "What is the capital of Italy?"]
+
+    def responses(q, stream):
+        if not stream:
+            return oa.responses.create(model="m", input=q, max_output_tokens=24, temperature=0).output_text
+        with oa.responses.stream(model="m", input=q, max_output_tokens=24, temperature=0) as s:
+            return "".join(e.delta for e in s if e.type == "response.output_text.delta")
+
+    def messages(q, stream):
+        kw = {"model": "m", "max_tokens": 24, "messages": [{"role": "user", "content": q}], "extra_body": {"temperature": 0}}
+        if not stream:
+            return an.messages.create(**kw).content[0].text
+        with an.messages.stream(**kw) as s:
+            return "".join(s.text_stream)
+
+    calls = [(responses, (questions[0], True)), (messages, (questions[1], True)),
+             (responses, (questions[2], False)), (messages, (questions[3], False))]
+    alone = [f(*args) for f, args in calls]
+    together = parallel_function_calls(calls)
+    assert together == alone and len(set(alone)) == 4

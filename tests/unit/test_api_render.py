@@ -9,7 +9,7 @@ from refserver.http.messages_events import MessageRenderer
 from refserver.http.responses_events import ResponseRenderer, response_usage
 from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
 
-pytestmark = pytest.mark.profile("refserver")
+pytestmark = pytest.mark.profile("refserver")  # library level
 
 THINK_CALL = [ReasoningDelta("need "), ReasoningDelta("weather"), TextDelta("\n"),
               ToolCallStart(0, "call_abc", "get_weather"), ToolCallArgs(0, '{"city": '), ToolCallArgs(0, '"Oslo"}')]

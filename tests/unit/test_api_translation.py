@@ -7,7 +7,7 @@ from refserver.schemas.common import parse_request
 from refserver.schemas.messages import CountTokensRequest, MessagesRequest
 from refserver.schemas.responses import ResponsesRequest
 
-pytestmark = pytest.mark.profile("refserver")
+pytestmark = pytest.mark.profile("refserver")  # library level
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 

@@ -238,6 +238,7 @@ def test_aliases_and_model_retrieve():
 @pytest.mark.profile("openai")
 @basic
 def test_models_retrieve_with_the_openai_sdk(chat_server):
+    """GET /v1/models/{model} returns that model object; a model the server lacks is a 404."""
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key=chat_server.api_key or "none")
     listed = client.models.list().data[0].id

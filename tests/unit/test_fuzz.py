@@ -225,3 +225,93 @@ def test_server_healthy_after_fuzzing(fuzz_target):
     chat = fuzz_target.ok("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
                                                     "max_tokens": 2})
     assert chat["choices"][0]["message"]["role"] == "assistant"
+
+
+# --------------------------------------------------------------------------- Responses and Messages
+CAP = st.one_of(st.integers(0, 3), ANY_JSON)
+INPUT_ITEM = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "developer", "x"]),
+                           "content": st.one_of(TEXT, st.lists(st.fixed_dictionaries(
+                               {"type": st.sampled_from(["input_text", "output_text", "input_image", "x"]),
+                                "text": st.one_of(TEXT, ANY_JSON)}), max_size=2), ANY_JSON)},
+                          optional={"type": st.just("message")}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": TEXT, "name": TEXT,
+                           "arguments": st.one_of(TEXT, ANY_JSON)}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": st.one_of(TEXT, ANY_JSON),
+                           "output": st.one_of(TEXT, ANY_JSON)}),
+    ANY_JSON)
+BLOCK = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image", "thinking", "x"]), "text": TEXT}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": TEXT, "name": TEXT, "input": ANY_JSON}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": TEXT,
+                           "content": st.one_of(TEXT, ANY_JSON), "is_error": ANY_JSON}),
+    ANY_JSON)
+AGENT_FIELDS = {
+    "/v1/responses": {
+        "input": st.one_of(TEXT, HOSTILE_TEXT, st.lists(INPUT_ITEM, max_size=3), ANY_JSON),
+        "instructions": st.one_of(TEXT, ANY_JSON), "max_output_tokens": CAP, "stream": st.one_of(st.booleans(), ANY_JSON),
+        "tools": st.one_of(st.lists(st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"]),
+                                                          "name": TEXT, "parameters": SCHEMA}), max_size=2), ANY_JSON),
+        "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required"]), ANY_JSON),
+        "text": st.one_of(st.fixed_dictionaries({"format": st.one_of(st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "json_object", "json_schema", "x"]), "schema": SCHEMA}), ANY_JSON)}),
+            ANY_JSON),
+        "previous_response_id": st.one_of(TEXT, ANY_JSON), "store": st.one_of(st.booleans(), ANY_JSON),
+        "reasoning": ANY_JSON, "metadata": ANY_JSON, "temperature": st.one_of(FLOATS, ANY_JSON),
+        "grammar": GRAMMAR},
+    "/v1/messages": {
+        "model": st.one_of(TEXT, ANY_JSON), "max_tokens": CAP,
+        "messages": st.one_of(st.lists(st.fixed_dictionaries({
+            "role": st.sampled_from(["user", "assistant", "system"]),
+            "content": st.one_of(TEXT, HOSTILE_TEXT, st.lists(BLOCK, max_size=3), ANY_JSON)}), max_size=3), ANY_JSON),
+        "system": st.one_of(TEXT, st.lists(BLOCK, max_size=2), ANY_JSON),
+        "tools": st.one_of(st.lists(st.fixed_dictionaries({"name": TEXT, "input_schema": SCHEMA}), max_size=2),
+                           ANY_JSON),
+        "tool_choice": st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["auto", "any", "tool", "none"]),
+                                                        "name": TEXT}), ANY_JSON),
+        "thinking": st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["enabled", "disabled", "x"]),
+                                                     "budget_tokens": st.one_of(st.integers(-1, 3), ANY_JSON)}),
+                              ANY_JSON),
+        "stop_sequences": ANY_JSON, "stream": st.one_of(st.booleans(), ANY_JSON), "top_k": ANY_JSON,
+        "temperature": st.one_of(FLOATS, ANY_JSON), "output_config": ANY_JSON},
+}
+AGENT_FIELDS["/v1/messages/count_tokens"] = AGENT_FIELDS["/v1/messages"]
+
+
+@st.composite
+def agent_cases(draw):
+    path = draw(st.sampled_from(sorted(AGENT_FIELDS)))
+    fields = AGENT_FIELDS[path]
+    names = draw(st.lists(st.sampled_from(sorted(fields)), unique=True, max_size=6))
+    body = {name: draw(fields[name]) for name in names}
+    return path, json.dumps(body).encode("utf-8", "surrogatepass")
+
+
+def check_agent_response(path: str, body: bytes, res: requests.Response) -> None:
+    """Below 500 (CONTRACT §6's allowance for other servers aside); errors in the route's own
+    shape; a stream carries no error event."""
+    where = f"POST {path} {body[:300]!r}"
+    assert client_error_status_ok(res.status_code), f"{where} -> {res.status_code} {res.text[:300]}"
+    anthropic = path.startswith("/v1/messages")
+    if res.status_code != 200:
+        err = res.json()
+        if anthropic:
+            assert err["type"] == "error" and isinstance(err["error"]["message"], str), where
+        else:
+            response_error(res, where)
+        return
+    for line in res.text.splitlines():
+        if line.startswith("data:"):
+            event = json.loads(line[5:])
+            assert event.get("type") not in ("error", "response.failed"), f"{where} -> {event}"
+
+
+@fuzz
+@settings(max_examples=200, deadline=None, derandomize=True, database=None, print_blob=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(case=agent_cases())
+def test_fuzz_responses_and_messages(fuzz_target, case):
+    path, body = case
+    res = requests.post(f"{fuzz_target.url}{path}", data=body, timeout=60, headers={"Content-Type": "application/json"})
+    check_agent_response(path, body, res)

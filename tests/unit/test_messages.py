@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import anthropic
 import pytest
-from utils import ServerPreset
+from utils import TARGET, ServerPreset
 
-pytestmark = [pytest.mark.feature("messages"), pytest.mark.profile("refserver")]
+pytestmark = [pytest.mark.feature("messages"), pytest.mark.profile("llamacpp")]  # llama.cpp serves Messages too
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER = {"name": "get_weather", "description": "Get the current weather in a city",
@@ -17,6 +17,11 @@ GREEDY = {"temperature": 0}  # the SDK no longer has the parameter; the API stil
 
 def make_client(server, **kw):
     return anthropic.Anthropic(base_url=server.url, api_key="dummy", max_retries=0, timeout=120, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _needs_messages():
+    TARGET.require("messages")  # a target without /v1/messages skips these
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from refserver.engine.budget import BudgetState, SpanBudget
 from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
 from refserver.stream.parsers import ParserChain
 
-pytestmark = [pytest.mark.feature("reasoning"), pytest.mark.profile("refserver")]
+pytestmark = [pytest.mark.feature("reasoning"), pytest.mark.profile("refserver")]  # library level
 
 
 def run(text, chunk, in_reasoning=False, tools=False):

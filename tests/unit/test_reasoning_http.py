@@ -10,7 +10,8 @@ import openai
 import pytest
 from utils import REPO_ROOT, ServerPreset
 
-pytestmark = [pytest.mark.profile("llamacpp"), pytest.mark.feature("reasoning"), pytest.mark.needs_flags]
+pytestmark = [pytest.mark.feature("reasoning"), pytest.mark.profile("llamacpp")]  # reasoning_content is llama.cpp's
+needs_template = pytest.mark.needs_flags  # the thinking template is a --chat-template-file
 
 THINKING_TEMPLATE = str(REPO_ROOT / "tests" / "fixtures" / "thinking.jinja")
 # the prompt opened <think>: the model reasons, closes the block, answers
@@ -52,6 +53,7 @@ def assert_split(reasoning: str, content: str) -> None:
     assert not any(m in reasoning or m in content for m in MARKUP)
 
 
+@needs_template
 def test_chat_reasoning_content_stream_equals_non_stream(thinking_server):
     body = chat(thinking_server)
     message = body["choices"][0]["message"]
@@ -63,6 +65,7 @@ def test_chat_reasoning_content_stream_equals_non_stream(thinking_server):
     assert usage["completion_tokens_details"] == details
 
 
+@needs_template
 def test_block_written_by_the_model(thinking_server):
     """enable_thinking false: the template closes an empty block; the model opens its own."""
     kwargs = {"chat_template_kwargs": {"enable_thinking": False}, "grammar": WHOLE_BLOCK}
@@ -71,12 +74,14 @@ def test_block_written_by_the_model(thinking_server):
     assert streamed_chat(thinking_server, **kwargs)[:2] == (message["reasoning_content"], message["content"])
 
 
+@needs_template
 def test_reasoning_format_none_keeps_it_in_content(thinking_server):
     message = chat(thinking_server, reasoning_format="none")["choices"][0]["message"]
     assert "</think>" in message["content"]
     assert not message.get("reasoning_content")
 
 
+@needs_template
 def test_reasoning_of_earlier_turns_reaches_the_template(thinking_server):
     for key in ("reasoning_content", "reasoning"):
         history = [*QUESTION, {"role": "assistant", "content": "Paris.", key: "recall the atlas"},
@@ -85,6 +90,7 @@ def test_reasoning_of_earlier_turns_reaches_the_template(thinking_server):
         assert "<think>\nrecall the atlas\n</think>" in prompt, key
 
 
+@needs_template
 def test_responses_reasoning_item(thinking_server):
     client = openai.OpenAI(base_url=f"{thinking_server.url}/v1", api_key="x", max_retries=0, timeout=120)
     kwargs = {"model": "m", "input": "What is the capital of France?", "max_output_tokens": 96, "temperature": 0,
@@ -103,6 +109,7 @@ def test_responses_reasoning_item(thinking_server):
     assert final.output_text == res.output_text
 
 
+@needs_template
 def test_messages_thinking_block(thinking_server):
     client = anthropic.Anthropic(base_url=thinking_server.url, api_key="x", max_retries=0, timeout=120)
     kwargs = {"model": "m", "max_tokens": 96, "messages": QUESTION,
@@ -124,6 +131,7 @@ def test_messages_thinking_block(thinking_server):
 
 
 @pytest.mark.parametrize("flags", [{"reasoning": "off"}, {"reasoning_budget": 0}])
+@needs_template
 def test_reasoning_off_flags(server_pool, flags):
     def make():
         server = ServerPreset.chat()
@@ -139,6 +147,8 @@ def test_reasoning_off_flags(server_pool, flags):
     assert on["prompt"].endswith("<think>\n")
 
 
+@needs_template
+@pytest.mark.profile("refserver")  # a per-request reasoning_budget is refserver's
 def test_reasoning_budget_forces_the_block_closed(thinking_server):
     """A budget of 6 tokens: the engine writes </think> after them, the answer follows;
     Anthropic's thinking.budget_tokens is the same budget."""
@@ -158,3 +168,19 @@ def test_reasoning_budget_forces_the_block_closed(thinking_server):
                                  extra_body={"temperature": 0, "ignore_eos": True})
     assert [b.type for b in msg.content] == ["thinking", "text"]
     assert msg.content[0].thinking == message["reasoning_content"]
+
+
+def test_model_written_block_on_the_default_template(chat_server):
+    """Any chat template: a model that writes <think>...</think> before its answer (made to
+    by a grammar) gets it split off, on chat, Responses and Messages alike."""
+    message = chat(chat_server, grammar=WHOLE_BLOCK)["choices"][0]["message"]
+    assert_split(message["reasoning_content"], message["content"])
+    client = openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="x", max_retries=0, timeout=120)
+    res = client.responses.create(model="m", input=QUESTION[0]["content"], max_output_tokens=96, temperature=0,
+                                  extra_body={"grammar": WHOLE_BLOCK})
+    assert [o.type for o in res.output] == ["reasoning", "message"]
+    assert (res.output[0].content[0].text, res.output_text) == (message["reasoning_content"], message["content"])
+    msg = anthropic.Anthropic(base_url=chat_server.url, api_key="x", max_retries=0, timeout=120).messages.create(
+        model="m", max_tokens=96, messages=QUESTION, extra_body={"grammar": WHOLE_BLOCK, "temperature": 0})
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert (msg.content[0].thinking, msg.content[1].text) == (message["reasoning_content"], message["content"])

@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from utils import ServerPreset
+from utils import TARGET, ServerPreset
 
 pytestmark = [pytest.mark.feature("responses"), pytest.mark.profile("openai")]
 
@@ -16,17 +16,32 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Get the cu
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
+@pytest.fixture(autouse=True)
+def _needs_responses():
+    TARGET.require("responses")  # a target without /v1/responses skips these
+
+
+@pytest.fixture
+def model(chat_server):
+    """The model id the server lists (an OpenAI server answers 404 for a model it lacks)."""
+    return chat_server.model_id()
+
+
 @pytest.fixture
 def client(chat_server):
+    TARGET.require("responses")
     return openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="dummy", max_retries=0, timeout=120)
 
 
-def test_create_plain(client):
-    res = client.responses.create(model="any", input=QUESTION, max_output_tokens=32, temperature=0)
+def test_create_plain(client, model):
+    res = client.responses.create(model=model, input=QUESTION, max_output_tokens=32, temperature=0)
     assert res.object == "response" and res.id.startswith("resp_")
-    assert res.status == "completed" and res.incomplete_details is None
+    if res.status == "incomplete":  # a model that does not stop within 32 tokens (random weights)
+        assert res.incomplete_details.reason == "max_output_tokens" and res.usage.output_tokens == 32
+    else:
+        assert res.status == "completed" and res.incomplete_details is None
     [item] = res.output
-    assert item.type == "message" and item.role == "assistant" and item.status == "completed"
+    assert item.type == "message" and item.role == "assistant" and item.status in ("completed", "incomplete")
     assert item.content[0].type == "output_text" and item.content[0].annotations == []
     assert res.output_text == item.content[0].text and res.output_text
     u = res.usage
@@ -35,16 +50,17 @@ def test_create_plain(client):
     assert u.input_tokens_details.cached_tokens >= 0
 
 
-def test_incomplete_at_max_output_tokens(client):
-    res = client.responses.create(model="any", input="Tell me a story.", max_output_tokens=3,
-                                  extra_body={"ignore_eos": True})
+def test_incomplete_at_max_output_tokens(client, model):
+    res = client.responses.create(model=model, input="Tell me a long story about a cat.", max_output_tokens=3)
+    if res.status == "completed" and res.usage.output_tokens < 3:
+        pytest.skip("the model ended its answer before the limit")
     assert res.status == "incomplete"
     assert res.incomplete_details.reason == "max_output_tokens"
     assert res.usage.output_tokens == 3
 
 
-def test_stream_events_in_order(client):
-    events = list(client.responses.create(model="any", input=QUESTION, max_output_tokens=32, temperature=0,
+def test_stream_events_in_order(client, model):
+    events = list(client.responses.create(model=model, input=QUESTION, max_output_tokens=32, temperature=0,
                                           stream=True))
     kinds = [e.type for e in events]
     assert kinds[:5] == ["response.created", "response.in_progress", "response.output_item.added",
@@ -55,21 +71,21 @@ def test_stream_events_in_order(client):
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     done = next(e for e in events if e.type == "response.output_text.done")
     assert done.text == text == events[-1].response.output_text
-    plain = client.responses.create(model="any", input=QUESTION, max_output_tokens=32, temperature=0)
+    plain = client.responses.create(model=model, input=QUESTION, max_output_tokens=32, temperature=0)
     assert plain.output_text == text
 
 
-def test_stream_helper_output_text(client):
-    with client.responses.stream(model="any", input=QUESTION, max_output_tokens=32, temperature=0) as stream:
+def test_stream_helper_output_text(client, model):
+    with client.responses.stream(model=model, input=QUESTION, max_output_tokens=32, temperature=0) as stream:
         streamed = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         final = stream.get_final_response()
     assert streamed and final.output_text == streamed
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_function_call_loop(client, stream):
+def test_function_call_loop(client, stream, model):
     """tool_choice required forces a call; its output sent back yields a text answer."""
-    kwargs = {"model": "any", "tools": [WEATHER], "max_output_tokens": 64, "temperature": 0}
+    kwargs = {"model": model, "tools": [WEATHER], "max_output_tokens": 64, "temperature": 0}
     question = [{"role": "user", "content": "What is the weather in Paris?"}]
     if stream:
         with client.responses.stream(input=question, tool_choice="required", **kwargs) as s:
@@ -78,8 +94,11 @@ def test_function_call_loop(client, stream):
     else:
         first = client.responses.create(input=question, tool_choice="required", **kwargs)
     calls = [o for o in first.output if o.type == "function_call"]
+    if first.status == "incomplete" and not calls:
+        pytest.skip("the forced call did not finish within max_output_tokens on this model")
     assert calls and calls[0].name == "get_weather" and calls[0].call_id
-    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+    if TARGET.runs_refserver:  # OpenAI promises schema-valid arguments only with strict tools
+        assert isinstance(json.loads(calls[0].arguments)["city"], str)
     if stream:
         assert deltas == calls[0].arguments
     followup = question + [{"type": "function_call", "call_id": c.call_id, "name": c.name,
@@ -91,11 +110,11 @@ def test_function_call_loop(client, stream):
     assert all(o.type == "message" for o in answer.output)
 
 
-def test_json_schema_format(client):
+def test_json_schema_format(client, model):
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                                "sunny": {"type": "boolean"}},
               "required": ["city", "sunny"], "additionalProperties": False}
-    res = client.responses.create(model="any", input="What is the weather in Paris?", max_output_tokens=48,
+    res = client.responses.create(model=model, input="What is the weather in Paris?", max_output_tokens=48,
                                   temperature=0, text={"format": {"type": "json_schema", "name": "w", "schema": schema,
                                                                   "strict": True}})
     data = json.loads(res.output_text)
@@ -103,30 +122,30 @@ def test_json_schema_format(client):
     assert res.text.format.type == "json_schema"
 
 
-def test_store_and_previous_response_id(client):
-    first = client.responses.create(model="any", input="My name is Tom.", max_output_tokens=16, temperature=0,
+def test_store_and_previous_response_id(client, model):
+    first = client.responses.create(model=model, input="My name is Tom.", max_output_tokens=16, temperature=0,
                                     store=True)
     got = client.responses.retrieve(first.id)
     assert got.id == first.id and got.output_text == first.output_text
     items = client.responses.input_items.list(first.id)
     assert [i.type for i in items.data] == ["message"]
     assert items.data[0].content[0].text == "My name is Tom."
-    second = client.responses.create(model="any", input="What is my name?", previous_response_id=first.id,
+    second = client.responses.create(model=model, input="What is my name?", previous_response_id=first.id,
                                      max_output_tokens=16, temperature=0)
     assert second.previous_response_id == first.id
     # the chain's messages are in the prompt: more input tokens than the question alone
-    alone = client.responses.create(model="any", input="What is my name?", max_output_tokens=16, temperature=0)
+    alone = client.responses.create(model=model, input="What is my name?", max_output_tokens=16, temperature=0)
     assert second.usage.input_tokens > alone.usage.input_tokens
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
 
 
-def test_not_stored_and_unknown_ids_are_404(client, chat_server):
-    res = client.responses.create(model="any", input=QUESTION, max_output_tokens=4, store=False)
+def test_not_stored_and_unknown_ids_are_404(client, chat_server, model):
+    res = client.responses.create(model=model, input=QUESTION, max_output_tokens=4, store=False)
     for call in (lambda: client.responses.retrieve(res.id), lambda: client.responses.delete("resp_nope"),
                  lambda: client.responses.input_items.list("resp_nope"),
-                 lambda: client.responses.create(model="any", input="x", previous_response_id="resp_nope")):
+                 lambda: client.responses.create(model=model, input="x", previous_response_id="resp_nope")):
         with pytest.raises(openai.NotFoundError) as err:
             call()
         assert err.value.status_code == 404 and isinstance(err.value.body["message"], str)
@@ -140,6 +159,7 @@ def test_not_stored_and_unknown_ids_are_404(client, chat_server):
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format"),
 ])
+@pytest.mark.profile("refserver")  # the wording of the message is refserver's
 def test_bad_requests_named(chat_server, body, fragment):
     res = chat_server.post("/v1/responses", body)
     assert res.status_code == 400
@@ -148,6 +168,7 @@ def test_bad_requests_named(chat_server, body, fragment):
 
 
 @pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
 def test_strict_rejects_unknown_fields(server_pool):
     def strict():
         server = ServerPreset.chat()
@@ -162,9 +183,9 @@ def test_strict_rejects_unknown_fields(server_pool):
     assert ok.status_code == 200, ok.body
 
 
-def test_input_items_pages(client):
+def test_input_items_pages(client, model):
     items = [{"role": "user", "content": f"Message {i}."} for i in range(5)]
-    res = client.responses.create(model="any", input=items, max_output_tokens=2)
+    res = client.responses.create(model=model, input=items, max_output_tokens=2)
     page = client.responses.input_items.list(res.id, limit=2, order="asc")
     assert [i.content[0].text for i in page.data] == ["Message 0.", "Message 1."] and page.has_more
     every = [i.content[0].text for i in client.responses.input_items.list(res.id, limit=2, order="asc")]

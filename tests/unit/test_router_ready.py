@@ -51,7 +51,9 @@ def _labels(text: str, name: str) -> dict[str, str]:
 
 
 @metrics
+@pytest.mark.profile("llamacpp")
 def test_llamacpp_metric_names(chat_server):
+    """/metrics carries every metric llama-server emits, under its `llamacpp:` names."""
     chat_server.ok("/completion", {"prompt": "Hello", "n_predict": 2})
     m = chat_server.metrics()
     missing = [name for name in LLAMACPP if name not in m]
@@ -61,6 +63,8 @@ def test_llamacpp_metric_names(chat_server):
 @metrics
 @pytest.mark.extension
 def test_llamacpp_metric_types_and_help_texts(chat_server):
+    """llama-server's HELP texts and types (gauges for its non-monotone "counters"); vLLM's
+    names only on request; refserver's extras under `refserver:`."""
     declared = _declared(chat_server.ok("/metrics"))
     for name, want in LLAMACPP.items():
         assert declared.get(name) == want, (name, declared.get(name))
@@ -71,32 +75,27 @@ def test_llamacpp_metric_types_and_help_texts(chat_server):
 
 def _router_server():
     server = ServerPreset.chat()
-    server.n_slots, server.n_ctx, server.n_predict = 2, 4096, 1500
+    server.n_slots, server.n_ctx, server.n_predict, server.context_shift = 2, 4096, None, True  # for hold_slot
     server.metrics_compat = "vllm"  # implies --metrics
     return server
-
-
-def _open_streams(server, n: int) -> list:
-    body = {"prompt": "Once upon a time", "n_predict": 1500, "ignore_eos": True, "stream": True}
-    return [server.make_stream_request("POST", "/completion", body, timeout=60) for _ in range(n)]
 
 
 @metrics
 @pytest.mark.needs_flags
 @pytest.mark.extension
 def test_vllm_gauges_under_load(server_pool):
-    """Two slots, four long streams: the picker must see 2 running, 2 waiting, KV in use;
-    all back to 0 once the clients leave."""
+    """Two slots held by endless streams, two more requests queued: the picker must see 2
+    running, 2 waiting, KV in use; all back to 0 once the clients leave."""
     server = server_pool("router", _router_server)
     declared = _declared(server.ok("/metrics"))
     for name in VLLM_GAUGES:
         assert declared.get(name, ("",))[0] == "gauge", (name, declared.get(name))
     for name in VLLM_COUNTERS:
         assert declared.get(name, ("",))[0] == "counter", name
-    streams = _open_streams(server, 4)
+    streams = [server.hold_slot(), server.hold_slot()]  # both slots generate until closed
     try:
-        for stream in streams[:2]:
-            next(iter(stream))  # both slots are generating
+        streams += [server.make_stream_request("POST", "/completion", {
+            "prompt": "Once upon a time", "n_predict": 8, "stream": True}) for _ in range(2)]
         seen: dict[str, float] = {}
 
         def loaded() -> bool:

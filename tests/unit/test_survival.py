@@ -353,3 +353,32 @@ def test_just_within_the_bounds_is_served(target):
     pieces = requests.post(f"{target.url}/tokenize", json={"content": "Once upon a time", "with_pieces": True},
                            timeout=30)
     assert pieces.status_code == 200 and pieces.json()["tokens"][0]["piece"]
+
+
+# --------------------------------------------------------------------------- off the loop
+@limits
+def test_loads_yielding_parses_as_json_loads():
+    """The body parser that hands the GIL to the loop reads JSON exactly as json.loads."""
+    from refserver.http.offload import loads_yielding
+
+    def reject(name):
+        raise ValueError(name)
+    text = json.dumps({"a": [1, 2.5, -3e-7, {"b": None, "c": True}], "d": "x\u00e9", "e": {}, "f": []}) + " "
+    assert loads_yielding(text, reject) == json.loads(text)
+    assert loads_yielding('{"k": 1, "k": 2}', reject) == {"k": 2}  # the last duplicate wins
+    assert loads_yielding("1e999", reject) == float("inf")  # refused later, by the schemas
+    with pytest.raises(ValueError):
+        loads_yielding('{"x": NaN}', reject)
+
+
+@limits
+def test_long_texts_tokenize_as_short_ones():
+    """Texts past the length where the tokenizer releases the GIL get the same ids."""
+    from refserver.model_dir import resolve_model_dir
+    from refserver.tokenizer import _LONG_TEXT, TextTokenizer
+
+    tok = TextTokenizer(resolve_model_dir(None, None).path)
+    text = "Once upon a time, <|im_start|> a fox said: \"hi\"\n" * (2 * _LONG_TEXT // 40)
+    assert len(text) > _LONG_TEXT
+    assert tok.encode(text) == tok.tok.encode(text, add_special_tokens=False).ids
+    assert tok.encode(text, parse_special=False)[:40] == tok.encode(text[:400], parse_special=False)[:40]
