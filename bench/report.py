@@ -42,7 +42,10 @@ _ROWS = [(1, "raw", "backend `forward` + argmax, no HTTP (the floor)"),
          (4, "llama", "low-level `eval` + argmax"),
          ("", "raw_int4", ""), ("", "genai_int4", ""),
          (9, "small_raw", "the embedded chat model: little model time, so the gap to HTTP is refserver's cost"),
-         (9, "small_http", "")]
+         (9, "small_http", ""),
+         *((10, key, "") for key in ("bigvocab_raw", "bigvocab_genai", "bigvocab_http", "bigvocab_http_sampled",
+                                     "bigvocab_batch1", "bigvocab_batch8", "bigvocab_raw_b1", "bigvocab_raw_b8")),
+         *((11, key, "") for key in ("vllm", "vllm_refserver", "vllm_b8", "vllm_refserver_b8"))]
 
 
 def _header(out: dict) -> list[str]:
@@ -153,8 +156,10 @@ def _ratios(out: dict) -> list[str]:
         sign = "≥" if t["dir"] == "ge" else "≤"
         lines.append(f"| `{key}` | {_ratio(out.get(key))} | {spread(key)} | {sign} {t['first']} | "
                      f"{sign} {t['goal']} | {t['status']} |")
-    for key in ("over_llama_cpp", "http_ttft_over_raw", "raw_over_onnxruntime_genai", "small_http_over_raw",
-                "small_overhead_ms_per_token"):
+    for key in ("over_llama_cpp", "raw_batch8_over_batch1", "http_ttft_over_raw", "raw_over_onnxruntime_genai",
+                "small_http_over_raw",
+                "small_overhead_ms_per_token", "bigvocab_raw_over_onnxruntime_genai", "bigvocab_sampled_over_greedy",
+                "bigvocab_raw_batch8_over_batch1", "vllm_ttft_over_refserver"):
         lines.append(f"| `{key}` | {_ratio(out.get(key))} | {spread(key)} | | | |")
     return lines
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import completion_body, concurrent_streams, stream_completion
+from . import bigvocab, interleave, vllm_peer
+from .client import completion_body, stream_completion
 from .server import ROOT, Server
 from .stats import Stat, paired_ratio, ratio
 
@@ -28,6 +29,8 @@ THRESHOLDS = {  # key: (first threshold, goal, "ge" | "le")
     "cache_hit_ttft_over_miss": (0.2, 0.1, "le"),
     "over_onnxruntime_genai": (0.8, 1.0, "ge"),
     "spec_speedup": (1.2, 1.5, "ge"),
+    **bigvocab.THRESHOLDS,
+    **vllm_peer.THRESHOLDS,
 }
 SPEC_PROMPTS = [
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
@@ -171,7 +174,9 @@ class Bench:
 
     # ------------------------------------------------------------------ HTTP rows
     def server_args(self, parallel: int, ctx: int) -> list[str]:
-        return ["-np", str(parallel), "-c", str(ctx), "-t", str(self.threads), "--temp", "0"]
+        """`-np parallel` slots of `ctx / parallel` tokens each (split, not unified: every
+        stream gets its own room, as the in-process loops do)."""
+        return ["-np", str(parallel), "-c", str(ctx), "--no-kv-unified", "-t", str(self.threads), "--temp", "0"]
 
     def http_rows(self, onnx: Path, engines: list[tuple]) -> None:
         m = self.mode
@@ -212,36 +217,7 @@ class Bench:
             self.say(f"    TTFT {Stat.of(r.ttft_ms for r in results).fmt()} ms")
 
             self.say("(5) aggregate decode tok/s vs concurrent streams ...")
-            conc = {}
-            offset = 0
-            concurrent_streams(srv.port, [completion_body(self.prompts[-1 - i], 16) for i in range(8)])  # warm-up
-            for n in m.concurrency:
-                vals, per_stream = [], []
-                cpu0, n_tok = srv.cpu(), 0
-                for _ in range(m.repeats):
-                    bodies = [completion_body(self._fresh_prompt(m.prompt_len), m.n_new) for _ in range(n)]
-                    offset += n
-                    results, agg = concurrent_streams(srv.port, bodies)
-                    for r in results:
-                        self._check(r)
-                    vals.append(agg)
-                    n_tok += sum(r.n_predicted for r in results)
-                    per_stream.append(sum(r.decode_tok_s for r in results) / len(results))
-                st = Stat.of(vals)
-                cpu = self._cpu_per_token(srv, cpu0, n_tok)
-                conc[n] = {"aggregate": st.as_dict(), "per_stream": Stat.of(per_stream).as_dict(), **cpu}
-                self.say(f"    {n} stream(s): {st.fmt()} tok/s aggregate, "
-                         f"{Stat.of(per_stream).median:.1f} tok/s per stream; IOLoop thread "
-                         f"{cpu['ioloop_cpu_ms_per_token']:.2f} ms CPU per token")
-            self.rows["concurrency"] = {"label": "aggregate decode vs concurrency", "levels": conc}
-            self.say("    the ceiling: the backend alone, B rows decoding in one call per token ...")
-            spec = {"kind": "raw_batch", "model": str(onnx), "prompts": self.prompts[: max(m.concurrency)],
-                    "n_new": m.n_new, "threads": self.threads, "ctx": m.slot_ctx, "ban": self.ban(onnx),
-                    "batches": list(m.concurrency)}
-            ceiling = self._run_worker(spec)["levels"]
-            self.rows["raw_batch"] = {"label": "raw backend, B rows per decode call", "unit": "tok/s",
-                                      "levels": ceiling}
-            self.say("    " + ", ".join(f"B={b}: {v:.0f} tok/s" for b, v in ceiling.items()))
+            interleave.concurrency_rounds(self, srv, onnx)
 
             self.say("(8) server memory ...")
             mem_end = srv.memory_kib()
@@ -287,9 +263,9 @@ class Bench:
                 r = self._check(stream_completion(srv.port, completion_body(follow, 2)))
                 hit.append(r.ttft_ms)
                 cached = r.final.get("timings", {}).get("cache_n")
-            self.record("ttft_cold", f"TTFT {n}-token prompt, cold", Stat.of(cold), "ms")
+            self.record("ttft_cold", f"TTFT {n}-token prompt, cold", Stat.of(cold), "ms", values=cold)
             self.record("ttft_hit", "TTFT same prefix + 8 tokens, cache hit", Stat.of(hit), "ms",
-                        cache_n=cached)
+                        cache_n=cached, values=hit)
 
     def small_row(self) -> None:
         """The embedded chat model (a few M parameters): model time is small, so the gap
@@ -332,6 +308,7 @@ class Bench:
             for srv in servers.values():
                 self._check(stream_completion(srv.port, completion_body(SPEC_PROMPTS[-1], 16)))  # warm-up
             prompts = spec_prompts()
+            per_round: dict[str, list] = {"plain": [], "spec": []}  # pooled tok/s of each round
             rounds = 2 * m.repeats  # short answers of a tiny model: more of them
             for r in range(rounds):
                 for p in prompts:
@@ -339,6 +316,8 @@ class Bench:
                         body = completion_body(p, m.spec_n, return_tokens=True, cache_prompt=False,
                                                ignore_eos=False)
                         outs[name].append(self._check(stream_completion(srv.port, body)))
+                for name in servers:
+                    per_round[name].append(_pooled(outs[name][-len(prompts):]))
                 self.say(f"    round {r + 1}/{rounds}: no draft {_pooled(outs['plain']):.1f} tok/s, "
                          f"draft {_pooled(outs['spec']):.1f} tok/s (pooled so far)")
         plain, spec = outs["plain"], outs["spec"]
@@ -347,9 +326,9 @@ class Bench:
         accepted = sum(r.final.get("timings", {}).get("draft_n_accepted", 0) for r in spec)
         n_tok = sum(r.n_predicted for r in plain)
         self.record("spec_off", "chat model, no draft", Stat.of(r.decode_tok_s for r in plain), "tok/s",
-                    pooled_tok_s=_pooled(plain), tokens=n_tok)
+                    pooled_tok_s=_pooled(plain), tokens=n_tok, round_tok_s=per_round["plain"])
         self.record("spec_on", "chat model + draft (-md)", Stat.of(r.decode_tok_s for r in spec), "tok/s",
-                    pooled_tok_s=_pooled(spec), draft_n=drafted, draft_n_accepted=accepted, same_tokens=same)
+                    pooled_tok_s=_pooled(spec), round_tok_s=per_round["spec"], draft_n=drafted, draft_n_accepted=accepted, same_tokens=same)
         self.say(f"    pooled decode: {_pooled(plain):.1f} → {_pooled(spec):.1f} tok/s over {n_tok} tokens; "
                  f"draft tokens accepted {accepted}/{drafted}; same tokens as without draft: {same}")
 
@@ -411,6 +390,14 @@ class Bench:
         self.cache_row(onnx)
         self.small_row()
         self.spec_row()
+        if a.with_vllm is not None:
+            vllm_peer.vllm_rows(self, a.with_vllm, onnx, root / "hf")
+        else:
+            self.skip("vllm", "(11) vLLM CPU", "pass --with-vllm VENV to run it")
+        if a.bigvocab:
+            bigvocab.BigVocabRows(self, bigvocab.QUICK if m.name == "quick" else bigvocab.FULL).run()
+        else:
+            self.skip("bigvocab", f"(10) {bigvocab.VOCAB:,}-token vocabulary rows", "--no-bigvocab")
         result = self.summary(load0)
         return result
 
@@ -431,21 +418,23 @@ class Bench:
             pairs[name] = p.as_dict()
             return p.median
 
-        conc = r.get("concurrency", {}).get("levels", {})
-        b1, b8 = conc.get(1), conc.get(8)
-        raw_b = r.get("raw_batch", {}).get("levels", {})
         ratios = {
             "http_over_raw": side_by_side("http", "raw", "http_over_raw"),
             "over_onnxruntime_genai": side_by_side("http", "genai", "over_onnxruntime_genai"),
             "over_llama_cpp": side_by_side("http", "llama", "over_llama_cpp"),
             "raw_over_onnxruntime_genai": side_by_side("raw", "genai", "raw_over_onnxruntime_genai"),
             "small_http_over_raw": side_by_side("small_http", "small_raw", "small_http_over_raw"),
-            "batch8_over_batch1": (b8["aggregate"]["median"] / b1["aggregate"]["median"]) if b1 and b8 else None,
-            "raw_batch8_over_batch1": (raw_b["8"] / raw_b["1"]) if "8" in raw_b and "1" in raw_b else None,
-            "cache_hit_ttft_over_miss": ratio(st("ttft_hit"), st("ttft_cold")),
+            "cache_hit_ttft_over_miss": side_by_side("ttft_hit", "ttft_cold", "cache_hit_ttft_over_miss"),
             "spec_speedup": (r["spec_on"]["pooled_tok_s"] / r["spec_off"]["pooled_tok_s"]
                              if "spec_on" in r and "spec_off" in r else None),
         }
+        for more, more_pairs in (interleave.batch_ratios(r), bigvocab.ratios(r), vllm_peer.ratios(r)):
+            ratios.update(more)
+            pairs.update(more_pairs)
+        spec_rounds = paired_ratio(r.get("spec_on", {}).get("round_tok_s", []),
+                                   r.get("spec_off", {}).get("round_tok_s", []))
+        if spec_rounds is not None:  # the headline stays the pooled ratio; this is its per-round spread
+            pairs["spec_speedup"] = spec_rounds.as_dict()
         sh, sr = st("small_http"), st("small_raw")
         if sh and sr and sh.n and sr.n:
             # what refserver adds per token: the gap between the two, in ms
@@ -562,12 +551,13 @@ def print_summary(out: dict) -> None:
     print("\n== ratios ==")
     for key in ("http_over_raw", "over_onnxruntime_genai", "over_llama_cpp", "batch8_over_batch1",
                 "raw_batch8_over_batch1", "cache_hit_ttft_over_miss", "spec_speedup", "http_ttft_over_raw", "raw_over_onnxruntime_genai",
-                "small_http_over_raw", "small_overhead_ms_per_token"):
+                "small_http_over_raw", "small_overhead_ms_per_token", *bigvocab.RATIOS,
+                *vllm_peer.RATIOS):
         v = out.get(key)
         status = out["thresholds"].get(key, {}).get("status", "")
         pair = out["paired_ratios"].get(key)
-        spread = f"  (median of {pair['n']} side-by-side rounds, {pair['min']:.3f}–{pair['max']:.3f})" if pair else ""
-        print(f"  {key:28s} {'n/a' if v is None else f'{v:.3f}':>8s}  {status}{spread}")
+        spread = f"  ({pair['n']} side-by-side rounds: {pair['min']:.3f}–{pair['max']:.3f})" if pair else ""
+        print(f"  {key:36s} {'n/a' if v is None else f'{v:.3f}':>8s}  {status}{spread}")
     if out["token_match_vs_raw"]:
         print("  greedy tokens equal to the raw loop's (same precision): " + ", ".join(
             f"{k} {v:.0%}" for k, v in out["token_match_vs_raw"].items() if not k.endswith("_divergence")))

@@ -59,11 +59,10 @@ class Server:
 
     def start(self) -> Server:
         self.port = free_port()
-        cmd = [*self.wrap, self.python, "-m", "refserver", "-m", self.model, "--port", str(self.port),
-               *self.args]
+        cmd = [*self.wrap, *self.command()]
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             "w+", prefix="bench-server-", suffix=".log", delete=False)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env())
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -78,6 +77,13 @@ class Server:
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"server not healthy after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+
+    def command(self) -> list[str]:
+        """The server's command line (`self.port` is chosen by then)."""
+        return [self.python, "-m", "refserver", "-m", self.model, "--port", str(self.port), *self.args]
+
+    def extra_env(self) -> dict[str, str]:
+        return {}
 
     def log_tail(self, n: int = 4000) -> str:
         if self._log is None:

@@ -46,6 +46,18 @@ def paired_ratio(a: list[float], b: list[float]) -> Stat | None:
     return Stat.of(pairs)
 
 
+def paired_rows(rows: dict, spec: dict[str, tuple[str, str]]) -> tuple[dict, dict]:
+    """For each `key: (row a, row b)` of `spec`, the median of the per-round ratios of the
+    two rows' `values` (None if either is missing), and {key: that Stat as a dict}."""
+    out, pairs = {}, {}
+    for key, (a, b) in spec.items():
+        p = paired_ratio(rows.get(a, {}).get("values", []), rows.get(b, {}).get("values", []))
+        out[key] = p.median if p else None
+        if p:
+            pairs[key] = p.as_dict()
+    return out, pairs
+
+
 def ratio(a: Stat | None, b: Stat | None) -> float | None:
     """median(a) / median(b), or None when either is missing."""
     if a is None or b is None or not b.median or a.n == 0 or b.n == 0:

@@ -2,6 +2,7 @@
 
     python -m tools.make_bench_model                 # into bench/.cache/ (skipped when up to date)
     python -m tools.make_bench_model --force --check
+    python -m tools.make_bench_model --preset bigvocab   # the 151,936-token vocabulary (Qwen's size)
 
 Writes, under the cache directory (default `bench/.cache/`):
 
@@ -11,6 +12,11 @@ Writes, under the cache directory (default `bench/.cache/`):
                            (GroupQueryAttention layout, `genai_config.json`) plus the HF side
                            files refserver reads;
 * `bench-llama/gguf/bench-llama-f32.gguf`: the same weights for llama.cpp (tools/export_gguf.py).
+
+`--vocab N` (or `--preset bigvocab`, N = 151,936) makes `bench-llama-vN/` instead: the same
+body and untied head, with the project's tokenizer widened to N tokens (`widen_tokenizer`:
+extra BPE vocabulary entries that no merge produces, so prompts tokenize exactly as before and
+every generated id still decodes to text).  No GGUF is made for it unless asked (`--gguf`).
 
 The weights come from numpy's PCG64 seeded with `--seed`, drawn in a fixed tensor order,
 so the model is the same on every machine and transformers version.  Linear and embedding
@@ -26,6 +32,7 @@ needed for the builder and `--check`, never by the server or the benchmark.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import importlib.util
 import json
@@ -101,19 +108,62 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
     return weights
 
 
-def recipe_hash(seed: int) -> str:
+#: named vocabulary sizes (`--preset`); None: the project's tokenizer as it is
+PRESETS = {"small": None, "bigvocab": 151936}
+#: what a widened tokenizer depends on besides its size (part of the recipe hash)
+WIDE_RECIPE = {"method": "pair-concat", "seed": 151936}
+
+
+def recipe_hash(seed: int, vocab: int | None = None) -> str:
     """What the cached files depend on; a change rebuilds them."""
     tok = (TOKENIZER_DIR / "tokenizer.json").read_bytes()
-    blob = json.dumps({"shape": SHAPE, "init": INIT_RANGE, "seed": seed, "v": 2}).encode() + tok
-    return hashlib.sha256(blob).hexdigest()[:16]
+    recipe = {"shape": SHAPE, "init": INIT_RANGE, "seed": seed, "v": 2}
+    if vocab is not None:
+        recipe.update(vocab=vocab, wide=WIDE_RECIPE)
+    return hashlib.sha256(json.dumps(recipe).encode() + tok).hexdigest()[:16]
 
 
-def write_hf(out: Path, seed: int) -> dict:
+def widen_tokenizer(tok: dict, size: int) -> dict:
+    """A copy of the tokenizer.json dict `tok` with `size` ids in all (vocab + added tokens).
+
+    A 150k-merge BPE needs far more text than the project has, so the extra ids are
+    vocabulary entries that no merge produces, each the concatenation of two existing
+    (non-special) tokens picked by a seeded generator: prompts encode exactly as before,
+    and every id the model may generate decodes to real byte-level text, so streaming,
+    detokenization and stop strings do the work they do with a real large vocabulary."""
+    out = copy.deepcopy(tok)
+    vocab: dict[str, int] = out["model"]["vocab"]
+    taken = set(vocab.values()) | {t["id"] for t in out["added_tokens"]}
+    if size < max(taken) + 1:
+        raise SystemExit(f"--vocab {size} is smaller than the tokenizer's {max(taken) + 1} ids")
+    special = {t["content"] for t in out["added_tokens"]}
+    pieces = sorted(p for p in vocab if p not in special)
+    free = (i for i in range(size) if i not in taken)
+    rng = np.random.Generator(np.random.PCG64(WIDE_RECIPE["seed"]))
+    want = size - len(taken)
+    while want:
+        pairs = rng.integers(0, len(pieces), size=(2 * want, 2))
+        for a, b in pairs.tolist():
+            piece = pieces[a] + pieces[b]
+            if piece not in vocab:
+                vocab[piece] = next(free)
+                want -= 1
+                if not want:
+                    break
+    return out
+
+
+def model_name(vocab: int | None) -> str:
+    return NAME if vocab is None else f"{NAME}-v{vocab}"
+
+
+def write_hf(out: Path, seed: int, vocab: int | None = None) -> dict:
     from safetensors.numpy import save_file
 
     tok = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
-    vocab_size = len(tok["model"]["vocab"]) + sum(
-        1 for t in tok["added_tokens"] if t["id"] >= len(tok["model"]["vocab"]))
+    if vocab is not None:
+        tok = widen_tokenizer(tok, vocab)
+    vocab_size = 1 + max(*tok["model"]["vocab"].values(), *(t["id"] for t in tok["added_tokens"]))
     special = {t["content"]: t["id"] for t in tok["added_tokens"]}
     config = hf_config(vocab_size, special["<s>"], special["</s>"])
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +173,8 @@ def write_hf(out: Path, seed: int) -> dict:
                   "pad_token_id": config["pad_token_id"], "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     copy_side_files(TOKENIZER_DIR, out, ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"))
+    if vocab is not None:
+        (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
     return config
 
 
@@ -193,19 +245,21 @@ def check(hf: Path, onnx_dir: Path, gguf: Path | None, n_new: int = 48) -> None:
         print(f"  check: torch vs llama.cpp greedy: {same}/{n_new} tokens equal")
 
 
-def build(cache_dir: Path, seed: int = SEED, force: bool = False, gguf: bool = True) -> Path:
-    """Build (or reuse) the model; returns `cache_dir/bench-llama`.  The GGUF is made when
-    missing and the `gguf` package is importable (it is only needed for llama.cpp)."""
-    root = cache_dir / NAME
+def build(cache_dir: Path, seed: int = SEED, force: bool = False, gguf: bool = True,
+          vocab: int | None = None) -> Path:
+    """Build (or reuse) the model; returns `cache_dir/bench-llama` (`bench-llama-vN` with
+    `vocab`).  The GGUF is made when missing and the `gguf` package is importable (it is only
+    needed for llama.cpp)."""
+    root = cache_dir / model_name(vocab)
     stamp = root / "STAMP"
-    want = recipe_hash(seed)
+    want = recipe_hash(seed, vocab)
     hf = root / "hf"
     if force or not stamp.is_file() or stamp.read_text().strip() != want:
         if root.exists():
             shutil.rmtree(root)
         t0 = time.perf_counter()
         print(f"making {root} (seed {seed}) ...", flush=True)
-        config = write_hf(hf, seed)
+        config = write_hf(hf, seed, vocab)
         n_params = sum(int(np.prod(s)) for _, s in tensor_shapes(config))
         print(f"  HF checkpoint: {n_params / 1e6:.1f}M parameters", flush=True)
         builder_cache = root / "builder-cache"
@@ -227,7 +281,7 @@ def build(cache_dir: Path, seed: int = SEED, force: bool = False, gguf: bool = T
 
 
 def gguf_path(root: Path) -> Path:
-    return root / "gguf" / f"{NAME}-f32.gguf"
+    return root / "gguf" / f"{root.name}-f32.gguf"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,9 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
     p.add_argument("--no-gguf", action="store_true", help="skip the GGUF file")
+    p.add_argument("--gguf", action="store_true", help="make the GGUF file for a --vocab model too")
+    p.add_argument("--vocab", type=int, default=None,
+                   help="widen the tokenizer (and the model) to this many tokens")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named vocabulary size: bigvocab = 151,936 (Qwen's)")
     p.add_argument("--check", action="store_true", help="compare torch, ONNX (and llama.cpp) greedy tokens")
     a = p.parse_args(argv)
-    root = build(a.cache_dir, a.seed, a.force, gguf=not a.no_gguf)
+    vocab = PRESETS[a.preset] if a.preset else a.vocab
+    make_gguf = not a.no_gguf and (vocab is None or a.gguf)
+    root = build(a.cache_dir, a.seed, a.force, gguf=make_gguf, vocab=vocab)
     print(root)
     if a.check:
         gguf = gguf_path(root)
