@@ -2,8 +2,9 @@
 
 Any slot can start from KV that another slot computed (a shared system prompt, the
 previous turn of a chat).  Entries are bounded by count and bytes; eviction is
-type-aware: "assistant" entries (whole prompt+output, cheap to lose) go before "user"
-ones, which go before "system" ones; FIFO within a kind.  A lookup does not refresh an
+type-aware: "assistant" entries (whole prompt+output, cheap to lose) go before "system"
+ones (a chat prompt's leading system messages, shared by many conversations); FIFO within
+a kind.  A lookup does not refresh an
 entry, re-inserting it does.  Values only need `.length`, `.nbytes` and
 `.trimmed(n)` (a `KVState`, or the engine's main+draft pair).
 """
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("assistant", "user", "system")  # eviction order
+KINDS = ("assistant", "system")  # eviction order
 
 
 @dataclass

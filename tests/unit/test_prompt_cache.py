@@ -88,13 +88,13 @@ def test_count_lru():
 def test_type_aware_eviction():
     c = PromptCache(3, 0)
     put(c, [9, 9, 9], "system", "sys")
-    put(c, [8, 8], "user", "usr")
+    put(c, [8, 8], "system", "sys2")
     put(c, [1, 1], "assistant", "a1")
-    put(c, [2, 2], "assistant", "a2")  # evicts a1, not the older user/system entries
+    put(c, [2, 2], "assistant", "a2")  # evicts a1, not the older system entries
     assert c.lookup([1, 1, 0]) == (0, None)
     put(c, [3, 3], "assistant", "a3")
-    put(c, [4, 4], "user", "u2")  # no room: the assistant entries go first
-    assert c.lookup([8, 8, 0])[1].tag == "usr" and c.lookup([9, 9, 9, 0])[1].tag == "sys"
+    put(c, [4, 4], "system", "sys3")  # no room: the assistant entries go first
+    assert c.lookup([8, 8, 0])[1].tag == "sys2" and c.lookup([9, 9, 9, 0])[1].tag == "sys"
     assert len(c) == 3
 
 
