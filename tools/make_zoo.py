@@ -1,8 +1,8 @@
 """Build the model zoo: one tiny random-weight Hugging Face model per architecture, exported
 the ways users export them, with transformers' greedy ids recorded as the reference.
 
-    python tools/make_zoo.py                       # every architecture into tests/fixtures/zoo
-    python tools/make_zoo.py --arch llama mistral  # a few
+    python -m tools.make_zoo                       # every architecture into tests/fixtures/zoo
+    python -m tools.make_zoo --arch llama mistral  # a few
 
 For each architecture (ARCHS) it writes a seeded checkpoint (2 layers, hidden 64, heads of 64,
 the embedded model's tokenizer, tied embeddings), runs onnxruntime-genai's builder on it for
@@ -199,8 +199,7 @@ def finish_dir(hf: Path, out: Path) -> None:
 
 def onnx_greedy(model_dir: Path, ids: list[int], n_new: int = N_NEW) -> list[int]:
     """Greedy ids of an export, run by the tests' plain onnxruntime loop (same code)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from zoo_reference import onnx_greedy as run
+    from tests.zoo_reference import onnx_greedy as run
 
     return run(model_dir, ids, n_new, BANNED)
 
@@ -249,8 +248,7 @@ def agreement(out: Path, prompts: dict) -> dict:
 
 def export_plain(hf: Path, out: Path) -> None:
     """torch.onnx export of the HF llama in the plain layout (position_ids, concat KV)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from zoo_plain import export_llama_plain
+    from tools.zoo_plain import export_llama_plain
 
     if out.exists():
         shutil.rmtree(out)

@@ -1,4 +1,4 @@
-"""The model zoo (tests/fixtures/zoo, built by `python tools/make_zoo.py`): a tiny random-weight
+"""The model zoo (tests/fixtures/zoo, built by `python -m tools.make_zoo`): a tiny random-weight
 model per architecture, exported with onnxruntime-genai's builder (fp32, int4) and, for llama,
 with torch.onnx in the plain layout, each served over HTTP and checked token for token.
 
@@ -58,7 +58,7 @@ def zoo_server(name: str, **attrs) -> ServerProcess:
 @pytest.fixture(scope="module", params=sorted(SERVED) or ["(no zoo)"])
 def zoo(request, server_pool):
     if request.param not in SERVED:
-        pytest.skip(f"no zoo in {ZOO}; build it with python tools/make_zoo.py")
+        pytest.skip(f"no zoo in {ZOO}; build it with python -m tools.make_zoo")
     return request.param, server_pool(request.param, lambda: zoo_server(request.param))
 
 

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.feature("zoo"), pytest.mark.profile("refserver"), pyte
 ZOO = REPO_ROOT / "tests" / "fixtures" / "zoo"
 BASE = ZOO / "llama-fp32"
 if not BASE.is_dir():
-    pytest.skip(f"no zoo in {ZOO}; build it with python tools/make_zoo.py", allow_module_level=True)
+    pytest.skip(f"no zoo in {ZOO}; build it with python -m tools.make_zoo", allow_module_level=True)
 EXPECTED = json.loads((ZOO / "llama-expected.json").read_text())
 MESSAGES = [{"role": "user", "content": "Hi"}]
 #: renders `tools` itself, so no generic tool prompt is injected into the messages
