@@ -11,7 +11,7 @@ against that file and so never needs transformers.
 Dev only: needs `pip install 'transformers==5.*' jinja2` (no torch), in a venv of its own:
 
     python -m venv /work/venvs/templates && /work/venvs/templates/bin/pip install 'transformers==5.*' jinja2
-    /work/venvs/templates/bin/python tools/freeze_templates.py
+    /work/venvs/templates/bin/python -m tools.freeze_templates   # from the repository root
 
 What transformers is given beyond a case's own fields (each is llama.cpp's behaviour,
 which refserver follows, declared here so the frozen data says what it measures):
@@ -43,7 +43,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CASES_FILE = REPO / "tests" / "fixtures" / "template_cases.json"
 OUT_FILE = REPO / "tests" / "fixtures" / "template_renderings.json"

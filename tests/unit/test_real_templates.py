@@ -49,7 +49,7 @@ def template_source(name: str) -> str:
         pytest.skip(f"{path} not found (the real templates live in ../shared/templates beside the checkout)")
     source = path.read_text(encoding="utf-8")
     if hashlib.sha256(source.encode()).hexdigest() != FROZEN["templates"][name]["sha256"]:
-        pytest.skip(f"{name} changed since the renderings were frozen: re-run tools/freeze_templates.py")
+        pytest.skip(f"{name} changed since the renderings were frozen: re-run python -m tools.freeze_templates")
     return source
 
 

