@@ -32,6 +32,7 @@ import string
 from dataclasses import dataclass
 from typing import Protocol
 
+from refserver.stream.deltas import TextDelta as ContentDelta  # content text: the core's own delta type
 from refserver.stream.deltas import finish_reason_for  # noqa: F401 - re-exported
 
 _ALNUM = string.ascii_letters + string.digits
@@ -39,11 +40,6 @@ _ALNUM = string.ascii_letters + string.digits
 
 def new_tool_call_id() -> str:
     return "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
-
-
-@dataclass(frozen=True)
-class ContentDelta:
-    text: str
 
 
 @dataclass(frozen=True)

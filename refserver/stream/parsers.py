@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from refserver.chat.formats import PARSERS
 from refserver.chat.reasoning import ReasoningParser
-from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
+from refserver.chat.tool_calls import ToolCallDelta
 
 from .deltas import ParsedDelta, TextDelta, ToolCallArgs, ToolCallStart
 
@@ -28,14 +28,11 @@ class OutputParser(Protocol):
 
 
 def as_parsed(deltas: list[Any]) -> list[ParsedDelta]:
-    """A parser's output in the core's delta types (the Hermes parser's `ContentDelta` /
-    `ToolCallDelta` become `TextDelta` / `ToolCallStart` + `ToolCallArgs`)."""
+    """A parser's output in the core's delta types (a tool-call parser's `ToolCallDelta`
+    becomes `ToolCallStart` + `ToolCallArgs`; empty text is dropped)."""
     out: list[ParsedDelta] = []
     for d in deltas:
-        if isinstance(d, ContentDelta):
-            if d.text:
-                out.append(TextDelta(d.text))
-        elif isinstance(d, ToolCallDelta):
+        if isinstance(d, ToolCallDelta):
             if d.id is not None:
                 out.append(ToolCallStart(d.index, d.id, d.name or ""))
             if d.arguments:
