@@ -2,7 +2,8 @@
 
 An entry keeps what `GET /v1/responses/{id}` and `/input_items` return, and the chat
 messages of its conversation (the chain's history, this input and this output) that a
-later request's `previous_response_id` continues.  The least recently used entry goes
+later request's `previous_response_id` continues.  A background response's entry also
+holds its run (`response_runs.BackgroundRun`), which answers for it while it generates.  The least recently used entry goes
 first when `--responses-store-size` is reached; a restart forgets everything.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from refserver.errors import NotFound
 
@@ -19,6 +21,11 @@ class StoredResponse:
     response: dict
     input_items: list[dict]
     messages: list[dict]
+    run: Any = None  # a background response's BackgroundRun (its events, cancel); None otherwise
+
+    def current(self) -> dict:
+        """The response object as it is now (a background run's own, as it generates)."""
+        return self.run.response() if self.run is not None else self.response
 
 
 class ResponseStore:
