@@ -124,6 +124,8 @@ def test_cancel_queued(long_server):
         res = client.responses.create(model=long_server.model_id(), **ENDLESS)
         assert wait_until(lambda: deferred_requests(long_server) >= 1, 30), "the response was never queued"
         assert client.responses.retrieve(res.id).status == "queued"
+        with pytest.raises(openai.BadRequestError):  # nothing to continue yet
+            client.responses.create(model=long_server.model_id(), input="And then?", previous_response_id=res.id)
         assert client.responses.cancel(res.id).status == "cancelled"
         assert wait_until(lambda: deferred_requests(long_server) == 0, 5), "the cancelled response is still queued"
         assert client.responses.retrieve(res.id).output == []
