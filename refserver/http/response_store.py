@@ -4,7 +4,8 @@ An entry keeps what `GET /v1/responses/{id}` and `/input_items` return, and the 
 messages of its conversation (the chain's history, this input and this output) that a
 later request's `previous_response_id` continues.  A background response's entry also
 holds its run (`response_runs.BackgroundRun`), which answers for it while it generates.  The least recently used entry goes
-first when `--responses-store-size` is reached; a restart forgets everything.
+first when `--responses-store-size` is reached (a background response is kept while it
+runs); a restart forgets everything.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class ResponseStore:
         self._entries[rid] = entry
         self._entries.move_to_end(rid)
         while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+            # the least recently used entry that is not a background response still running
+            # (one that could then no longer be polled or cancelled): those wait until they end
+            old = next((k for k, e in self._entries.items() if e.run is None or e.run.done), None)
+            if old is None:
+                return
+            del self._entries[old]
 
     def get(self, rid: str) -> StoredResponse:
         entry = self._entries.get(rid)

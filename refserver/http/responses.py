@@ -112,6 +112,9 @@ class ResponsesHandler(BaseHandler):
         """Submit, store and answer at once (the queued object, or its events as they come:
         a client leaving that stream does not stop the run)."""
         state = self.state
+        if state.responses.size <= 0:
+            raise InvalidRequest("'background': true needs the response store, and this server runs with "
+                                 "--responses-store-size 0", param="background")
         gen = await off_loop(Generation, state.engine, state.bridge, chat_gen.requests, parsers=chat_gen.parsers)
         self.n_prompt_tokens = gen.n_prompt_tokens
         entry = StoredResponse(renderer.response(), input_items(req.input), conversation)

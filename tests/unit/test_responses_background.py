@@ -144,3 +144,66 @@ def test_cancel_ended_is_400(long_server):
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.cancel(res.id)
     assert "Cannot cancel" in err.value.body["message"]
+
+
+@pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
+def test_leaving_a_background_stream_cancels_nothing(long_server):
+    client = sdk(long_server)
+    stream = client.responses.create(model=long_server.model_id(), stream=True, **ENDLESS)
+    events = iter(stream)
+    rid = next(events).response.id
+    last = next(e for e in events if e.type == "response.output_text.delta").sequence_number
+    stream.close()
+    try:
+        resumed = client.responses.retrieve(rid, stream=True, starting_after=last)
+        later = next(e for e in resumed if e.type == "response.output_text.delta")  # the run went on
+        resumed.close()
+        assert later.sequence_number > last
+        assert client.responses.retrieve(rid).status == "in_progress"
+    finally:
+        client.responses.cancel(rid)
+    assert long_server.wait_slots_idle(1.0)
+
+
+@pytest.mark.needs_flags
+@pytest.mark.profile("refserver")  # --responses-store-size is refserver's
+def test_store_keeps_running_background_responses(server_pool):
+    """With room for one response, a running background response is not evicted by the
+    next one (it could no longer be polled or cancelled); once it ends, it goes."""
+    def make():
+        server = ServerPreset.one_slot()
+        server.n_ctx, server.n_predict, server.context_shift = 2048, -1, True
+        server.responses_store_size = 1
+        return server
+
+    server = server_pool("store1-long", make)
+    client = sdk(server)
+    running = client.responses.create(model=server.model_id(), **ENDLESS)
+    assert wait_until(lambda: client.responses.retrieve(running.id).status == "in_progress", 60)
+    client.responses.cancel(running.id)
+    other = client.responses.create(model=server.model_id(), input="Hi", max_output_tokens=2)
+    with pytest.raises(openai.NotFoundError):  # ended, so evicted as usual
+        client.responses.retrieve(running.id)
+    running = client.responses.create(model=server.model_id(), **ENDLESS)
+    assert wait_until(lambda: client.responses.retrieve(running.id).status == "in_progress", 60)
+    queued = client.responses.create(model=server.model_id(), input="Hi", max_output_tokens=2, background=True)
+    assert client.responses.retrieve(running.id).status == "in_progress"  # both kept while they run
+    assert client.responses.retrieve(queued.id).status == "queued"
+    assert client.responses.cancel(running.id).status == "cancelled"
+    assert poll(client, queued.id).status in ("completed", "incomplete")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(other.id)
+
+
+@pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
+def test_background_without_a_store_is_400(server_pool):
+    def make():
+        server = ServerPreset.chat()
+        server.responses_store_size = 0
+        return server
+
+    server = server_pool("store0", make)
+    res = server.post("/v1/responses", {"input": "Hi", "background": True})
+    assert res.status_code == 400 and "--responses-store-size 0" in res.body["error"]["message"]
