@@ -8,11 +8,11 @@ documented order: `response.created`, `response.in_progress`, then per output it
 `.incomplete` when cut by max_output_tokens, `.failed` on an error).  A non-streamed
 request runs the same renderer and returns `response()`, so both modes agree.
 
-Logprobs (`include: ["message.output_text.logprobs"]`): each generated token's entry rides
-on the `output_text.delta` that releases its text, so the deltas' entries joined are the
-`.done` event's and the content part's; a token whose text went to a reasoning item or a
-function call has no place to go (those items carry no logprobs) and is left out, and the
-entries still pending when the message closes (EOS) go out on a last delta with no text.
+Logprobs (`include: ["message.output_text.logprobs"]`): each token's entry rides on the
+`output_text.delta` that releases its text, so the deltas' entries joined are the `.done`
+event's and the content part's, and their bytes joined are the text (OpenAI's use of
+`bytes`).  Tokens outside the message's text have none: reasoning and function-call
+tokens (those items carry no logprobs), the end token, a stop string that was cut.
 A background response starts `queued` (`response.created`, `response.queued`), turns
 `in_progress` when its generation's first event arrives, and may end `cancelled`.
 """
@@ -175,11 +175,26 @@ class ResponseRenderer:
             return self._event(kind, item_id=item.id, output_index=item.index, delta=text)
         extra = {}
         if kind == "response.output_text.delta":
-            entries = [oai_logprob(p, self.top_n) for p in self.pending_probs]
-            self.pending_probs.clear()
+            entries = [oai_logprob(p, self.top_n) for p in self._take(text, from_end=not item.logprobs and item.index > 0)]
             item.logprobs.extend(entries)
             extra["logprobs"] = entries
         return self._event(kind, item_id=item.id, output_index=item.index, content_index=0, delta=text, **extra)
+
+    def _take(self, text: str, from_end: bool) -> list[TokenProbs]:
+        """The pending tokens that made `text`: the fewest whose bytes cover it, from the
+        front (what is left, such as the end token, waits for the next text), or at a
+        message's first text after a reasoning item from the back (what is left is the
+        reasoning's closing tag)."""
+        pending, need = self.pending_probs, len(text.encode("utf-8", "replace"))
+        n = got = 0
+        while n < len(pending) and got < need:
+            got += len((pending[-1 - n] if from_end else pending[n]).chosen.bytes)
+            n += 1
+        if from_end:
+            taken, self.pending_probs = pending[len(pending) - n:], []
+        else:
+            taken, self.pending_probs = pending[:n], pending[n:]
+        return taken
 
     def _close(self, out: list[dict]) -> None:
         item, self.open = self.open, None
@@ -195,8 +210,6 @@ class ResponseRenderer:
             if item.kind == "reasoning":
                 out.append(self._event("response.reasoning_text.done", **where, content_index=0, text=item.text))
             else:
-                if self.pending_probs:  # tokens that added no text (EOS): a last, empty delta
-                    out.append(self._text(item, "", "response.output_text.delta"))
                 out.append(self._event("response.output_text.done", **where, content_index=0, text=item.text,
                                        logprobs=list(item.logprobs)))
             out.append(self._event("response.content_part.done", **where, content_index=0, part=item.part()))
