@@ -3,9 +3,9 @@
 An entry keeps what `GET /v1/responses/{id}` and `/input_items` return, and the chat
 messages of its conversation (the chain's history, this input and this output) that a
 later request's `previous_response_id` continues.  A background response's entry also
-holds its run (`response_runs.BackgroundRun`), which answers for it while it generates.  The least recently used entry goes
-first when `--responses-store-size` is reached (a background response is kept while it
-runs); a restart forgets everything.
+holds its run (`response_runs.BackgroundRun`), which answers for it.  The least recently
+used entry goes first when `--responses-store-size` is reached (a background response is
+kept while it runs); a restart forgets everything.
 """
 
 from __future__ import annotations

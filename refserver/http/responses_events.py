@@ -170,21 +170,22 @@ class ResponseRenderer:
                                    content_index=0, part=item.part()))  # new: no text yet
 
     def _text(self, item: _Item, text: str, kind: str) -> dict:
+        first = not item.text
         item.text += text
         if kind == "response.function_call_arguments.delta":
             return self._event(kind, item_id=item.id, output_index=item.index, delta=text)
         extra = {}
         if kind == "response.output_text.delta":
-            entries = [oai_logprob(p, self.top_n) for p in self._take(text, from_end=not item.logprobs and item.index > 0)]
+            # a message's first text after another item: markup closing that item may be pending too
+            entries = [oai_logprob(p, self.top_n) for p in self._take(text, from_end=first and item.index > 0)]
             item.logprobs.extend(entries)
             extra["logprobs"] = entries
         return self._event(kind, item_id=item.id, output_index=item.index, content_index=0, delta=text, **extra)
 
     def _take(self, text: str, from_end: bool) -> list[TokenProbs]:
         """The pending tokens that made `text`: the fewest whose bytes cover it, from the
-        front (what is left, such as the end token, waits for the next text), or at a
-        message's first text after a reasoning item from the back (what is left is the
-        reasoning's closing tag)."""
+        front (what is left, such as the end token, waits for the next text), or from the
+        back, dropping the rest (a closing `</think>` or `</tool_call>`)."""
         pending, need = self.pending_probs, len(text.encode("utf-8", "replace"))
         n = got = 0
         while n < len(pending) and got < need:
