@@ -202,7 +202,7 @@ class CancelResponseHandler(BaseHandler):
             raise InvalidRequest("Cannot cancel a synchronous response.")
         status = entry.current()["status"]
         if status in ("completed", "incomplete", "failed"):
-            raise InvalidRequest(f"Cannot cancel a {status} response.")
+            raise InvalidRequest(f"Cannot cancel {'an' if status == 'incomplete' else 'a'} {status} response.")
         entry.run.cancel()
         self.write_json(entry.current())
 
