@@ -17,7 +17,7 @@ from .info import (
 )
 from .messages import CountTokensHandler, MessagesHandler
 from .oai_completion import OAICompletionHandler
-from .responses import InputItemsHandler, ResponsesHandler, StoredResponseHandler
+from .responses import CancelResponseHandler, InputItemsHandler, ResponsesHandler, StoredResponseHandler
 from .state import AppState
 from .tokenize import DetokenizeHandler, TokenizeHandler
 from .webui import ChatPageHandler, DocsHandler, OpenAPIHandler
@@ -40,6 +40,7 @@ ROUTES = [
     (r"/v1/responses", ResponsesHandler),
     (r"/v1/responses/([^/]+)", StoredResponseHandler),
     (r"/v1/responses/([^/]+)/input_items", InputItemsHandler),
+    (r"/v1/responses/([^/]+)/cancel", CancelResponseHandler),
     (r"/v1/messages", MessagesHandler),
     (r"/v1/messages/count_tokens", CountTokensHandler),
     (r"/apply-template", ApplyTemplateHandler),

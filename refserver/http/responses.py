@@ -1,9 +1,11 @@
 """OpenAI Responses API: `POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`,
-`GET /v1/responses/{id}/input_items`.
+`GET /v1/responses/{id}/input_items`, `POST /v1/responses/{id}/cancel`.
 
 A response is a chat generation (`chat_pipeline`) rendered by `ResponseRenderer`;
 stored responses (`store`, default true as on OpenAI) live in the server's LRU
-`ResponseStore`, and `previous_response_id` continues their conversation.
+`ResponseStore`, and `previous_response_id` continues their conversation.  A
+`background` response runs detached (`response_runs.BackgroundRun`): it is polled,
+streamed again from any `sequence_number`, and cancelled through its id.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from typing import Any
 from refserver.errors import InvalidRequest
 from refserver.schemas.common import parse_request
 from refserver.schemas.responses import ResponsesRequest, input_messages
-from refserver.stream.deltas import FinishDelta
-from refserver.stream.generation import ClientGone
+from refserver.stream.generation import ClientGone, Generation
 
 from .base import BaseHandler, log
-from .chat_pipeline import prepare_chat
+from .chat_pipeline import ChatGeneration, prepare_chat
 from .offload import off_loop
+from .response_runs import BackgroundRun, render
 from .response_store import StoredResponse
-from .responses_events import ResponseRenderer, new_id, response_usage
+from .responses_events import ResponseRenderer, new_id
 
 
 def echo_fields(req: ResponsesRequest, temperature: float) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def echo_fields(req: ResponsesRequest, temperature: float) -> dict[str, Any]:
         "store": req.store is not False, "temperature": temperature if req.temperature is None else req.temperature,
         "text": {"format": fmt}, "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
         "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": req.truncation or "disabled",
-        "user": req.user, "background": False,
+        "user": req.user, "background": bool(req.background), "top_logprobs": req.top_logprobs,
     }
 
 
@@ -78,29 +80,50 @@ class ResponsesHandler(BaseHandler):
     async def post(self) -> None:
         state = self.state
         req = await off_loop(lambda: parse_request(ResponsesRequest, self.json_body()))
-        history = state.responses.get(req.previous_response_id).messages if req.previous_response_id else []
+        history = previous_messages(state, req.previous_response_id)
         chat = req.to_chat(history, state.config.strict)
-        chat_gen = await off_loop(prepare_chat, state, chat)
-        self.renderer = renderer = ResponseRenderer(echo_fields(req, state.defaults.sampling.temperature),
-                                                    state.model.alias)
+        n_probs, top_n = req.logprobs_requested()
+        chat_gen = await off_loop(prepare_chat, state, chat, n_probs=n_probs)
+        renderer = ResponseRenderer(echo_fields(req, state.defaults.sampling.temperature), state.model.alias,
+                                    top_n, "queued" if req.background else "in_progress")
+        conversation = history + input_messages(req.input)
+        if req.background:
+            await self._background(req, chat_gen, renderer, conversation)
+            return
+        self.renderer = renderer
         gen = await self.start_generation(chat_gen.requests, parsers=chat_gen.parsers)
-        emit = self.sse_events if req.stream else (lambda events: None)
-        emit(renderer.start())
-        async for choice, deltas in (self.stream_deltas() if req.stream else gen.stream()):
-            emit(renderer.deltas(deltas))
-            if isinstance(deltas[-1], FinishDelta):
-                fin = deltas[-1].finished
-                usage = response_usage(fin.tokens_evaluated, int(fin.timings.get("cache_n", 0)),
-                                       fin.tokens_predicted, choice.result.reasoning_tokens)
-                emit(renderer.finish(fin.stop_type, usage))
+        if req.stream:
+            self.sse_events(renderer.start())
+            await render(gen, renderer, self.sse_events, self, state.config.sse_keepalive)
+        else:
+            renderer.start()
+            await render(gen, renderer, lambda events: None)
         response = renderer.response()
         if req.store is not False:
             state.responses.put(StoredResponse(response, input_items(req.input),
-                                               history + input_messages(req.input) + [output_message(response)]))
+                                               conversation + [output_message(response)]))
         if req.stream:
             self.finish()
         else:
             self.write_json(response)
+
+    async def _background(self, req: ResponsesRequest, chat_gen: ChatGeneration, renderer: ResponseRenderer,
+                          conversation: list[dict]) -> None:
+        """Submit, store and answer at once (the queued object, or its events as they come:
+        a client leaving that stream does not stop the run)."""
+        state = self.state
+        if state.responses.size <= 0:
+            raise InvalidRequest("'background': true needs the response store, and this server runs with "
+                                 "--responses-store-size 0", param="background")
+        gen = await off_loop(Generation, state.engine, state.bridge, chat_gen.requests, parsers=chat_gen.parsers)
+        self.n_prompt_tokens = gen.n_prompt_tokens
+        entry = StoredResponse(renderer.response(), input_items(req.input), conversation)
+        entry.run = run = BackgroundRun(gen, renderer, entry, output_message, state.active)
+        state.responses.put(entry)
+        if req.stream:
+            await stream_run(self, run, -1)
+        else:
+            self.write_json(run.response())
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         """Once the stream is out, an error ends it with `response.failed`."""
@@ -116,15 +139,72 @@ class ResponsesHandler(BaseHandler):
         self._finish_quietly()
 
 
+def previous_messages(state, rid: str | None) -> list[dict]:
+    """The conversation a `previous_response_id` continues (none without one)."""
+    if rid is None:
+        return []
+    entry = state.responses.get(rid)
+    status = entry.current()["status"]
+    if status in ("queued", "in_progress"):
+        raise InvalidRequest(f"previous_response_id: response {rid!r} is still {status}; wait until it has "
+                             "completed (poll GET /v1/responses/{id})", param="previous_response_id")
+    return entry.messages
+
+
+async def stream_run(handler: BaseHandler, run: BackgroundRun, after: int) -> None:
+    """A background run's events after sequence number `after` as SSE, until it ends."""
+    handler.start_sse()
+    async for batch in run.follow(after, handler.state.config.sse_keepalive):
+        if batch:
+            handler.sse_events(batch)
+            await handler.drain()
+        else:
+            await handler.keepalive()
+    handler.finish()
+
+
 class StoredResponseHandler(BaseHandler):
     route = "/v1/responses/{id}"
 
     async def get(self, rid: str) -> None:
-        self.write_json(self.state.responses.get(rid).response)
+        """The stored response; with `stream=true`, a background response's events after
+        `starting_after` (all of them without it), followed live while it generates."""
+        entry = self.state.responses.get(rid)
+        if self.get_query_argument("stream", "false").lower() != "true":
+            self.write_json(entry.current())
+            return
+        if entry.run is None:
+            raise InvalidRequest(f"response {rid!r} was not created with 'background': true; only background "
+                                 "responses can be streamed again", param="stream")
+        try:
+            after = int(self.get_query_argument("starting_after", "-1"))
+        except ValueError:
+            raise InvalidRequest("'starting_after' must be an integer (an event's sequence_number)",
+                                 param="starting_after") from None
+        await stream_run(self, entry.run, after)
 
     async def delete(self, rid: str) -> None:
+        entry = self.state.responses.get(rid)
+        if entry.run is not None:
+            entry.run.cancel()
         self.state.responses.delete(rid)
         self.write_json({"id": rid, "object": "response", "deleted": True})
+
+
+class CancelResponseHandler(BaseHandler):
+    route = "/v1/responses/{id}/cancel"
+
+    async def post(self, rid: str) -> None:
+        """Cancel a background response (OpenAI: only those can be); cancelling a cancelled
+        one returns it again, an ended one is a 400."""
+        entry = self.state.responses.get(rid)
+        if entry.run is None:
+            raise InvalidRequest("Cannot cancel a synchronous response.")
+        status = entry.current()["status"]
+        if status in ("completed", "incomplete", "failed"):
+            raise InvalidRequest(f"Cannot cancel {'an' if status == 'incomplete' else 'a'} {status} response.")
+        entry.run.cancel()
+        self.write_json(entry.current())
 
 
 class InputItemsHandler(BaseHandler):

@@ -196,6 +196,23 @@ def test_shutdown_ends_streams_in_each_apis_shape():
 
 
 @pytest.mark.feature("responses")
+@pytest.mark.extension
+def test_shutdown_ends_background_responses():
+    """A background response is waited for within --shutdown-grace like any request, then
+    fails: its followers get `response.failed`, and the server exits cleanly."""
+    server = ServerPreset.one_slot()
+    server.n_ctx, server.n_predict, server.shutdown_grace, server.context_shift = 2048, -1, 0.5, True
+    server.start()
+    stream = server.make_stream_request("POST", "/v1/responses", {**RESPONSES[1], "background": True, "stream": True})
+    it = iter(stream)
+    assert next(e for e in it if e["type"] == "response.output_text.delta")
+    server.send_signal(signal.SIGTERM)
+    tail = list(it)[-1]
+    assert tail["type"] == "response.failed" and tail["response"]["error"]["message"]
+    assert server.process.wait(timeout=10) == 0
+
+
+@pytest.mark.feature("responses")
 def test_concurrent_requests_do_not_mix(chat_server):
     """Responses and Messages requests in flight together (streamed and not) give what each
     gives alone: nothing of one leaks into another."""

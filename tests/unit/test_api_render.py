@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from refserver.engine.types import TokenProb, TokenProbs
 from refserver.http.messages_events import MessageRenderer
 from refserver.http.responses_events import ResponseRenderer, response_usage
-from refserver.stream.deltas import ReasoningDelta, TextDelta, ToolCallArgs, ToolCallStart
+from refserver.stream.deltas import ReasoningDelta, TextDelta, TokenDelta, ToolCallArgs, ToolCallStart
 
 pytestmark = pytest.mark.profile("refserver")  # library level
 
@@ -55,6 +56,62 @@ def test_responses_incomplete_and_empty_arguments():
 def test_responses_whitespace_only_output_is_kept():
     _, events = run_responses([TextDelta(" ")])
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == " "
+
+
+def token(tid: int, piece: str, text: str | None = None) -> TokenDelta:
+    """A generated token with its logprob entry (itself and one alternative); `text`: what
+    it released (its piece unless given: "" for the end token)."""
+    probs = TokenProbs(TokenProb(tid, piece, list(piece.encode()), -0.5),
+                       [TokenProb(tid, piece, list(piece.encode()), -0.5), TokenProb(99, "x", [120], -2.0)])
+    return TokenDelta(tid, piece if text is None else text, probs)
+
+
+@pytest.mark.feature("responses")
+def test_responses_logprobs_follow_the_text():
+    """A token's entry rides on the delta that releases its text (a held-back token's on a
+    later one); the tokens of reasoning, its closing tag and the end token have none: the
+    entries' bytes joined are the message's text."""
+    r = ResponseRenderer({"tools": []}, "m", top_logprobs=1)
+    deltas = [token(1, "<think>"), token(2, "hm"), ReasoningDelta("hm"), token(3, "</think>", ""),
+              token(4, "Hi"), TextDelta("Hi"), token(5, " the", ""), token(6, "re"), TextDelta(" there"),
+              token(7, "<|im_end|>", "")]
+    events = r.start() + r.deltas(deltas) + r.finish("eos", response_usage(5, 0, 7, 3))
+    texts = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert [(e["delta"], [lp["token"] for lp in e["logprobs"]]) for e in texts] == [
+        ("Hi", ["Hi"]), (" there", [" the", "re"])]
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    part = events[-1]["response"]["output"][1]["content"][0]
+    assert done["logprobs"] == part["logprobs"] == [lp for e in texts for lp in e["logprobs"]]
+    assert b"".join(bytes(lp["bytes"]) for lp in part["logprobs"]).decode() == part["text"] == "Hi there"
+    assert part["logprobs"][0]["top_logprobs"] == [{"id": 4, "token": "Hi", "bytes": [72, 105], "logprob": -0.5}]
+    added = next(e for e in events if e["type"] == "response.content_part.added" and e["part"]["type"] == "output_text")
+    assert added["part"]["logprobs"] == []  # the event as sent, not the list that grew later
+
+
+@pytest.mark.feature("responses")
+def test_responses_logprobs_of_whitespace_only_output():
+    """Whitespace held until the end still gets its tokens' entries, not the end token's."""
+    r = ResponseRenderer({"tools": []}, "m", top_logprobs=0)
+    events = r.start() + r.deltas([token(1, " "), TextDelta(" "), token(2, "<|im_end|>", "")])
+    events += r.finish("eos", response_usage(5, 0, 2, 0))
+    assert [lp["token"] for lp in events[-1]["response"]["output"][0]["content"][0]["logprobs"]] == [" "]
+
+
+@pytest.mark.feature("responses")
+def test_responses_background_states():
+    """queued (created, queued) -> in_progress at the first deltas; cancel closes the open
+    item as incomplete, keeping its text."""
+    r = ResponseRenderer({"tools": []}, "m", status="queued")
+    events = r.start()
+    assert [(e["type"], e["response"]["status"]) for e in events] == [
+        ("response.created", "queued"), ("response.queued", "queued")]
+    events = r.deltas([TextDelta("Once")])
+    assert events[0]["type"] == "response.in_progress" and r.status == "in_progress"
+    closed = r.cancel()
+    assert [e["type"] for e in closed][-1] == "response.output_item.done"
+    obj = r.response()
+    assert obj["status"] == "cancelled" and obj["output"][0]["status"] == "incomplete"
+    assert obj["output"][0]["content"][0]["text"] == "Once"
 
 
 @pytest.mark.feature("messages")

@@ -258,7 +258,10 @@ AGENT_FIELDS = {
             ANY_JSON),
         "previous_response_id": st.one_of(TEXT, ANY_JSON), "store": st.one_of(st.booleans(), ANY_JSON),
         "reasoning": ANY_JSON, "metadata": ANY_JSON, "temperature": st.one_of(FLOATS, ANY_JSON),
-        "grammar": GRAMMAR},
+        "grammar": GRAMMAR, "background": st.one_of(st.booleans(), ANY_JSON),
+        "include": st.one_of(st.lists(st.sampled_from(["message.output_text.logprobs", "reasoning.encrypted_content",
+                                                       "x"]), max_size=2), ANY_JSON),
+        "top_logprobs": st.one_of(st.integers(-1, 21), ANY_JSON)},
     "/v1/messages": {
         "model": st.one_of(TEXT, ANY_JSON), "max_tokens": CAP,
         "messages": st.one_of(st.lists(st.fixed_dictionaries({

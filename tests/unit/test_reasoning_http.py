@@ -110,6 +110,22 @@ def test_responses_reasoning_item(thinking_server):
 
 
 @needs_template
+def test_responses_logprobs_after_reasoning(thinking_server):
+    """With a reasoning item first, the message's logprobs still cover its text alone (the
+    reasoning and `</think>` tokens have none), streamed and not alike."""
+    client = openai.OpenAI(base_url=f"{thinking_server.url}/v1", api_key="x", max_retries=0, timeout=120)
+    kwargs = {"model": "m", "input": "What is the capital of France?", "max_output_tokens": 96, "temperature": 0,
+              "include": ["message.output_text.logprobs"], "top_logprobs": 2, "extra_body": {"grammar": AFTER_OPEN}}
+    res = client.responses.create(**kwargs)
+    assert [o.type for o in res.output] == ["reasoning", "message"]
+    entries = res.output[1].content[0].logprobs
+    assert b"".join(bytes(e.bytes) for e in entries).decode("utf-8", "replace") == res.output_text
+    events = list(client.responses.create(stream=True, **kwargs))
+    streamed = [e.token for ev in events if ev.type == "response.output_text.delta" for e in ev.logprobs]
+    assert streamed == [e.token for e in entries]
+
+
+@needs_template
 def test_messages_thinking_block(thinking_server):
     client = anthropic.Anthropic(base_url=thinking_server.url, api_key="x", max_retries=0, timeout=120)
     kwargs = {"model": "m", "max_tokens": 96, "messages": QUESTION,

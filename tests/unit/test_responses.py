@@ -192,3 +192,84 @@ def test_input_items_pages(client, model):
     assert every == [f"Message {i}." for i in range(5)]  # the SDK follows `after` across pages
     newest = client.responses.input_items.list(res.id)
     assert newest.data[0].content[0].text == "Message 4." and not newest.has_more
+
+
+# ------------------------------------------------------------------ logprobs (`include`)
+LOGPROBS = {"include": ["message.output_text.logprobs"], "top_logprobs": 3, "temperature": 0}
+
+
+def _check_entries(entries, top_n: int) -> None:
+    """OpenAI's entry shape, as the SDK parsed it: token, logprob, bytes and the sorted
+    alternatives, each with token, logprob and bytes."""
+    for e in entries:
+        assert isinstance(e.token, str) and e.logprob <= 0 and isinstance(e.bytes, list)
+        assert len(e.top_logprobs) == top_n
+        assert all(isinstance(t.token, str) and isinstance(t.bytes, list) for t in e.top_logprobs)
+        lps = [t.logprob for t in e.top_logprobs]
+        assert lps == sorted(lps, reverse=True) and e.logprob <= lps[0] + 1e-6
+
+
+def _text_of(entries) -> str:
+    """The entries' bytes joined (bytes that are no UTF-8, from random weights, dropped)."""
+    return b"".join(bytes(e.bytes) for e in entries).decode("utf-8", "replace").replace("\ufffd", "")
+
+
+def test_logprobs_on_output_text(client, model):
+    res = client.responses.create(model=model, input=QUESTION, max_output_tokens=48, **LOGPROBS)
+    [item] = res.output
+    entries = item.content[0].logprobs
+    _check_entries(entries, 3)
+    assert _text_of(entries) == res.output_text.replace("\ufffd", "")
+    assert res.top_logprobs == 3
+    if TARGET.runs_refserver:  # one entry per token of the text: all generated but the end token
+        assert len(entries) == res.usage.output_tokens - (res.status == "completed")
+
+
+def test_logprobs_streamed_equal_non_streamed(client, model):
+    """Each delta carries the entries of its tokens: joined they are the `.done` event's and
+    the final content part's, and equal the non-streamed response's (temperature 0)."""
+    kwargs = {"model": model, "input": QUESTION, "max_output_tokens": 48, **LOGPROBS}
+    events = list(client.responses.create(stream=True, **kwargs))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    streamed = [lp for e in deltas for lp in e.logprobs]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert "".join(e.delta for e in deltas) == done.text
+    final = events[-1].response.output[0].content[0].logprobs
+    assert [(e.token, e.logprob) for e in done.logprobs] == [(e.token, e.logprob) for e in streamed]
+    assert [(e.token, e.logprob) for e in final] == [(e.token, e.logprob) for e in streamed]
+    plain = client.responses.create(**kwargs).output[0].content[0].logprobs
+    assert [e.token for e in plain] == [e.token for e in final]
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(plain, final))
+    _check_entries(final, 3)
+
+
+def test_logprobs_need_include(client, model):
+    """`top_logprobs` alone returns empty `logprobs`, as OpenAI does; with the include and
+    no `top_logprobs`, each entry lists no alternatives."""
+    res = client.responses.create(model=model, input=QUESTION, max_output_tokens=4, top_logprobs=3)
+    assert res.output[0].content[0].logprobs == []
+    res = client.responses.create(model=model, input=QUESTION, max_output_tokens=4,
+                                  include=["message.output_text.logprobs"])
+    entries = res.output[0].content[0].logprobs
+    assert entries and all(e.top_logprobs == [] for e in entries)
+
+
+def test_include_values(client, model):
+    """Documented `include` values this server has nothing to add for are accepted (Codex
+    CLI sends `reasoning.encrypted_content` with every request); an unknown one is a 400."""
+    res = client.responses.create(model=model, input=QUESTION, max_output_tokens=2,
+                                  include=["reasoning.encrypted_content", "web_search_call.action.sources"])
+    assert res.status in ("completed", "incomplete")
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=model, input=QUESTION, max_output_tokens=2, include=["message.bogus"])
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=model, input=QUESTION, max_output_tokens=2, top_logprobs=21,
+                                include=["message.output_text.logprobs"])
+
+
+@pytest.mark.profile("refserver")  # the wording of the message is refserver's
+def test_unknown_include_names_the_accepted(chat_server):
+    res = chat_server.post("/v1/responses", {"input": "x", "max_output_tokens": 2, "include": ["bogus"]})
+    assert res.status_code == 400
+    message = res.body["error"]["message"]
+    assert "'bogus'" in message and "message.output_text.logprobs" in message
