@@ -196,7 +196,7 @@ def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool
     for i, fn in enumerate(fns):
         head = syntax.head(fn["name"])
         first = syntax.open + head
-        if lazy:
+        if lazy and first.startswith(syntax.lazy_trigger):
             first = first[len(syntax.lazy_trigger):]
         lines += _args_rules(syntax, f"fn{i}_args", fn["parameters"], token_names)
         lines.append(f"first{i}: {_literal(first, token_names)} fn{i}_args {tail}".rstrip())
@@ -207,6 +207,27 @@ def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool
     close = f" {_literal(syntax.close, token_names)}" if syntax.close else ""
     head_lines = [f"start: first{more}{close}", "first: " + " | ".join(firsts), "call: " + " | ".join(calls)]
     return "\n".join(head_lines + lines) + "\n"
+
+
+def _regex_lit(text: str) -> str:
+    """`text` inside a lark /regex/, every non-alphanumeric character as a `\\x{..}` escape."""
+    return "".join(c if c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def forbid_calls_constraint(markers: tuple[str, ...], token_names: frozenset[str] = frozenset(),
+                            prefix: str = "") -> Constraint | None:
+    """tool_choice "none" where a format's call markers are several tokens (a -inf bias bans
+    only single tokens): the whole output is text containing none of `markers`, after
+    `prefix` (what an answer without calls opens with, e.g. functionary v3.2's "all\\n");
+    the vocabulary's added tokens other than the markers may come between."""
+    if not markers:
+        return None
+    special = sorted(t for t in token_names if t and t not in markers)
+    text = "TEXT: /(.|\\n)+/ & ~/(.|\\n)*(" + "|".join(map(_regex_lit, markers)) + ")(.|\\n)*/"
+    lines = [f"start: {_lit(prefix) + ' ' if prefix else ''}TEXT?" + (" (special TEXT?)*" if special else ""), text]
+    if special:
+        lines.append("special: " + " | ".join(special))
+    return Constraint(kind="lark", text="\n".join(lines) + "\n", source="tool_choice \"none\"")
 
 
 def close_reasoning_first(c: Constraint, end: str, token_names: frozenset[str] = frozenset()) -> Constraint:
@@ -264,11 +285,16 @@ def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool
 def chat_constraint(*, tools: list[dict] | None, tool_choice: Any, parallel_tool_calls: bool,
                     response_format: Any, json_schema: Any, grammar: str | None,
                     token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes",
-                    think_open: bool = False, think_end: str = "</think>") -> Constraint | None:
+                    think_open: bool = False, think_end: str = "</think>",
+                    call_markers: tuple[str, ...] = (), plain_prefix: str = "") -> Constraint | None:
     """A chat request's constraint: tool calls in the template's format `fmt` (when the
     model may call tools) or structured output, never both.  `think_open`: the prompt ends
-    inside an open reasoning block, so a forced call first closes it."""
+    inside an open reasoning block, so a forced call first closes it.  tool_choice "none"
+    without structured output: text without `call_markers` (after `plain_prefix`), see
+    `forbid_calls_constraint`."""
     rf = response_format_constraint(response_format, json_schema=json_schema, grammar=grammar or None)
+    if tool_choice == "none" and call_markers and rf is None:
+        return forbid_calls_constraint(call_markers, token_names, plain_prefix)
     if not tools or tool_choice == "none":
         return rf
     if rf is not None or grammar:
