@@ -238,6 +238,20 @@ def close_reasoning_first(c: Constraint, end: str, token_names: frozenset[str] =
                       source=c.source)
 
 
+def reasoning_first(c: Constraint, start: str, end: str, token_names: frozenset[str] = frozenset()) -> Constraint:
+    """A forced tool grammar for a family whose model plans in its own reasoning block before
+    acting (Command-R7B): an optional block, then the call.  An end marker that is one added
+    token follows the text as a token; otherwise the text runs to the marker's first
+    occurrence (a lark `suffix`)."""
+    text = c.text.replace("start:", "tool_start:", 1)
+    if end in token_names:
+        block = f"reasoning: REASONING_TEXT? {end}\nREASONING_TEXT: /(.|\\n)+/"
+    else:
+        block = f"reasoning[suffix={_lit(end)}]: /(.|\\n)*/"
+    return Constraint(kind=c.kind, text=f"start: ({_literal(start, token_names)} reasoning)? tool_start\n{block}\n"
+                      + text, source=c.source)
+
+
 def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool_calls: bool = False,
                      token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes") -> Constraint | None:
     """Grammar for tool calls in the format `fmt` (Hermes, or one in
@@ -285,11 +299,14 @@ def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool
 def chat_constraint(*, tools: list[dict] | None, tool_choice: Any, parallel_tool_calls: bool,
                     response_format: Any, json_schema: Any, grammar: str | None,
                     token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes",
-                    think_open: bool = False, think_end: str = "</think>",
-                    call_markers: tuple[str, ...] = (), plain_prefix: str = "") -> Constraint | None:
+                    think_open: bool = False, think: tuple[str, str] = ("<think>", "</think>"),
+                    think_first: bool = False, call_markers: tuple[str, ...] = (),
+                    plain_prefix: str = "") -> Constraint | None:
     """A chat request's constraint: tool calls in the template's format `fmt` (when the
     model may call tools) or structured output, never both.  `think_open`: the prompt ends
-    inside an open reasoning block, so a forced call first closes it.  tool_choice "none"
+    inside an open reasoning block (`think`: its markers), so a forced call first closes it;
+    `think_first`: the family's model may reason in such a block before a forced call
+    (`reasoning_first`).  tool_choice "none"
     without structured output: text without `call_markers` (after `plain_prefix`), see
     `forbid_calls_constraint`."""
     rf = response_format_constraint(response_format, json_schema=json_schema, grammar=grammar or None)
@@ -301,7 +318,9 @@ def chat_constraint(*, tools: list[dict] | None, tool_choice: Any, parallel_tool
         raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
     tc = tools_constraint(tools, tool_choice or "auto", parallel_tool_calls, token_names=token_names, fmt=fmt)
     if tc is not None and tc.lazy_trigger is None and think_open:
-        tc = close_reasoning_first(tc, think_end, token_names)
+        tc = close_reasoning_first(tc, think[1], token_names)
+    elif tc is not None and tc.lazy_trigger is None and think_first:
+        tc = reasoning_first(tc, *think, token_names)
     return tc
 
 

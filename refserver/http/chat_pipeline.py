@@ -19,9 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from refserver.chat.formats import CALL_MARKERS, WHOLE_OUTPUT, plain_answer_prefix
+from refserver.chat.formats import (
+    CALL_MARKERS,
+    REASONING_MARKERS,
+    WHOLE_OUTPUT,
+    plain_answer_prefix,
+    reasoning_markers,
+)
 from refserver.chat.grammars import chat_constraint
-from refserver.chat.reasoning import THINK_END, THINK_START, opened_by_prompt
+from refserver.chat.reasoning import opened_by_prompt
 from refserver.engine.budget import SpanBudget
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest, RefserverError
@@ -108,22 +114,23 @@ def prepare_chat(state, req: ChatRequest, n: int = 1, n_probs: int | None = None
     callable_tools = req.callable_tools()
     use_tools = tool_format is not None and (callable_tools is not None or tool_format in WHOLE_OUTPUT)
     fmt = req.reasoning_format or state.config.reasoning_format
-    opened = opened_by_prompt(text)
+    think = reasoning_markers(tool_format)
+    opened = opened_by_prompt(text, think[0])
     banned, call_markers = call_ban(req, state.tokenizer, tool_format)
     constraint = chat_constraint(
         tools=req.tools if callable_tools is not None else None, tool_choice=req.tool_choice,
         parallel_tool_calls=bool(req.parallel_tool_calls), response_format=req.response_format,
         json_schema=req.json_schema, grammar=req.grammar, token_names=state.tokenizer.added_token_names,
-        fmt=tool_format, think_open=opened and fmt != "none", think_end=THINK_END,
-        call_markers=call_markers, plain_prefix=plain_answer_prefix(tool_format, text))
+        fmt=tool_format, think_open=opened and fmt != "none", think=think,
+        think_first=tool_format in REASONING_MARKERS, call_markers=call_markers, plain_prefix=plain_answer_prefix(tool_format, text))
     reqs = req.to_generation_requests(prompt, state.tokenizer, state.defaults, constraint, n=n, n_probs=n_probs,
                                       banned=banned,
                                       checkpoints=system_checkpoint(state, req, text, prompt))
     budget = state.config.reasoning_budget if req.reasoning_budget is None else req.reasoning_budget
     if budget > 0 and fmt != "none":
-        span = SpanBudget(tuple(state.tokenizer.encode(THINK_START)), tuple(state.tokenizer.encode(THINK_END)),
+        span = SpanBudget(tuple(state.tokenizer.encode(think[0])), tuple(state.tokenizer.encode(think[1])),
                           budget, opened)
         reqs = [replace(r, budget=span) for r in reqs]
     parsers = select_parsers(tools=use_tools, tool_format=tool_format or "hermes", tool_defs=callable_tools,
-                             reasoning_format=fmt, reasoning_opened=opened)
+                             reasoning_format=fmt, reasoning_opened=opened, reasoning_markers=think)
     return ChatGeneration(text, reqs, parsers, use_tools)

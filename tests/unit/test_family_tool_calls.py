@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from utils import SHARED_DIR, TARGET, ServerPreset
+from utils import SHARED_DIR, TARGET, ServerPreset, chat_outcome
 
 from refserver.chat.formats import CALL_MARKERS
 from refserver.chat.formats.syntax import SYNTAX
@@ -47,34 +47,6 @@ BODY = {"messages": [{"role": "system", "content": "Be brief."},
         "tool_choice": "required", "max_tokens": 256, "temperature": 0}
 
 
-def streamed(server, body: dict) -> tuple[str | None, list[dict], str]:
-    """(content, [{name, arguments}], finish_reason) folded from the SSE chunks."""
-    content, calls, finish = None, [], None
-    for chunk in server.make_stream_request("POST", "/v1/chat/completions", {**body, "stream": True}):
-        for choice in chunk.get("choices", []):
-            delta = choice.get("delta", {})
-            if delta.get("content"):
-                content = (content or "") + delta["content"]
-            for d in delta.get("tool_calls") or ():
-                if d.get("id"):
-                    assert d["index"] == len(calls)
-                    calls.append({"name": d["function"]["name"], "arguments": ""})
-                calls[d["index"]]["arguments"] += d["function"].get("arguments", "")
-            finish = choice.get("finish_reason") or finish
-    return content, calls, finish
-
-
-def answer(server, body: dict) -> tuple[str | None, list[dict], str]:
-    """The same fold of a non-streamed answer; asserts the streamed one is identical."""
-    choice = server.ok("/v1/chat/completions", body)["choices"][0]
-    msg = choice["message"]
-    calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-             for c in msg.get("tool_calls") or ()]
-    got = (msg["content"] or None, calls, choice["finish_reason"])
-    assert streamed(server, body) == got
-    return got
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request):
     """(format, a server started with that family's real template)."""
@@ -96,22 +68,24 @@ def test_required_call_in_family_syntax(family):
     assert server.ok("/props", None)["tool_call_format"] == fmt
     prompt = server.ok("/apply-template", BODY)["prompt"]
     assert "get_weather" in prompt
-    content, calls, finish = answer(server, BODY)
+    _, content, calls, finish = chat_outcome(server, BODY)
     assert finish == "tool_calls", content
-    assert len(calls) == 1 and calls[0]["name"] == "get_weather"
-    assert json.loads(calls[0]["arguments"])["city"] in ("Paris", "Rome")
-    assert content in (None, "")
+    assert len(calls) == 1 and calls[0][0] == "get_weather"
+    assert json.loads(calls[0][1])["city"] in ("Paris", "Rome")
+    assert content is None
 
 
 def test_tool_choice_none_writes_no_call(family):
     """A bias toward every token of the family's call markers: no whole marker is written and
-    no call comes back (functionary v3.2's model calls get_weather with this bias under "auto")."""
+    no call comes back.  (For functionary v3.2 the same request under "auto" does call.)"""
     fmt, server = family
     ids = {t for m in CALL_MARKERS[fmt] for t in server.ok("/tokenize", {"content": m})["tokens"]}
     body = {**BODY, "tool_choice": "none", "max_tokens": 48, "logit_bias": [[t, 15] for t in sorted(ids)]}
-    content, calls, finish = answer(server, body)
+    _, content, calls, finish = chat_outcome(server, body)
     assert (calls, finish in ("stop", "length")) == ([], True), content
     assert not any(m in (content or "") for m in CALL_MARKERS[fmt]), content
+    if fmt == "functionary_v3_2":
+        assert chat_outcome(server, {**body, "tool_choice": "auto"})[3] == "tool_calls"
 
 
 # what a whole-output format's parser makes of a call's markup when no call may be made
@@ -131,7 +105,7 @@ def test_tool_choice_none_leaves_forced_markup_as_content(family):
     opened = server.ok("/apply-template", body)["prompt"].rstrip().endswith("<think>")
     written = ("</think>" if opened else "") + text  # a think block the prompt opened is closed first
     body["grammar"] = "start: " + json.dumps(written, ensure_ascii=False)
-    assert answer(server, body) == (NO_CALL_CONTENT.get(fmt, text), [], "stop")
+    assert chat_outcome(server, body)[1:] == (NO_CALL_CONTENT.get(fmt, text), [], "stop")
 
 
 def test_harmony_channels_without_tools():

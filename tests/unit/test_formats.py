@@ -16,14 +16,21 @@ from refserver.chat.formats import (
     PARSERS,
     detect_tool_format,
     plain_answer_prefix,
+    reasoning_markers,
     tool_call_parser,
 )
 from refserver.chat.formats.syntax import SYNTAX
-from refserver.chat.grammars import close_reasoning_first, forbid_calls_constraint, tools_constraint
+from refserver.chat.grammars import (
+    close_reasoning_first,
+    forbid_calls_constraint,
+    reasoning_first,
+    tools_constraint,
+)
 from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
 from refserver.engine.constraints import to_llguidance_grammar
 from refserver.errors import InvalidRequest
-from refserver.stream.deltas import ReasoningDelta
+from refserver.stream.deltas import ReasoningDelta, ToolCallArgs, ToolCallStart
+from refserver.stream.parsers import select_parsers
 
 pytestmark = [pytest.mark.feature("tools"), pytest.mark.profile("refserver")]
 
@@ -254,3 +261,29 @@ def test_tool_choice_none_grammar_forbids_every_call(fmt, text, lltok):
     assert not accepts(lltok, c, prefix + "Sure. " + later)
     assert accepts(lltok, c, prefix + PLAIN)
     assert accepts(lltok, c, prefix + "a <|im_end|> b")  # added tokens other than markers pass
+
+
+R7B_PLAN = "<|START_THINKING|>Plan: a < b.<|END_THINKING|>"
+
+
+def test_command_r7b_reasoning_then_call_in_one_chain():
+    """Its thinking block is reasoning (its own markers), then the action is a call."""
+    text = R7B_PLAN + _call_text("command_r7b", [W])
+    for n in (1, 4, len(text)):
+        chain = select_parsers(tools=True, tool_format="command_r7b", tool_defs=TOOLS, reasoning_format="auto",
+                               reasoning_markers=reasoning_markers("command_r7b"))()
+        deltas = [d for i in range(0, len(text), n) for d in chain.feed(text[i:i + n])] + chain.finish()
+        assert "".join(d.text for d in deltas if isinstance(d, ReasoningDelta)) == "Plan: a < b."
+        assert [d.name for d in deltas if isinstance(d, ToolCallStart)] == ["get_weather"]
+        assert json.loads("".join(d.text for d in deltas if isinstance(d, ToolCallArgs))) == PARIS
+        assert not any(isinstance(d, ContentDelta) for d in deltas)
+
+
+def test_forced_call_may_follow_a_reasoning_block(lltok):
+    c = reasoning_first(tools_constraint(TOOLS, "required", fmt="command_r7b", token_names=lltok_names),
+                        *reasoning_markers("command_r7b"), lltok_names)
+    call = _call_text("command_r7b", [W])
+    assert accepts(lltok, c, call)
+    assert accepts(lltok, c, R7B_PLAN + call)
+    assert not accepts(lltok, c, "<|START_THINKING|>Plan." + call)
+    assert not accepts(lltok, c, R7B_PLAN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from refserver.chat.reasoning import THINK_END, THINK_START
 from refserver.chat.tool_calls import HermesToolCallParser, ToolCallParser
 
 from .functionary import FunctionaryV32Parser
@@ -50,7 +51,16 @@ PARSERS: dict[str, Callable[[list | None], ToolCallParser]] = {
 
 # formats that structure every answer (channels, recipients), parsed with or without tools
 # (without callable tools their parsers make no calls)
-WHOLE_OUTPUT = frozenset({"harmony", "functionary_v3_2"})
+WHOLE_OUTPUT = frozenset({"harmony", "functionary_v3_2", "command_r7b"})
+
+# reasoning blocks with their own markers (every other family uses <think>...</think>); their
+# models plan in the block before acting, so a forced call may follow one
+REASONING_MARKERS: dict[str, tuple[str, str]] = {"command_r7b": ("<|START_THINKING|>", "<|END_THINKING|>")}
+
+
+def reasoning_markers(fmt: str | None) -> tuple[str, str]:
+    """(start, end) of the reasoning block of the family whose tool-call format is `fmt`."""
+    return REASONING_MARKERS.get(fmt or "", (THINK_START, THINK_END))
 
 # what opens a call in each format: tool_choice "none" keeps the model from writing these
 CALL_MARKERS: dict[str, tuple[str, ...]] = {
