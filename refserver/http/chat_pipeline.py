@@ -3,7 +3,7 @@
 requests and the per-choice output parsers (reasoning, then tool calls) of their text.
 
 Reasoning settings: `--reasoning-format` (or the request's `reasoning_format`) "none"
-leaves `<think>` text in content; `--reasoning on|off` and `--reasoning-budget 0` set the
+leaves `<think>` (or the family's block) text in content; `--reasoning on|off` and `--reasoning-budget 0` set the
 template's `enable_thinking` unless the request's `chat_template_kwargs` does; a budget
 N > 0 (`--reasoning-budget`, a request's `reasoning_budget`, Anthropic's
 `thinking.budget_tokens`) makes the engine force `</think>` after N reasoning tokens.  A prompt
@@ -11,7 +11,10 @@ that ends inside an open `<think>` block (templates that open it themselves) sta
 parser in reasoning.
 
 Tool calls are parsed and constrained in the format the chat template implies
-(`ChatTemplate.tool_call_format`); gpt-oss's channels are parsed with or without tools.
+(`ChatTemplate.tool_call_format`); formats that structure every answer (gpt-oss's channels,
+functionary v3.2's recipients, Command-R7B's response markers) are parsed with or without
+tools.  A family's reasoning block may have its own markers (`reasoning_markers`), used by
+the parser, the budget and the forced-call grammar alike.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from refserver.chat.formats import (
     CALL_MARKERS,
-    REASONING_MARKERS,
+    PLAN_FIRST,
     WHOLE_OUTPUT,
     plain_answer_prefix,
     reasoning_markers,
@@ -122,7 +125,7 @@ def prepare_chat(state, req: ChatRequest, n: int = 1, n_probs: int | None = None
         parallel_tool_calls=bool(req.parallel_tool_calls), response_format=req.response_format,
         json_schema=req.json_schema, grammar=req.grammar, token_names=state.tokenizer.added_token_names,
         fmt=tool_format, think_open=opened and fmt != "none", think=think,
-        think_first=tool_format in REASONING_MARKERS, call_markers=call_markers, plain_prefix=plain_answer_prefix(tool_format, text))
+        think_first=tool_format in PLAN_FIRST, call_markers=call_markers, plain_prefix=plain_answer_prefix(tool_format, text))
     reqs = req.to_generation_requests(prompt, state.tokenizer, state.defaults, constraint, n=n, n_probs=n_probs,
                                       banned=banned,
                                       checkpoints=system_checkpoint(state, req, text, prompt))

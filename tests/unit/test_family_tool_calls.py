@@ -16,7 +16,7 @@ import json
 import pytest
 from utils import SHARED_DIR, TARGET, ServerPreset, chat_outcome
 
-from refserver.chat.formats import CALL_MARKERS
+from refserver.chat.formats import CALL_MARKERS, REASONING_MARKERS
 from refserver.chat.formats.syntax import SYNTAX
 
 pytestmark = [pytest.mark.feature("tools"), pytest.mark.profile("refserver"), pytest.mark.needs_flags]
@@ -106,6 +106,19 @@ def test_tool_choice_none_leaves_forced_markup_as_content(family):
     written = ("</think>" if opened else "") + text  # a think block the prompt opened is closed first
     body["grammar"] = "start: " + json.dumps(written, ensure_ascii=False)
     assert chat_outcome(server, body)[1:] == (NO_CALL_CONTENT.get(fmt, text), [], "stop")
+
+
+def test_reasoning_in_family_markers(family):
+    """Families whose reasoning block has its own markers (Ministral's [THINK], Seed-OSS's
+    <seed:think>): a grammar writes a block and an answer, which come back as
+    reasoning_content and content, streamed and not."""
+    fmt, server = family
+    if fmt not in REASONING_MARKERS:
+        pytest.skip(f"{fmt} reasons in <think> (test_reasoning_http.py)")
+    start, end = REASONING_MARKERS[fmt]
+    body = {"messages": BODY["messages"], "max_tokens": 100, "temperature": 0,
+            "grammar": "start: " + json.dumps(f"{start}Check the sky.{end}It is sunny.")}
+    assert chat_outcome(server, body) == ("Check the sky.", "It is sunny.", [], "stop")
 
 
 def test_harmony_channels_without_tools():

@@ -266,17 +266,19 @@ def test_tool_choice_none_grammar_forbids_every_call(fmt, text, lltok):
 R7B_PLAN = "<|START_THINKING|>Plan: a < b.<|END_THINKING|>"
 
 
-def test_command_r7b_reasoning_then_call_in_one_chain():
-    """Its thinking block is reasoning (its own markers), then the action is a call."""
-    text = R7B_PLAN + _call_text("command_r7b", [W])
+@pytest.mark.parametrize("fmt", ["command_r7b", "mistral", "seed_oss"])
+def test_reasoning_in_family_markers_then_call(fmt):
+    """A family's own reasoning block is reasoning, then its call is a call, in one chain."""
+    start, end = reasoning_markers(fmt)
+    text = f"{start}Plan: a < b.{end}" + _call_text(fmt, [W])
     for n in (1, 4, len(text)):
-        chain = select_parsers(tools=True, tool_format="command_r7b", tool_defs=TOOLS, reasoning_format="auto",
-                               reasoning_markers=reasoning_markers("command_r7b"))()
+        chain = select_parsers(tools=True, tool_format=fmt, tool_defs=TOOLS, reasoning_format="auto",
+                               reasoning_markers=(start, end))()
         deltas = [d for i in range(0, len(text), n) for d in chain.feed(text[i:i + n])] + chain.finish()
         assert "".join(d.text for d in deltas if isinstance(d, ReasoningDelta)) == "Plan: a < b."
         assert [d.name for d in deltas if isinstance(d, ToolCallStart)] == ["get_weather"]
         assert json.loads("".join(d.text for d in deltas if isinstance(d, ToolCallArgs))) == PARIS
-        assert not any(isinstance(d, ContentDelta) for d in deltas)
+        assert not "".join(d.text for d in deltas if isinstance(d, ContentDelta)).strip()
 
 
 def test_forced_call_may_follow_a_reasoning_block(lltok):

@@ -53,9 +53,14 @@ PARSERS: dict[str, Callable[[list | None], ToolCallParser]] = {
 # (without callable tools their parsers make no calls)
 WHOLE_OUTPUT = frozenset({"harmony", "functionary_v3_2", "command_r7b"})
 
-# reasoning blocks with their own markers (every other family uses <think>...</think>); their
-# models plan in the block before acting, so a forced call may follow one
-REASONING_MARKERS: dict[str, tuple[str, str]] = {"command_r7b": ("<|START_THINKING|>", "<|END_THINKING|>")}
+# reasoning blocks with their own markers (every other family uses <think>...</think>)
+REASONING_MARKERS: dict[str, tuple[str, str]] = {
+    "command_r7b": ("<|START_THINKING|>", "<|END_THINKING|>"), "seed_oss": ("<seed:think>", "</seed:think>"),
+    "mistral": ("[THINK]", "[/THINK]"),
+}
+# families whose template asks the model to plan in its reasoning block before acting: a
+# forced call (tool_choice required / named) may follow such a block
+PLAN_FIRST = frozenset({"command_r7b"})
 
 
 def reasoning_markers(fmt: str | None) -> tuple[str, str]:
