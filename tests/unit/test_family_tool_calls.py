@@ -108,13 +108,12 @@ def test_tool_choice_none_leaves_forced_markup_as_content(family):
     assert chat_outcome(server, body)[1:] == (NO_CALL_CONTENT.get(fmt, text), [], "stop")
 
 
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) & set(REASONING_MARKERS)), indirect=True)
 def test_reasoning_in_family_markers(family):
     """Families whose reasoning block has its own markers (Ministral's [THINK], Seed-OSS's
     <seed:think>): a grammar writes a block and an answer, which come back as
     reasoning_content and content, streamed and not."""
     fmt, server = family
-    if fmt not in REASONING_MARKERS:
-        pytest.skip(f"{fmt} reasons in <think> (test_reasoning_http.py)")
     start, end = REASONING_MARKERS[fmt]
     body = {"messages": BODY["messages"], "max_tokens": 100, "temperature": 0,
             "grammar": "start: " + json.dumps(f"{start}Check the sky.{end}It is sunny.")}

@@ -289,3 +289,13 @@ def test_forced_call_may_follow_a_reasoning_block(lltok):
     assert accepts(lltok, c, R7B_PLAN + call)
     assert not accepts(lltok, c, "<|START_THINKING|>Plan." + call)
     assert not accepts(lltok, c, R7B_PLAN)
+
+
+def test_forced_call_after_a_reasoning_block_ended_by_a_token(lltok):
+    """An end marker that is one added token of the vocabulary is matched as that token."""
+    c = reasoning_first(tools_constraint(TOOLS, "required", fmt="command_r7b", token_names=lltok_names),
+                        "<tool_call>", "</tool_call>", lltok_names)
+    call = _call_text("command_r7b", [W])
+    assert accepts(lltok, c, "<tool_call>Plan: a < b.</tool_call>" + call)
+    assert accepts(lltok, c, call)
+    assert not accepts(lltok, c, "<tool_call>Plan." + call)
