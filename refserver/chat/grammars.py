@@ -15,7 +15,10 @@ text -> 400), so constraints never fail open and keywords llguidance does not im
 - `tools_constraint`: a llguidance lark grammar for Hermes tool calls
   (`{"name": "f", "arguments": {...}}</tool_call>`), names restricted to the listed tools
   and arguments to each tool's `parameters` schema (whose top-level object gets
-  `additionalProperties: false` unless it says otherwise, as llama.cpp's converter does).
+  `additionalProperties: false` unless it says otherwise, as llama.cpp's converter does);
+  other families' calls from their syntax (`refserver.chat.formats.syntax`).
+- `forbid_calls_constraint`: tool_choice "none" for a family whose call markers are several
+  tokens: text without them.
 """
 
 from __future__ import annotations
@@ -306,9 +309,8 @@ def chat_constraint(*, tools: list[dict] | None, tool_choice: Any, parallel_tool
     model may call tools) or structured output, never both.  `think_open`: the prompt ends
     inside an open reasoning block (`think`: its markers), so a forced call first closes it;
     `think_first`: the family's model may reason in such a block before a forced call
-    (`reasoning_first`).  tool_choice "none"
-    without structured output: text without `call_markers` (after `plain_prefix`), see
-    `forbid_calls_constraint`."""
+    (`reasoning_first`).  tool_choice "none" without structured output: text without
+    `call_markers` (after `plain_prefix`), see `forbid_calls_constraint`."""
     rf = response_format_constraint(response_format, json_schema=json_schema, grammar=grammar or None)
     if tool_choice == "none" and call_markers and rf is None:
         return forbid_calls_constraint(call_markers, token_names, plain_prefix)
