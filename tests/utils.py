@@ -838,6 +838,9 @@ def assemble_chat_stream(stream: EventStream) -> dict:
                 assert content != "", "empty content delta"
             if content:
                 state["message"]["content"] = (state["message"]["content"] or "") + content
+            if delta.get("reasoning_content"):
+                msg = state["message"]
+                msg["reasoning_content"] = msg.get("reasoning_content", "") + delta["reasoning_content"]
             for tc in delta.get("tool_calls") or []:
                 calls = state["_calls"]
                 i = tc.get("index", len(calls))
@@ -865,6 +868,20 @@ def assemble_chat_stream(stream: EventStream) -> dict:
             state["message"]["tool_calls"] = [calls[i] for i in sorted(calls)]
         out["choices"].append(state)
     return out
+
+
+def chat_outcome(server: ServerProcess, body: dict) -> tuple[str | None, str | None, list[tuple[str, str]], str]:
+    """(reasoning_content, content, [(name, arguments)], finish_reason) of a chat answer,
+    asserting that the same request streamed assembles to the same."""
+    def outcome(choice: dict) -> tuple:
+        msg = choice["message"]
+        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls") or ()]
+        return msg.get("reasoning_content") or None, msg.get("content") or None, calls, choice["finish_reason"]
+
+    got = outcome(server.ok("/v1/chat/completions", body)["choices"][0])
+    stream = server.make_stream_request("POST", "/v1/chat/completions", {**body, "stream": True})
+    assert outcome(assemble_chat_stream(stream)["choices"][0]) == got
+    return got
 
 
 def target_answers(url: str, tries: int = 2) -> bool:

@@ -10,7 +10,8 @@ each precision in `PRECISIONS` into `<out>/<arch>-<precision>/`, and records in
 `<out>/<arch>-expected.json` transformers' greedy ids for `PROMPTS` (end-of-generation ids
 banned, as `ignore_eos` does) with the first step's top-5 logits, plus how many of those ids
 each ONNX export reproduces when run by a plain onnxruntime loop.  The llama checkpoint is
-also exported with `torch.onnx` in the plain (optimum) layout as `llama-plain-fp32`.
+also exported with `torch.onnx` in the plain (optimum) layout as `llama-plain-fp32`, and
+declared with an 8192-position context as `llama-plain-8k` (`long_context_variant`).
 
 Weights come from numpy's PCG64 seeded per architecture, drawn in parameter-name order, and
 are rounded to bfloat16 values (exact in fp32 and fp16, and they compress to ~60%): the same
@@ -197,6 +198,28 @@ def finish_dir(hf: Path, out: Path) -> None:
         os.symlink(Path("..") / "tokenizer" / name, out / name)
 
 
+#: the context `llama-plain-8k` declares: room for chat templates whose fixed preamble is
+#: several thousand tokens in the embedded tokenizer (Command-R7B's tool-use template)
+LONG_CONTEXT = 8192
+
+
+def long_context_variant(plain: Path, out: Path, n_ctx: int = LONG_CONTEXT) -> None:
+    """`plain` (the llama plain export) as a model of `n_ctx` positions: the same graph, linked,
+    with `max_position_embeddings` = n_ctx.  The plain graph computes its rotary angles from
+    `position_ids` (no table of positions, unlike the builder's), and llama's default RoPE
+    does not depend on max_position_embeddings, so a checkpoint with that config exports to
+    this same graph."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for p in plain.iterdir():
+        if p.name != "config.json":
+            os.symlink(os.readlink(p) if p.is_symlink() else Path("..") / plain.name / p.name, out / p.name)
+    config = json.loads((plain / "config.json").read_text())
+    config["max_position_embeddings"] = n_ctx
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def onnx_greedy(model_dir: Path, ids: list[int], n_new: int = N_NEW) -> list[int]:
     """Greedy ids of an export, run by the tests' plain onnxruntime loop (same code)."""
     from tests.zoo_reference import onnx_greedy as run
@@ -228,6 +251,7 @@ def build_arch(arch: str, zoo: Path, keep_hf: Path | None) -> dict:
             export_plain(hf, out)
             finish_dir(hf, out)
             expected["exports"][out.name] = agreement(out, expected["prompts"])
+            long_context_variant(out, zoo / "llama-plain-8k")
     (zoo / f"{arch}-expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     return expected
 

@@ -15,7 +15,10 @@ text -> 400), so constraints never fail open and keywords llguidance does not im
 - `tools_constraint`: a llguidance lark grammar for Hermes tool calls
   (`{"name": "f", "arguments": {...}}</tool_call>`), names restricted to the listed tools
   and arguments to each tool's `parameters` schema (whose top-level object gets
-  `additionalProperties: false` unless it says otherwise, as llama.cpp's converter does).
+  `additionalProperties: false` unless it says otherwise, as llama.cpp's converter does);
+  other families' calls from their syntax (`refserver.chat.formats.syntax`).
+- `forbid_calls_constraint`: tool_choice "none" for a family whose call markers are several
+  tokens: text without them.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool
     for i, fn in enumerate(fns):
         head = syntax.head(fn["name"])
         first = syntax.open + head
-        if lazy:
+        if lazy and first.startswith(syntax.lazy_trigger):
             first = first[len(syntax.lazy_trigger):]
         lines += _args_rules(syntax, f"fn{i}_args", fn["parameters"], token_names)
         lines.append(f"first{i}: {_literal(first, token_names)} fn{i}_args {tail}".rstrip())
@@ -209,12 +212,47 @@ def _syntax_lark(syntax: CallSyntax, fns: list[dict], lazy: bool, parallel: bool
     return "\n".join(head_lines + lines) + "\n"
 
 
+def _regex_lit(text: str) -> str:
+    """`text` inside a lark /regex/, every non-alphanumeric character as a `\\x{..}` escape."""
+    return "".join(c if c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def forbid_calls_constraint(markers: tuple[str, ...], token_names: frozenset[str] = frozenset(),
+                            prefix: str = "") -> Constraint | None:
+    """tool_choice "none" where a format's call markers are several tokens (a -inf bias bans
+    only single tokens): the whole output is text containing none of `markers`, after
+    `prefix` (what an answer without calls opens with, e.g. functionary v3.2's "all\\n");
+    the vocabulary's added tokens other than the markers may come between."""
+    if not markers:
+        return None
+    special = sorted(t for t in token_names if t and t not in markers)
+    text = "TEXT: /(.|\\n)+/ & ~/(.|\\n)*(" + "|".join(map(_regex_lit, markers)) + ")(.|\\n)*/"
+    lines = [f"start: {_lit(prefix) + ' ' if prefix else ''}TEXT?" + (" (special TEXT?)*" if special else ""), text]
+    if special:
+        lines.append("special: " + " | ".join(special))
+    return Constraint(kind="lark", text="\n".join(lines) + "\n", source="tool_choice \"none\"")
+
+
 def close_reasoning_first(c: Constraint, end: str, token_names: frozenset[str] = frozenset()) -> Constraint:
     """A forced tool grammar for a prompt that ends inside an open reasoning block (the
     template opened `<think>`): the block is closed first, then the call is forced."""
     text = c.text.replace("start:", "tool_start:", 1)
     return Constraint(kind=c.kind, text=f'start: {_literal(end, token_names)} ("\\n" | "\\n\\n")? tool_start\n' + text,
                       source=c.source)
+
+
+def reasoning_first(c: Constraint, start: str, end: str, token_names: frozenset[str] = frozenset()) -> Constraint:
+    """A forced tool grammar for a family whose model plans in its own reasoning block before
+    acting (Command-R7B): an optional block, then the call.  An end marker that is one added
+    token follows the text as a token; otherwise the text runs to the marker's first
+    occurrence (a lark `suffix`)."""
+    text = c.text.replace("start:", "tool_start:", 1)
+    if end in token_names:
+        block = f"reasoning: REASONING_TEXT? {end}\nREASONING_TEXT: /(.|\\n)+/"
+    else:
+        block = f"reasoning[suffix={_lit(end)}]: /(.|\\n)*/"
+    return Constraint(kind=c.kind, text=f"start: ({_literal(start, token_names)} reasoning)? tool_start\n{block}\n"
+                      + text, source=c.source)
 
 
 def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool_calls: bool = False,
@@ -264,18 +302,27 @@ def tools_constraint(tools: list[dict], tool_choice: Any = "auto", parallel_tool
 def chat_constraint(*, tools: list[dict] | None, tool_choice: Any, parallel_tool_calls: bool,
                     response_format: Any, json_schema: Any, grammar: str | None,
                     token_names: frozenset[str] = frozenset(), fmt: str | None = "hermes",
-                    think_open: bool = False, think_end: str = "</think>") -> Constraint | None:
+                    think_open: bool = False, think: tuple[str, str] = ("<think>", "</think>"),
+                    think_first: bool = False, call_markers: tuple[str, ...] = (),
+                    plain_prefix: str = "") -> Constraint | None:
     """A chat request's constraint: tool calls in the template's format `fmt` (when the
     model may call tools) or structured output, never both.  `think_open`: the prompt ends
-    inside an open reasoning block, so a forced call first closes it."""
+    inside an open reasoning block (`think`: its markers), so a forced call first closes it;
+    `think_first`: the family's model may reason in such a block before a forced call
+    (`reasoning_first`).  tool_choice "none" without structured output: text without
+    `call_markers` (after `plain_prefix`), see `forbid_calls_constraint`."""
     rf = response_format_constraint(response_format, json_schema=json_schema, grammar=grammar or None)
+    if tool_choice == "none" and call_markers and rf is None:
+        return forbid_calls_constraint(call_markers, token_names, plain_prefix)
     if not tools or tool_choice == "none":
         return rf
     if rf is not None or grammar:
         raise InvalidRequest("'tools' cannot be combined with response_format, json_schema or grammar")
     tc = tools_constraint(tools, tool_choice or "auto", parallel_tool_calls, token_names=token_names, fmt=fmt)
     if tc is not None and tc.lazy_trigger is None and think_open:
-        tc = close_reasoning_first(tc, think_end, token_names)
+        tc = close_reasoning_first(tc, think[1], token_names)
+    elif tc is not None and tc.lazy_trigger is None and think_first:
+        tc = reasoning_first(tc, *think, token_names)
     return tc
 
 

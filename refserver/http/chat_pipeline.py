@@ -3,7 +3,7 @@
 requests and the per-choice output parsers (reasoning, then tool calls) of their text.
 
 Reasoning settings: `--reasoning-format` (or the request's `reasoning_format`) "none"
-leaves `<think>` text in content; `--reasoning on|off` and `--reasoning-budget 0` set the
+leaves `<think>` (or the family's block) text in content; `--reasoning on|off` and `--reasoning-budget 0` set the
 template's `enable_thinking` unless the request's `chat_template_kwargs` does; a budget
 N > 0 (`--reasoning-budget`, a request's `reasoning_budget`, Anthropic's
 `thinking.budget_tokens`) makes the engine force `</think>` after N reasoning tokens.  A prompt
@@ -11,7 +11,10 @@ that ends inside an open `<think>` block (templates that open it themselves) sta
 parser in reasoning.
 
 Tool calls are parsed and constrained in the format the chat template implies
-(`ChatTemplate.tool_call_format`); gpt-oss's channels are parsed with or without tools.
+(`ChatTemplate.tool_call_format`); formats that structure every answer (gpt-oss's channels,
+functionary v3.2's recipients, Command-R7B's response markers) are parsed with or without
+tools.  A family's reasoning block may have its own markers (`reasoning_markers`), used by
+the parser, the budget and the forced-call grammar alike.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from refserver.chat.formats import WHOLE_OUTPUT
-from refserver.chat.grammars import TOOL_START, chat_constraint
-from refserver.chat.reasoning import THINK_END, THINK_START, opened_by_prompt
+from refserver.chat.formats import (
+    CALL_MARKERS,
+    PLAN_FIRST,
+    WHOLE_OUTPUT,
+    plain_answer_prefix,
+    reasoning_markers,
+)
+from refserver.chat.grammars import chat_constraint
+from refserver.chat.reasoning import opened_by_prompt
 from refserver.engine.budget import SpanBudget
 from refserver.engine.types import GenerationRequest
 from refserver.errors import InvalidRequest, RefserverError
@@ -62,13 +71,18 @@ def render_prompt(state, req: ChatRequest) -> str:
                            continue_final_message=bool(req.continue_final_message))
 
 
-def banned_markers(req: ChatRequest, tokenizer) -> tuple[int, ...]:
-    """tool_choice "none": the model may not open a tool call (a -inf bias on the marker
-    when it is one token; otherwise the parser still keeps markup out of content)."""
+def call_ban(req: ChatRequest, tokenizer, fmt: str | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """tool_choice "none": the model may not open a call in the template's format.  Returns
+    the format's call markers that are one token (banned by a -inf bias, which holds beside
+    any constraint) and, when some marker is several tokens, all of them for a grammar
+    (`forbid_calls_constraint`; a request's own response_format or grammar wins over it,
+    and then markup the model writes is content: no tool-call parser runs)."""
     if not (req.tools and req.tool_choice == "none"):
-        return ()
-    marker = tokenizer.encode(TOOL_START)
-    return tuple(marker) if len(marker) == 1 else ()
+        return (), ()
+    markers = CALL_MARKERS.get(fmt or "", ())
+    ids = [tokenizer.encode(m) for m in markers]
+    single = tuple(i[0] for i in ids if len(i) == 1)
+    return single, (markers if len(single) < len(markers) else ())
 
 
 def system_checkpoint(state, req: ChatRequest, text: str, prompt: list[int]) -> tuple[tuple[int, str], ...]:
@@ -103,20 +117,23 @@ def prepare_chat(state, req: ChatRequest, n: int = 1, n_probs: int | None = None
     callable_tools = req.callable_tools()
     use_tools = tool_format is not None and (callable_tools is not None or tool_format in WHOLE_OUTPUT)
     fmt = req.reasoning_format or state.config.reasoning_format
-    opened = opened_by_prompt(text)
+    think = reasoning_markers(tool_format)
+    opened = opened_by_prompt(text, think[0])
+    banned, call_markers = call_ban(req, state.tokenizer, tool_format)
     constraint = chat_constraint(
         tools=req.tools if callable_tools is not None else None, tool_choice=req.tool_choice,
         parallel_tool_calls=bool(req.parallel_tool_calls), response_format=req.response_format,
         json_schema=req.json_schema, grammar=req.grammar, token_names=state.tokenizer.added_token_names,
-        fmt=tool_format, think_open=opened and fmt != "none", think_end=THINK_END)
+        fmt=tool_format, think_open=opened and fmt != "none", think=think,
+        think_first=tool_format in PLAN_FIRST, call_markers=call_markers, plain_prefix=plain_answer_prefix(tool_format, text))
     reqs = req.to_generation_requests(prompt, state.tokenizer, state.defaults, constraint, n=n, n_probs=n_probs,
-                                      banned=banned_markers(req, state.tokenizer),
+                                      banned=banned,
                                       checkpoints=system_checkpoint(state, req, text, prompt))
     budget = state.config.reasoning_budget if req.reasoning_budget is None else req.reasoning_budget
     if budget > 0 and fmt != "none":
-        span = SpanBudget(tuple(state.tokenizer.encode(THINK_START)), tuple(state.tokenizer.encode(THINK_END)),
+        span = SpanBudget(tuple(state.tokenizer.encode(think[0])), tuple(state.tokenizer.encode(think[1])),
                           budget, opened)
         reqs = [replace(r, budget=span) for r in reqs]
-    parsers = select_parsers(tools=use_tools, tool_format=tool_format or "hermes", tool_defs=req.tools,
-                             reasoning_format=fmt, reasoning_opened=opened)
+    parsers = select_parsers(tools=use_tools, tool_format=tool_format or "hermes", tool_defs=callable_tools,
+                             reasoning_format=fmt, reasoning_opened=opened, reasoning_markers=think)
     return ChatGeneration(text, reqs, parsers, use_tools)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from refserver.chat.formats import PARSERS
-from refserver.chat.reasoning import ReasoningParser
+from refserver.chat.reasoning import THINK_END, THINK_START, ReasoningParser
 from refserver.chat.tool_calls import ToolCallDelta
 
 from .deltas import ParsedDelta, TextDelta, ToolCallArgs, ToolCallStart
@@ -72,22 +72,25 @@ class ParserChain:
 
 # tool-call formats by name (refserver.chat.formats); a maker takes the request's tools
 TOOL_CALL_FORMATS: dict[str, Callable[[list | None], OutputParser]] = PARSERS
-# Reasoning parsers are made with whether the prompt itself opened the reasoning block;
-# llama.cpp's --reasoning-format names ("none" leaves reasoning in content).
-REASONING_FORMATS: dict[str, Callable[[bool], OutputParser]] = {"deepseek": ReasoningParser,
+# Reasoning parsers are made with whether the prompt itself opened the reasoning block and
+# the block's (start, end) markers; llama.cpp's --reasoning-format names ("none" leaves
+# reasoning in content).
+REASONING_FORMATS: dict[str, Callable[[bool, str, str], OutputParser]] = {"deepseek": ReasoningParser,
                                                                  "auto": ReasoningParser}
 
 
 def select_parsers(*, tools: bool = False, tool_format: str = "hermes", tool_defs: list | None = None,
-                   reasoning_format: str | None = None, reasoning_opened: bool = False) -> Callable[[], ParserChain]:
+                   reasoning_format: str | None = None, reasoning_opened: bool = False,
+                   reasoning_markers: tuple[str, str] = (THINK_START, THINK_END)) -> Callable[[], ParserChain]:
     """A factory of one request's per-choice parser chain: reasoning first (when the format
-    is known; `reasoning_opened` when the prompt ends inside the block), then tool calls
+    is known; `reasoning_opened` when the prompt ends inside the block; the family's block
+    markers), then tool calls
     (when the request lets the model call tools) in the chat template's format, given the
     request's tools (`tool_defs`: the XML formats read parameter types from them)."""
     makers: list[Callable[[], OutputParser]] = []
     if reasoning_format in REASONING_FORMATS:
         make_reasoning = REASONING_FORMATS[reasoning_format]
-        makers.append(lambda: make_reasoning(reasoning_opened))
+        makers.append(lambda: make_reasoning(reasoning_opened, *reasoning_markers))
     if tools:
         make_tool_parser = TOOL_CALL_FORMATS[tool_format]
         makers.append(lambda: make_tool_parser(tool_defs))

@@ -11,13 +11,26 @@ from pathlib import Path
 import pytest
 from utils import SHARED_DIR
 
-from refserver.chat.formats import detect_tool_format, tool_call_parser
+from refserver.chat.formats import (
+    CALL_MARKERS,
+    PARSERS,
+    detect_tool_format,
+    plain_answer_prefix,
+    reasoning_markers,
+    tool_call_parser,
+)
 from refserver.chat.formats.syntax import SYNTAX
-from refserver.chat.grammars import close_reasoning_first, tools_constraint
+from refserver.chat.grammars import (
+    close_reasoning_first,
+    forbid_calls_constraint,
+    reasoning_first,
+    tools_constraint,
+)
 from refserver.chat.tool_calls import ContentDelta, ToolCallDelta
 from refserver.engine.constraints import to_llguidance_grammar
 from refserver.errors import InvalidRequest
-from refserver.stream.deltas import ReasoningDelta
+from refserver.stream.deltas import ReasoningDelta, ToolCallArgs, ToolCallStart
+from refserver.stream.parsers import select_parsers
 
 pytestmark = [pytest.mark.feature("tools"), pytest.mark.profile("refserver")]
 
@@ -65,6 +78,14 @@ SAMPLES = [
     ("firefunction_v2", 'functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]', None, [W]),
     ("functionary_v3_1", '<function=get_weather>{"city": "Paris"}</function>', None, [W]),
     ("lfm2", '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>', None, [W]),
+    # functionary v3.2: the prompt ends with ">>>", the output opens with the recipient
+    ("functionary_v3_2", 'get_weather\n{"city": "Paris"}', None, [W]),
+    ("functionary_v3_2", 'all\nLet me check.\n>>>get_weather\n{"city": "Paris"}\n>>>get_time\n{"city": "Rome"}',
+     "Let me check.", [W, ("get_time", {"city": "Rome"})]),
+    ("functionary_v3_2", "all\nParis is sunny.\nSee >> there.", "Paris is sunny.\nSee >> there.", []),
+    ("functionary_v3_2", "python\nimport math\nprint(math.pi > 3)", None,
+     [("python", {"code": "import math\nprint(math.pi > 3)"})]),
+    ("functionary_v3_2", "get_weather\nnot json", "get_weather\nnot json", []),
 ]
 PLAIN = "The capital of France is Paris. <b>Bold</b> [x] {y}"
 
@@ -105,6 +126,20 @@ def test_parse_and_stream(fmt, text, content, calls):
         assert streamed_calls == calls
 
 
+@pytest.mark.parametrize(("fmt", "text", "content"), [
+    ("functionary_v3_2", 'all\nHi.>>>get_weather\n{"city": "Paris"}', 'Hi.>>>get_weather\n{"city": "Paris"}'),
+    ("functionary_v3_2", 'get_weather\n{"city": "Paris"}', 'get_weather\n{"city": "Paris"}'),
+    ("harmony", SAMPLES[10][1], '{"city":"Paris"}'),
+])
+def test_whole_output_formats_make_no_calls_without_tools(fmt, text, content):
+    """tool_choice "none" (no callable tools): a call in the format is content, streamed or not."""
+    assert tool_call_parser(fmt, None).parse(text) == (content, [])
+    parser = tool_call_parser(fmt, None)
+    deltas = [d for i in range(0, len(text), 2) for d in parser.feed(text[i:i + 2])] + parser.finish()
+    assert not any(isinstance(d, ToolCallDelta) for d in deltas)
+    assert "".join(d.text for d in deltas if isinstance(d, ContentDelta)) == content
+
+
 def test_harmony_analysis_is_reasoning():
     text = SAMPLES[10][1]
     parser = tool_call_parser("harmony", TOOLS)
@@ -133,6 +168,7 @@ EXPECTED_FORMATS = {
     "ibm-granite-granite-3.3-2B-Instruct.jinja": "granite", "NVIDIA-Nemotron-Nano-v2.jinja": "nemotron_v2",
     "fireworks-ai-llama-3-firefunction-v2.jinja": "firefunction_v2",
     "meetkai-functionary-medium-v3.1.jinja": "functionary_v3_1", "LFM2-8B-A1B.jinja": "lfm2",
+    "meetkai-functionary-medium-v3.2.jinja": "functionary_v3_2",
     "google-gemma-2-2b-it.jinja": None, "microsoft-Phi-3.5-mini-instruct.jinja": None,
 }
 
@@ -166,16 +202,7 @@ def accepts(lltok, constraint, text: str) -> bool:
 
 
 def _call_text(fmt: str, calls: list[tuple[str, dict]]) -> str:
-    s = SYNTAX[fmt]
-
-    def args(values: dict) -> str:
-        if s.param is None:
-            return json.dumps(values, ensure_ascii=False)
-        return "".join(s.param(k)[0] + (v if isinstance(v, str) else json.dumps(v)) + s.param(k)[1]
-                       for k, v in values.items())
-
-    parts = [s.head(name) + args(values) + s.tail for name, values in calls]
-    return s.open + s.join.join(parts) + s.close
+    return SYNTAX[fmt].write(calls)
 
 
 @pytest.mark.parametrize("fmt", sorted(SYNTAX))
@@ -199,6 +226,8 @@ def test_required_grammar_accepts_what_the_parser_reads(fmt, lltok):
 def test_auto_grammar_is_lazy_from_the_trigger(fmt, lltok):
     auto = tools_constraint(TOOLS, "auto", False, fmt=fmt, token_names=lltok_names)
     text = _call_text(fmt, [W])
+    if fmt == "functionary_v3_2":  # its trigger precedes a call (the prompt wrote the first one's)
+        text = auto.lazy_trigger + text
     assert auto.lazy_trigger and text.startswith(auto.lazy_trigger)
     assert accepts(lltok, auto, text[len(auto.lazy_trigger):])
 
@@ -218,3 +247,55 @@ def test_forced_call_after_a_reasoning_block_the_prompt_opened(lltok):
     call = _call_text("deepseek", [W])
     assert accepts(lltok, c, "</think>\n\n" + call)
     assert not accepts(lltok, c, call)
+
+
+@pytest.mark.parametrize(("fmt", "text"), [(s[0], s[1]) for s in SAMPLES if s[3]],
+                         ids=[f"{s[0]}-{i}" for i, s in enumerate(SAMPLES) if s[3]])
+def test_tool_choice_none_grammar_forbids_every_call(fmt, text, lltok):
+    """tool_choice "none": the family's grammar rejects each of its call samples, accepts text."""
+    assert set(CALL_MARKERS) == set(PARSERS)
+    prefix = plain_answer_prefix(fmt, "...>>>")
+    c = forbid_calls_constraint(CALL_MARKERS[fmt], lltok_names, prefix)
+    assert not accepts(lltok, c, text)
+    later = ">>>" + text if fmt == "functionary_v3_2" else text  # a call after text: its own ">>>"
+    assert not accepts(lltok, c, prefix + "Sure. " + later)
+    assert accepts(lltok, c, prefix + PLAIN)
+    assert accepts(lltok, c, prefix + "a <|im_end|> b")  # added tokens other than markers pass
+
+
+R7B_PLAN = "<|START_THINKING|>Plan: a < b.<|END_THINKING|>"
+
+
+@pytest.mark.parametrize("fmt", ["command_r7b", "mistral", "seed_oss"])
+def test_reasoning_in_family_markers_then_call(fmt):
+    """A family's own reasoning block is reasoning, then its call is a call, in one chain."""
+    start, end = reasoning_markers(fmt)
+    text = f"{start}Plan: a < b.{end}" + _call_text(fmt, [W])
+    for n in (1, 4, len(text)):
+        chain = select_parsers(tools=True, tool_format=fmt, tool_defs=TOOLS, reasoning_format="auto",
+                               reasoning_markers=(start, end))()
+        deltas = [d for i in range(0, len(text), n) for d in chain.feed(text[i:i + n])] + chain.finish()
+        assert "".join(d.text for d in deltas if isinstance(d, ReasoningDelta)) == "Plan: a < b."
+        assert [d.name for d in deltas if isinstance(d, ToolCallStart)] == ["get_weather"]
+        assert json.loads("".join(d.text for d in deltas if isinstance(d, ToolCallArgs))) == PARIS
+        assert not "".join(d.text for d in deltas if isinstance(d, ContentDelta)).strip()
+
+
+def test_forced_call_may_follow_a_reasoning_block(lltok):
+    c = reasoning_first(tools_constraint(TOOLS, "required", fmt="command_r7b", token_names=lltok_names),
+                        *reasoning_markers("command_r7b"), lltok_names)
+    call = _call_text("command_r7b", [W])
+    assert accepts(lltok, c, call)
+    assert accepts(lltok, c, R7B_PLAN + call)
+    assert not accepts(lltok, c, "<|START_THINKING|>Plan." + call)
+    assert not accepts(lltok, c, R7B_PLAN)
+
+
+def test_forced_call_after_a_reasoning_block_ended_by_a_token(lltok):
+    """An end marker that is one added token of the vocabulary is matched as that token."""
+    c = reasoning_first(tools_constraint(TOOLS, "required", fmt="command_r7b", token_names=lltok_names),
+                        "<tool_call>", "</tool_call>", lltok_names)
+    call = _call_text("command_r7b", [W])
+    assert accepts(lltok, c, "<tool_call>Plan: a < b.</tool_call>" + call)
+    assert accepts(lltok, c, call)
+    assert not accepts(lltok, c, "<tool_call>Plan." + call)

@@ -2,7 +2,8 @@
 <|message|>TEXT` ended by `<|end|>`, `<|call|>` or `<|return|>`, the later ones opened by
 `<|start|>assistant` (the prompt opens the first). The `final` channel (and text outside any
 header, and a `commentary` message to no one) is content; a message to `functions.NAME` is a
-call of NAME with TEXT as its JSON arguments; the `analysis` channel is reasoning
+call of NAME with TEXT as its JSON arguments (when the request lets the model call tools;
+with `tools` None, tool_choice "none", TEXT is content); the `analysis` channel is reasoning
 (`ReasoningDelta`s, also collected in `reasoning`).
 Same protocol and rules as `BlockToolCallParser`: markup never reaches content.
 """
@@ -123,7 +124,11 @@ class HarmonyParser:
             out.append(ContentDelta(text))
 
     def _end_message(self, out: list[Delta]) -> None:
-        if self._recipient is not None and self._recipient.startswith("functions."):
+        to_function = self._recipient is not None and self._recipient.startswith("functions.")
+        if to_function and self.tools is None:
+            if self._body:
+                out.append(ContentDelta(self._body))
+        elif to_function:
             name = self._recipient.removeprefix("functions.")
             found = json_prefix(self._body)
             args = args_text(found[0]) if found and not found[1].strip() else self._body.strip()

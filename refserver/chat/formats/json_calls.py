@@ -5,7 +5,9 @@
   own `[TOOL_CALLS]`; to the end of the output.
 - Granite 3.x `<|tool_call|>[{"name", "arguments"}]`; firefunction-v2 `functools[...]`.
 - Command-R7B `<|START_ACTION|>[{"tool_call_id", "tool_name", "parameters"}]<|END_ACTION|>`; an answer's
-  `<|START_RESPONSE|>`/`<|END_RESPONSE|>` are dropped (its thinking block stays content).
+  `<|START_RESPONSE|>`/`<|END_RESPONSE|>` are dropped; its `<|START_THINKING|>` block is the
+  reasoning parser's (`REASONING_MARKERS`).  Parsed with or without tools; without callable
+  tools an action block is content.
 - DeepSeek V3.1 `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>
   <｜tool▁calls▁end｜>`; R1 writes `function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```` inside.
 - NVIDIA Nemotron Nano v2 `<TOOLCALL>[...]</TOOLCALL>`; functionary v3.1 `<function=NAME>{...}</function>`;
@@ -79,6 +81,9 @@ class CommandR7BParser(_JsonListParser):
     start, end = "<|START_ACTION|>", "<|END_ACTION|>"
     drop = ("<|START_RESPONSE|>", "<|END_RESPONSE|>")
     name_key, args_key = "tool_name", "parameters"
+
+    def parse_block(self, body: str) -> list[Call] | None:
+        return None if self.tools is None else super().parse_block(body)
 
 
 _DS_CALL = re.compile(r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)<｜tool▁call▁end｜>", re.DOTALL)

@@ -5,7 +5,8 @@ A format's calls are `open`, then one or more `head(name) ARGS tail` joined by `
 parameter as `param(key)[0] VALUE param(key)[1]`, VALUE being text for a string parameter
 (one line, no "<") and JSON otherwise. `trigger` is the text whose appearance starts a
 call when the model may also answer in text (lazy grammar, tool_choice "auto"); it is a
-prefix of `open` + `head(name)` for every name. Formats whose arguments are not JSON (the
+prefix of `open` + `head(name)` for every name -- or, where the prompt writes it before the
+first call (functionary v3.2's `>>>`), what precedes a call. Formats whose arguments are not JSON (the
 XML families) have no entry: `tool_choice` required / named is refused for them.
 """
 
@@ -30,6 +31,16 @@ class CallSyntax:
     def lazy_trigger(self) -> str:
         return self.trigger or self.open
 
+    def write(self, calls: list[tuple[str, dict]]) -> str:
+        """The text of `calls` (name, arguments) in this syntax, as a model writes them."""
+        def args(values: dict) -> str:
+            if self.param is None:
+                return json.dumps(values, ensure_ascii=False)
+            return "".join(self.param(k)[0] + (v if isinstance(v, str) else json.dumps(v)) + self.param(k)[1]
+                           for k, v in values.items())
+
+        return self.open + self.join.join(self.head(name) + args(values) + self.tail for name, values in calls) + self.close
+
 
 def _q(name: str) -> str:
     return json.dumps(name, ensure_ascii=False)
@@ -53,6 +64,7 @@ SYNTAX: dict[str, CallSyntax] = {
                               join=", ", close="]</TOOLCALL>"),
     "firefunction_v2": CallSyntax("functools[", lambda n: '{"name": ' + _q(n) + ', "arguments": ', "}",
                                   join=", ", close="]"),
+    "functionary_v3_2": CallSyntax("", lambda n: f"{n}\n", "", join=">>>", trigger=">>>"),
     "functionary_v3_1": CallSyntax("", lambda n: f"<function={n}>", "</function>", trigger="<function="),
     "qwen3_coder": CallSyntax("", lambda n: f"<tool_call>\n<function={n}>\n", "</function>\n</tool_call>",
                               join="\n", trigger="<tool_call>",
