@@ -81,6 +81,7 @@ def test_chat_completion(chat_server, parts, model):
 
 @chat
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # llama-server answers with its --alias; OpenAI with the model used
 def test_chat_model_is_alias(chat_server):
     body = chat_server.ok("/v1/chat/completions", {"model": "gpt-4o", "messages": messages(), "max_tokens": 2})
     assert body["model"] == chat_server.alias
@@ -258,6 +259,7 @@ def test_chat_completion_stream(chat_server):
 
 @streaming
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_chat_stream_model_is_alias(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
         "model": "whatever", "messages": messages(), "max_tokens": 3, "stream": True}).read_all()
@@ -383,6 +385,7 @@ def template_server(name: str, verbose: bool = False):
 
 @templates
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # --chat-template names and `__verbose` are llama-server's
 def test_chat_template_llama3_verbose(server_pool):
     server = server_pool("llama3-verbose", template_server("llama3", verbose=True))
     body = server.ok("/chat/completions", {"max_tokens": 8, "messages": [
@@ -395,6 +398,7 @@ def test_chat_template_llama3_verbose(server_pool):
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("prefill", ["Whill", [{"type": "text", "text": "Wh"}, {"type": "text", "text": "ill"}]],
                          ids=["string", "parts"])
+@pytest.mark.profile("llamacpp")
 def test_assistant_prefill(server_pool, prefill):
     server = server_pool("llama3-verbose", template_server("llama3", verbose=True))
     body = server.ok("/chat/completions", {"max_tokens": 4, "messages": [
@@ -453,6 +457,7 @@ def test_apply_template_prefill_appended(chat_server):
 
 @templates
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # --no-jinja is llama-server's flag
 def test_no_jinja_chat_works_and_tools_are_rejected(server_pool):
     def make():
         server = ServerPreset.one_slot()

@@ -24,17 +24,20 @@ def test_echo_returns_the_prompt_first(chat_server):
 
 @logprobs
 def test_prompt_logprobs_for_loglikelihood(chat_server):
-    ids = chat_server.tokenize(STORY)
-    body = chat_server.ok("/v1/completions", {"prompt": ids, "echo": True, "logprobs": 1, "max_tokens": 0,
-                                              "temperature": 0})
+    """`echo` with `logprobs` and `max_tokens: 0` (lm-evaluation-harness's loglikelihood
+    request): the prompt comes back with one entry per prompt token (`usage.prompt_tokens`),
+    the first without a logprob, and nothing is generated."""
+    body = chat_server.ok("/v1/completions", {"model": chat_server.model_id(), "prompt": STORY, "echo": True,
+                                              "logprobs": 1, "max_tokens": 0, "temperature": 0})
     choice = body["choices"][0]
     lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(ids)
+    n_prompt = body["usage"]["prompt_tokens"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n_prompt
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert all(v <= 0 and math.isfinite(v) for v in lp["token_logprobs"][1:])
     assert all(len(top) >= 1 for top in lp["top_logprobs"][1:])
     assert body["usage"]["completion_tokens"] == 0
-    assert choice["text"] == chat_server.ok("/detokenize", {"tokens": ids})["content"]
+    assert choice["text"] == STORY
 
 
 @pytest.mark.profile("llamacpp")
