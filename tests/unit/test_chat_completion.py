@@ -276,6 +276,18 @@ def test_chat_stream_equals_non_stream(chat_server):
 
 
 @streaming
+def test_chat_stream_role_first_and_one_finish(chat_server):
+    """Streamed chat: the first chunk's delta carries the role "assistant", later deltas none;
+    exactly one chunk carries a finish_reason."""
+    events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
+        "model": chat_server.model_id(), "messages": messages(), "max_tokens": 8, "stream": True}).read_all()
+    deltas = [ch for ev in events for ch in ev["choices"]]
+    assert deltas[0]["delta"].get("role") == "assistant"
+    assert all("role" not in ch["delta"] or ch["delta"]["role"] is None for ch in deltas[1:]), deltas
+    assert len([ch for ch in deltas if ch.get("finish_reason")]) == 1
+
+
+@streaming
 def test_chat_stream_without_include_usage_has_no_usage_chunk(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
         "messages": messages(), "max_tokens": 3, "stream": True}).read_all()

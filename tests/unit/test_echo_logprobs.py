@@ -61,6 +61,16 @@ def test_prompt_logprob_equals_the_generated_tokens(chat_server):
 
 
 @logprobs
+def test_streamed_echo_starts_with_the_prompt(chat_server):
+    """Streamed, `echo` still gives the prompt before the completion."""
+    data = {"model": chat_server.model_id(), "prompt": STORY, "echo": True, "max_tokens": 2, "temperature": 0}
+    events = chat_server.make_stream_request("POST", "/v1/completions", {**data, "stream": True}).read_all()
+    text = "".join(ch["text"] for ev in events for ch in ev["choices"])
+    assert text == chat_server.ok("/v1/completions", data)["choices"][0]["text"]
+    assert text.startswith(STORY)
+
+
+@logprobs
 @pytest.mark.profile("refserver")  # the prompt as a chunk of its own is refserver's choice
 def test_streamed_echo_sends_the_prompt_first(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/completions", {
