@@ -81,6 +81,7 @@ def test_chat_completion(chat_server, parts, model):
 
 @chat
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # llama-server answers with its --alias; OpenAI with the model used
 def test_chat_model_is_alias(chat_server):
     body = chat_server.ok("/v1/chat/completions", {"model": "gpt-4o", "messages": messages(), "max_tokens": 2})
     assert body["model"] == chat_server.alias
@@ -258,6 +259,7 @@ def test_chat_completion_stream(chat_server):
 
 @streaming
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")
 def test_chat_stream_model_is_alias(chat_server):
     events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
         "model": "whatever", "messages": messages(), "max_tokens": 3, "stream": True}).read_all()
@@ -271,6 +273,18 @@ def test_chat_stream_equals_non_stream(chat_server):
     assembled = chat_server.make_any_request("POST", "/v1/chat/completions", {**data, "stream": True})
     assert assembled["choices"][0]["message"]["content"] == plain["choices"][0]["message"]["content"]
     assert assembled["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+
+
+@streaming
+def test_chat_stream_role_first_and_one_finish(chat_server):
+    """Streamed chat: the first chunk's delta carries the role "assistant", later deltas none;
+    exactly one chunk carries a finish_reason."""
+    events = chat_server.make_stream_request("POST", "/v1/chat/completions", {
+        "model": chat_server.model_id(), "messages": messages(), "max_tokens": 8, "stream": True}).read_all()
+    deltas = [ch for ev in events for ch in ev["choices"]]
+    assert deltas[0]["delta"].get("role") == "assistant"
+    assert all("role" not in ch["delta"] or ch["delta"]["role"] is None for ch in deltas[1:]), deltas
+    assert len([ch for ch in deltas if ch.get("finish_reason")]) == 1
 
 
 @streaming
@@ -383,6 +397,7 @@ def template_server(name: str, verbose: bool = False):
 
 @templates
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # --chat-template names and `__verbose` are llama-server's
 def test_chat_template_llama3_verbose(server_pool):
     server = server_pool("llama3-verbose", template_server("llama3", verbose=True))
     body = server.ok("/chat/completions", {"max_tokens": 8, "messages": [
@@ -395,6 +410,7 @@ def test_chat_template_llama3_verbose(server_pool):
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("prefill", ["Whill", [{"type": "text", "text": "Wh"}, {"type": "text", "text": "ill"}]],
                          ids=["string", "parts"])
+@pytest.mark.profile("llamacpp")
 def test_assistant_prefill(server_pool, prefill):
     server = server_pool("llama3-verbose", template_server("llama3", verbose=True))
     body = server.ok("/chat/completions", {"max_tokens": 4, "messages": [
@@ -453,6 +469,7 @@ def test_apply_template_prefill_appended(chat_server):
 
 @templates
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # --no-jinja is llama-server's flag
 def test_no_jinja_chat_works_and_tools_are_rejected(server_pool):
     def make():
         server = ServerPreset.one_slot()

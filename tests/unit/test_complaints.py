@@ -68,6 +68,11 @@ def _boundary_stop(server, tokens: list[int], content: str) -> tuple[str, int] |
         if not content.startswith(text):
             return None
         ends.append(len(text))
+    return _stop_across(ends, content)
+
+
+def _stop_across(ends: list[int], content: str) -> tuple[str, int] | None:
+    """The stop string of `_boundary_stop`, given where each token's text ends in `content`."""
     for j in range(len(ends) - 1):
         start = ends[j - 1] if j else 0
         b = ends[j]
@@ -80,7 +85,7 @@ def _boundary_stop(server, tokens: list[int], content: str) -> tuple[str, int] |
 
 
 @pytest.mark.parametrize("path", ["/completion", "/v1/completions"])
-@pytest.mark.profile("llamacpp")
+@pytest.mark.profile("llamacpp")  # finds the token boundaries with /completion and /detokenize
 def test_03_stop_string_split_over_tokens_never_leaks(chat_server, path):
     base = chat_server.ok("/completion", {"prompt": STORY, "n_predict": 32, "temperature": 0, "ignore_eos": True,
                                           "return_tokens": True})
@@ -98,6 +103,25 @@ def test_03_stop_string_split_over_tokens_never_leaks(chat_server, path):
         pieces = [ev["choices"][0]["text"] for ev in events if ev["choices"]]
         assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert "".join(pieces) == base["content"][:at], f"stop {stop!r} leaked: {pieces}"
+
+
+def test_03_stop_string_split_over_tokens_never_leaks_openai(chat_server):
+    """A stop string whose characters come from two tokens ends a streamed /v1/completions
+    before it, and no part of it is streamed; the token boundaries come from `logprobs`."""
+    data = {"model": chat_server.model_id(), "prompt": STORY, "max_tokens": 32, "temperature": 0}
+    base = chat_server.ok("/v1/completions", {**data, "logprobs": 1})["choices"][0]
+    tokens, content = base["logprobs"]["tokens"], base["text"]
+    if "".join(tokens) != content:
+        pytest.skip("the tokens' texts do not spell the completion (partial UTF-8 characters)")
+    found = _stop_across([sum(len(t) for t in tokens[:j + 1]) for j in range(len(tokens))], content)
+    if found is None:
+        pytest.skip(f"no stop string across a token boundary in {content!r}")
+    stop, at = found
+    events = chat_server.make_stream_request("POST", "/v1/completions", {
+        **data, "stop": [stop], "stream": True}).read_all()
+    pieces = [ch["text"] for ev in events for ch in ev["choices"]]
+    assert [ch["finish_reason"] for ev in events for ch in ev["choices"] if ch["finish_reason"]] == ["stop"]
+    assert "".join(pieces) == content[:at], f"stop {stop!r} leaked: {pieces}"
 
 
 # 4 ------------------------------------------------------------------------------------------
@@ -128,16 +152,20 @@ def test_04_utf8_split_in_chat_stream(chat_server):
     ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 5}),
     ("/v1/completions", {"prompt": STORY, "max_tokens": 5}),
 ], ids=["chat", "completions"])
-@pytest.mark.profile("llamacpp")
 def test_05_streams_carry_usage(chat_server, path, data):
+    """With `stream_options.include_usage` a stream carries the usage the same request
+    gets without streaming."""
+    data = {**data, "model": chat_server.model_id(), "temperature": 0}
+    plain = chat_server.ok(path, data)["usage"]
     stream = chat_server.make_stream_request("POST", path, {
-        **data, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}})
+        **data, "stream": True, "stream_options": {"include_usage": True}})
     events = stream.read_all()
     usage = [ev["usage"] for ev in events if ev.get("usage")]
     assert usage, "no usage in the stream"
-    assert usage[-1]["completion_tokens"] == 5
-    assert usage[-1]["prompt_tokens"] > 0
-    assert usage[-1]["total_tokens"] == usage[-1]["prompt_tokens"] + 5
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert usage[-1][key] == plain[key], (key, usage[-1], plain)
+    assert 0 < usage[-1]["completion_tokens"] <= 5
+    assert usage[-1]["total_tokens"] == usage[-1]["prompt_tokens"] + usage[-1]["completion_tokens"]
     assert stream.done
 
 
@@ -161,7 +189,6 @@ def test_06_streamed_tool_calls_equal_non_streamed(chat_server):
 
 # 7 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.profile("refserver")
 def test_07_truncated_tool_call_finishes_with_length(chat_server, stream):
     body = chat_server.make_any_request("POST", "/v1/chat/completions", {
         "messages": WEATHER, "tools": [WEATHER_TOOL], "tool_choice": "required", "temperature": 0,
@@ -200,6 +227,7 @@ def test_08_several_tool_calls_in_history_are_accepted(chat_server):
 # 9 ------------------------------------------------------------------------------------------
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("template", ["llama2", "zephyr"])
+@pytest.mark.profile("llamacpp")  # --chat-template names and `__verbose` are llama-server's
 def test_09_tools_never_silently_dropped(server_pool, template):
     def make():
         server = ServerPreset.one_slot()
@@ -239,6 +267,7 @@ def test_10_cached_tokens_in_usage(chat_server):
 # 11 -----------------------------------------------------------------------------------------
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("field", ["guided_json", "structured_outputs_typo"])
+@pytest.mark.profile("refserver")  # --strict is refserver's flag
 def test_11_strict_rejects_unknown_fields(server_pool, field):
     def make():
         server = ServerPreset.one_slot()
@@ -310,7 +339,7 @@ def test_13_logprobs_in_openai_shape(chat_server):
 
 # 14 -----------------------------------------------------------------------------------------
 def test_14_responses_api_answers_cleanly(chat_server):
-    res = chat_server.post("/v1/responses", {"model": "x", "input": "Hello"})
+    res = chat_server.post("/v1/responses", {"model": chat_server.model_id(), "input": "Hello"})
     if res.status_code == 200:
         assert res.body.get("object") == "response"
     else:

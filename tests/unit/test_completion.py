@@ -498,6 +498,20 @@ def test_v1_completions_stream(chat_server):
     assert text == plain["choices"][0]["text"]
 
 
+@streaming
+def test_v1_completions_stream_chunks(chat_server):
+    """Streamed /v1/completions: `text_completion` chunks of one id; finish_reason is null on
+    every chunk but the last, then `data: [DONE]`."""
+    stream = chat_server.make_stream_request("POST", "/v1/completions", {
+        "model": chat_server.model_id(), "prompt": STORY, "max_tokens": 8, "stream": True})
+    events = stream.read_all()
+    assert stream.done, "no data: [DONE]"
+    assert {ev["object"] for ev in events} == {"text_completion"}
+    assert len({ev["id"] for ev in events}) == 1
+    finishes = [ch["finish_reason"] for ev in events for ch in ev["choices"]]
+    assert all(f is None for f in finishes[:-1]) and finishes[-1] in ("stop", "length"), finishes
+
+
 @completion
 @pytest.mark.parametrize("stop", ["\n", ["\n", "zzzz"]])
 def test_v1_completions_stop_string_or_list(chat_server, stop):

@@ -80,9 +80,10 @@ def test_cache_does_not_change_output(chat_server):
     assert warm["content"] == cold
 
 
+@pytest.mark.profile("openai")  # chat/create `seed`: repeated requests "should return the same result"
 def test_chat_seed_reproducible_streamed_and_not(chat_server):
-    data = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 24, "seed": 11,
-            "temperature": 1.0}
+    data = {"model": chat_server.model_id(), "messages": [{"role": "user", "content": "Tell me a story."}],
+            "max_tokens": 24, "seed": 11, "temperature": 1.0}
     plain = chat_server.make_any_request("POST", "/v1/chat/completions", data)
     streamed = chat_server.make_any_request("POST", "/v1/chat/completions", {**data, "stream": True})
     assert plain["choices"][0]["message"]["content"] == streamed["choices"][0]["message"]["content"]

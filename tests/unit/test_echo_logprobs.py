@@ -24,17 +24,20 @@ def test_echo_returns_the_prompt_first(chat_server):
 
 @logprobs
 def test_prompt_logprobs_for_loglikelihood(chat_server):
-    ids = chat_server.tokenize(STORY)
-    body = chat_server.ok("/v1/completions", {"prompt": ids, "echo": True, "logprobs": 1, "max_tokens": 0,
-                                              "temperature": 0})
+    """`echo` with `logprobs` and `max_tokens: 0` (lm-evaluation-harness's loglikelihood
+    request): the prompt comes back with one entry per prompt token (`usage.prompt_tokens`),
+    the first without a logprob, and nothing is generated."""
+    body = chat_server.ok("/v1/completions", {"model": chat_server.model_id(), "prompt": STORY, "echo": True,
+                                              "logprobs": 1, "max_tokens": 0, "temperature": 0})
     choice = body["choices"][0]
     lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(ids)
+    n_prompt = body["usage"]["prompt_tokens"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n_prompt
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert all(v <= 0 and math.isfinite(v) for v in lp["token_logprobs"][1:])
     assert all(len(top) >= 1 for top in lp["top_logprobs"][1:])
     assert body["usage"]["completion_tokens"] == 0
-    assert choice["text"] == chat_server.ok("/detokenize", {"tokens": ids})["content"]
+    assert choice["text"] == STORY
 
 
 @pytest.mark.profile("llamacpp")
@@ -55,6 +58,16 @@ def test_prompt_logprob_equals_the_generated_tokens(chat_server):
     tops = body["choices"][0]["logprobs"]["top_logprobs"][len(ids):]
     tokens = body["choices"][0]["logprobs"]["tokens"][len(ids):]
     assert all(max(top, key=top.get) == tok for top, tok in zip(tops, tokens))
+
+
+@logprobs
+def test_streamed_echo_starts_with_the_prompt(chat_server):
+    """Streamed, `echo` still gives the prompt before the completion."""
+    data = {"model": chat_server.model_id(), "prompt": STORY, "echo": True, "max_tokens": 2, "temperature": 0}
+    events = chat_server.make_stream_request("POST", "/v1/completions", {**data, "stream": True}).read_all()
+    text = "".join(ch["text"] for ev in events for ch in ev["choices"])
+    assert text == chat_server.ok("/v1/completions", data)["choices"][0]["text"]
+    assert text.startswith(STORY)
 
 
 @logprobs

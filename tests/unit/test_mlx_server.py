@@ -17,14 +17,20 @@ keepalive = pytest.mark.feature("keepalive")
 pytestmark = pytest.mark.profile("openai")
 
 CHAT = [{"role": "user", "content": "Hello!"}]
+# mlx-lm's own sampling fields, which its tests send: OpenAI documents them not, accepting
+# them is refserver's choice, so the variant that sends them is in the refserver profile
+MLX_FIELDS = pytest.mark.parametrize("extra", [
+    pytest.param({}, id="openai"),
+    pytest.param({"repetition_penalty": 1.1, "repetition_context_size": 20}, id="mlx_fields",
+                 marks=pytest.mark.profile("refserver"))])
 
 
 # --------------------------------------------------------------------------- TestServer
 @mlx
-def test_handle_completions(chat_server):
+@MLX_FIELDS
+def test_handle_completions(chat_server, extra):
     data = {"model": chat_server.model_id(), "prompt": "Once upon a time", "max_tokens": 10, "temperature": 0.5,
-            "top_p": 0.9, "repetition_penalty": 1.1, "repetition_context_size": 20, "seed": 999,
-            "stop": "stop sequence"}
+            "top_p": 0.9, "seed": 999, "stop": "stop sequence", **extra}
     first = chat_server.post("/v1/completions", data)
     assert first.status_code == 200
     assert "id" in first.body and "choices" in first.body
@@ -33,10 +39,11 @@ def test_handle_completions(chat_server):
 
 
 @mlx
+@MLX_FIELDS
 @pytest.mark.parametrize("content", ["Hello!", [{"type": "text", "text": "Hello!"}]], ids=["string", "parts"])
-def test_handle_chat_completions(chat_server, content):
+def test_handle_chat_completions(chat_server, content, extra):
     res = chat_server.post("/v1/chat/completions", {
-        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
+        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, **extra,
         "messages": [{"role": "system", "content": "You are a helpful assistant."},
                      {"role": "user", "content": content}]})
     assert res.status_code == 200
@@ -44,9 +51,10 @@ def test_handle_chat_completions(chat_server, content):
 
 
 @mlx
-def test_handle_chat_completions_with_null_tool_content(chat_server):
+@MLX_FIELDS
+def test_handle_chat_completions_with_null_tool_content(chat_server, extra):
     res = chat_server.post("/v1/chat/completions", {
-        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, "repetition_penalty": 1.2,
+        "model": chat_server.model_id(), "max_tokens": 10, "temperature": 0.7, "top_p": 0.85, **extra,
         "messages": [
             {"role": "user", "content": "what is 2+3?"},
             {"role": "assistant", "content": None, "tool_calls": [{
@@ -95,6 +103,7 @@ def test_draft_completions(draft_server):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # -md/--model-draft is llama-server's
 def test_draft_chat_completions(draft_server):
     res = draft_server.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10})
     assert res.status_code == 200
@@ -104,6 +113,7 @@ def test_draft_chat_completions(draft_server):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # -md/--model-draft is llama-server's
 def test_draft_streaming(draft_server):
     stream = draft_server.make_stream_request("POST", "/v1/chat/completions", {
         "messages": CHAT, "max_tokens": 10, "stream": True})
@@ -115,6 +125,7 @@ def test_draft_streaming(draft_server):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # -md/--model-draft is llama-server's
 def test_draft_prompt_cache_shared_prefix(draft_server):
     system = {"role": "system", "content": "You are a helpful assistant who answers questions briefly."}
     for question in ("What is the capital of France?", "What is the capital of Spain?"):
@@ -127,6 +138,7 @@ def test_draft_prompt_cache_shared_prefix(draft_server):
 @speculative
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.profile("llamacpp")
 def test_draft_greedy_output_identical(chat_server, draft_server, stream):
     data = {"messages": [{"role": "user", "content": "Tell me a story about a cat named Tom."}],
             "max_tokens": 48, "temperature": 0, "stream": stream}
@@ -156,6 +168,7 @@ def test_draft_seeded_sampling_reproducible(draft_server):
 
 @speculative
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # -md/--model-draft is llama-server's
 def test_draft_parallel_streams(draft_server):
     from utils import parallel_function_calls
 
@@ -187,6 +200,7 @@ def _occupy(server):
     ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 2}),
     ("/completion", {"prompt": "Hello", "n_predict": 2}),
 ], ids=["chat", "native"])
+@pytest.mark.profile("refserver")  # --sse-keepalive is refserver's flag
 def test_keepalive_while_queued(keepalive_server, path, data):
     busy = _occupy(keepalive_server)
     release = threading.Timer(3.5, busy.close)
@@ -248,6 +262,7 @@ def test_keepalive_client_gone_is_quiet(keepalive_server):
 
 @keepalive
 @pytest.mark.needs_flags
+@pytest.mark.profile("refserver")
 def test_keepalive_with_draft_model(server_pool):
     """mlx-lm loses keepalives with a draft model; refserver must not."""
     def make():

@@ -46,7 +46,7 @@ from utils import (
 security = pytest.mark.feature("security")
 limits = pytest.mark.feature("limits")
 cancellation = pytest.mark.feature("cancellation")
-pytestmark = pytest.mark.profile("openai")
+pytestmark = pytest.mark.profile("refserver")  # refserver's flags; llama.cpp's own marked below
 
 KEYS = ["key-one", "key-two", "key-three", "key-from-file"]
 
@@ -134,6 +134,7 @@ PROTECTED_EXTRA = [
 @security
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("method,path,data", PROTECTED_EXTRA, ids=[f"{m} {p}" for m, p, _ in PROTECTED_EXTRA])
+@pytest.mark.profile("llamacpp")  # llama.cpp's routes and aliases, its authentication_error type
 def test_aliases_and_streams_need_a_key(keyed, method, path, data):
     res = raw_request(keyed, method, path, data=data)
     assert res.status_code == 401, res.text
@@ -178,6 +179,7 @@ def test_keys_are_compared_in_constant_time():
 
 @security
 @pytest.mark.needs_flags
+@pytest.mark.profile("llamacpp")  # --api-key-file is llama-server's flag
 def test_unknown_key_file_is_a_start_error(tmp_path):
     server = small_server(ExtraArgsServer)
     server.extra = ("--api-key-file", str(tmp_path / "missing.txt"))

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-pytestmark = [pytest.mark.feature("sampling"), pytest.mark.profile("refserver")]
+pytestmark = [pytest.mark.feature("sampling"), pytest.mark.profile("llamacpp")]  # /completion, n_probs, post_sampling_probs
 
 STORY = "Once upon a time, there was a little cat named Tom."
 

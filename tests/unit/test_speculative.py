@@ -11,7 +11,8 @@ from refserver.engine.sampling import Sampler
 from refserver.engine.speculative import verify
 from refserver.engine.types import Finished, GenerationRequest, SamplingParams, SpeculativeParams
 
-pytestmark = [pytest.mark.feature("speculative"), pytest.mark.needs_shared, pytest.mark.profile("llamacpp")]
+pytestmark = [pytest.mark.feature("speculative"), pytest.mark.needs_shared,
+              pytest.mark.profile("refserver")]  # engine level: no server
 
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
 
