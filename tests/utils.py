@@ -43,6 +43,8 @@ from refserver.procs import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("REFSERVER_SHARED", REPO_ROOT.parent / "shared"))
+# OpenAI routes whose body requires `model`
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 STORIES260K_DIR = SHARED_DIR / "models" / "stories260K"
 
 DEFAULT_TIMEOUT = 120.0  # seconds for one request; streams: per read and in total
@@ -397,6 +399,7 @@ class ServerProcess:
         self._stderr_file = None
         self._stdout_file = None
         self.external = False
+        self._model_id: str | None = None  # /v1/models' first id, read once per start
 
     # ------------------------------------------------------------------ argv
     def binary(self) -> list[str]:
@@ -426,6 +429,7 @@ class ServerProcess:
         return self.base_url
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
+        self._model_id = None
         if TARGET.server_url:
             self._attach(TARGET.server_url, timeout)
             return self
@@ -541,6 +545,7 @@ class ServerProcess:
         """One request; `data` is sent as JSON, `raw` as the body verbatim.  HTTP errors are
         returned, never raised.  A route the target lacks skips the test (see discovery.py)."""
         self._require_route(path)
+        data = self._openai_body(path, data)
         kwargs: dict[str, Any] = {"headers": self._headers(headers), "timeout": timeout}
         if raw is not None:
             kwargs["data"] = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
@@ -556,6 +561,7 @@ class ServerProcess:
         """A streamed request: raises `ServerError` at once on a non-200 status; iterate the
         result for the `data:` events (comments collected on `.comments`)."""
         self._require_route(path)
+        data = self._openai_body(path, data)
         resp = requests.request(method, f"{self.url}{path}", json=data, headers=self._headers(headers),
                                 timeout=(10, timeout), stream=True)
         if resp.status_code != 200:
@@ -609,7 +615,16 @@ class ServerProcess:
 
     def model_id(self) -> str:
         """The first model id `/v1/models` lists (what an OpenAI client sends as `model`)."""
-        return self.ok("/v1/models")["data"][0]["id"]
+        if self._model_id is None:
+            self._model_id = self.ok("/v1/models")["data"][0]["id"]
+        return self._model_id
+
+    def _openai_body(self, path: str, data: Any) -> Any:
+        """In the openai profile a body is what an OpenAI client sends, and OpenAI requires
+        `model` (it answers 400 without one): a test that leaves it out sends the target's id."""
+        if TARGET.profile == "openai" and path in MODEL_ROUTES and isinstance(data, dict) and "model" not in data:
+            return {**data, "model": self.model_id()}
+        return data
 
     def offered(self, paths: list[str]) -> list[str]:
         """The paths of `paths` the target offers: loops over routes use it so that a route
