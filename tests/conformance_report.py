@@ -57,9 +57,12 @@ def _counts(results: list[Result]) -> list[int]:
     return [c[o] for o in OUTCOMES]
 
 
-def _layers(discovered: Discovery | None, profiles: tuple[str, ...] | None) -> list[str]:
+def _layers(discovered: Discovery | None, profiles: tuple[str, ...] | None, server_bin: str | None) -> list[str]:
     chosen = ", ".join(profiles) if profiles else "auto (the layers the target offers)"
     lines = [f"- profiles: {chosen}"]
+    if discovered is None and server_bin:
+        return lines + [("- discovery: none (the suite starts --server-bin itself: the openai and llamacpp "
+                         "layers; the refserver layer is absent)")]
     if discovered is None:
         return lines + ["- discovery: none (the suite started the server itself: every layer)"]
     lines.append("- discovery (probed once before the first test):")
@@ -79,7 +82,7 @@ def render(*, identity: dict, results: dict[str, Result], features: dict[str, st
         f"- target: `{identity.get('target', 'n/a')}`",
         f"- server binary: `{server_bin or 'refserver'}`",
         f"- totals: {p} passed, {f} failed, {s} skipped, {n} not run",
-        *_layers(discovered, profiles),
+        *_layers(discovered, profiles, server_bin),
     ]
     if dead_after:
         lines.append(f"- **the target stopped answering after `{dead_after}`**; the {n} tests after "

@@ -40,7 +40,9 @@ the run at once).  Any request a test makes to a route the target lacks skips th
 (`ServerProcess.make_request` asks discovery); loops over routes use `server.offered(paths)`
 so a missing route is left out instead of ending the loop; `utils.TARGET.require("slots")`
 skips explicitly.  A target that stops answering (checked after each failure) ends the run:
-the report names the last test and lists the rest as not run.
+the report names the last test and lists the rest as not run.  A binary the suite starts
+itself (`--server-bin`, e.g. llama-server) is not probed: it is taken to offer the openai
+and llamacpp layers, and the refserver layer is absent (its tests skip).
 
 Other markers: `golden` (values of refserver's own models: skipped unless the suite starts
 refserver itself); `needs_flags` (starts servers with particular flags: skipped with
@@ -224,16 +226,15 @@ def _selected_profiles(option: str) -> tuple[str, ...] | None:
 def _discover(config) -> None:
     """Probe an external target once; with explicit profiles, every layer they name must be there."""
     url = utils.TARGET.server_url
-    if not url or utils.TARGET.discovery is not None:
-        return
-    probe_server = utils.ServerProcess()
-    try:
-        probe_server._attach(url, timeout=30)
-    except TimeoutError as exc:
-        raise pytest.UsageError(f"--server-url {url}: {exc}") from exc
-    utils.TARGET.discovery = discovery.probe(probe_server.url, probe_server._auth_headers())
+    if url and utils.TARGET.discovery is None:
+        probe_server = utils.ServerProcess()
+        try:
+            probe_server._attach(url, timeout=30)
+        except TimeoutError as exc:
+            raise pytest.UsageError(f"--server-url {url}: {exc}") from exc
+        utils.TARGET.discovery = discovery.probe(probe_server.url, probe_server._auth_headers())
     for layer in config._refserver_profiles or ():
-        reason = utils.TARGET.discovery.layer_absent(layer)
+        reason = utils.TARGET.layer_absent(layer)
         if reason:
             raise pytest.UsageError(f"--profile {layer}: {reason}; use --profile auto to skip it")
 
@@ -261,7 +262,7 @@ def pytest_collection_modifyitems(config, items):
             continue
         keep.append(item)
         config._refserver_features[item.nodeid] = names[0]
-        layer_absent = utils.TARGET.discovery and utils.TARGET.discovery.layer_absent(profile)
+        layer_absent = utils.TARGET.layer_absent(profile)
         if layer_absent:
             item.add_marker(pytest.mark.skip(reason=layer_absent))
         if item.get_closest_marker("golden") and not utils.TARGET.is_refserver:

@@ -81,6 +81,16 @@ class Target:
     def offers(self, capability: str) -> bool:
         return self.discovery is None or self.discovery.offers(capability)
 
+    def layer_absent(self, layer: str) -> str | None:
+        """Why the target lacks `layer` (a profile), None when it offers it.  A binary the
+        harness starts (`--server-bin`) offers the OpenAI and llama.cpp layers but is not
+        refserver, whose own choices it need not share."""
+        if self.discovery is not None:
+            return self.discovery.layer_absent(layer)
+        if layer == "refserver" and not self.runs_refserver:
+            return f"the target does not offer the refserver layer (--server-bin {self.server_bin})"
+        return None
+
     @property
     def starts_servers(self) -> bool:
         return self.server_url is None

@@ -63,7 +63,7 @@ def test_seeded_draws_are_reproducible_and_stateful():
     assert picks[0] == picks[1]
 
 
-@pytest.mark.profile("llamacpp")
+@pytest.mark.profile("refserver")  # llama.cpp documents --adaptive-target as a flag, not as a request field
 @sampling
 def test_low_target_picks_less_likely_tokens(chat_server):
     """Over HTTP: with a low target the chosen tokens' own probabilities are lower on

@@ -410,7 +410,7 @@ def test_chat_template_llama3_verbose(server_pool):
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("prefill", ["Whill", [{"type": "text", "text": "Wh"}, {"type": "text", "text": "ill"}]],
                          ids=["string", "parts"])
-@pytest.mark.profile("llamacpp")
+@pytest.mark.profile("llamacpp")  # prefill is llama.cpp's (--prefill-assistant), not OpenAI's
 def test_assistant_prefill(server_pool, prefill):
     server = server_pool("llama3-verbose", template_server("llama3", verbose=True))
     body = server.ok("/chat/completions", {"max_tokens": 4, "messages": [

@@ -93,3 +93,18 @@ def test_report_names_clause_source_and_not_run():
     assert "| openai | 1 | 1 | 0 | 1 |" in text and "| llamacpp | 0 | 0 | 1 | 0 |" in text
     assert "- `t::b` (openai, chat)\n  - clause: a rule.\n  - documented: OpenAI API reference x" in text
     assert "stopped answering after `t::b`" in text
+
+
+def test_server_bin_lacks_only_the_refserver_layer(monkeypatch):
+    """A binary the harness starts (`--server-bin`) is probed for nothing: it offers the openai
+    and llamacpp layers; refserver's own choices are skipped, and the report says why."""
+    monkeypatch.setattr(TARGET, "server_url", None)
+    monkeypatch.setattr(TARGET, "discovery", None)
+    monkeypatch.setattr(TARGET, "server_bin", "/opt/llama-server")
+    assert TARGET.layer_absent("openai") is None and TARGET.layer_absent("llamacpp") is None
+    assert "--server-bin /opt/llama-server" in TARGET.layer_absent("refserver")
+    text = render(identity={}, results={}, features={}, profiles=None, discovered=None,
+                  server_bin="/opt/llama-server", dead_after=None)
+    assert "the refserver layer is absent" in text
+    monkeypatch.setattr(TARGET, "server_bin", None)
+    assert TARGET.layer_absent("refserver") is None

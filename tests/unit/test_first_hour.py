@@ -29,7 +29,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- flags
-@pytest.mark.profile("llamacpp")
+@pytest.mark.profile("refserver")  # accepting flags llama-server dropped (--mlock, --no-mmap) is refserver's
 @backend
 @pytest.mark.needs_flags
 def test_llama_server_command_line_starts():

@@ -31,8 +31,10 @@ def client(chat_server):
 
 def test_create(client):
     msg = client.messages.create(model="claude-any", max_tokens=32, messages=QUESTION, extra_body=GREEDY)
-    assert msg.id.startswith("msg_") and msg.type == "message" and msg.role == "assistant"
-    assert msg.model == "claude-any"
+    assert msg.id and msg.type == "message" and msg.role == "assistant"
+    if TARGET.runs_refserver:  # Anthropic: "the format and length of IDs may change over time"
+        assert msg.id.startswith("msg_")
+    assert msg.model == "claude-any" or not TARGET.runs_refserver  # Anthropic: "the model that handled the request"
     [block] = msg.content
     assert block.type == "text" and block.text
     assert msg.stop_reason == "end_turn" and msg.stop_sequence is None
@@ -83,7 +85,8 @@ def test_tool_use_loop(client, stream):
         msg = client.messages.create(messages=question, tool_choice={"type": "any"}, **kwargs)
     uses = [b for b in msg.content if b.type == "tool_use"]
     assert msg.stop_reason == "tool_use" and uses
-    assert uses[0].name == "get_weather" and uses[0].id.startswith("toolu_")
+    assert uses[0].name == "get_weather" and uses[0].id
+    assert uses[0].id.startswith("toolu_") or not TARGET.runs_refserver  # the prefix is no documented rule
     assert isinstance(uses[0].input["city"], str)
     followup = question + [{"role": "assistant", "content": msg.content},
                            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
@@ -113,7 +116,7 @@ def test_bad_request_raises_bad_request_error(client, kwargs, fragment):
         client.messages.create(model="m", **kwargs)
     body = err.value.body
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
-    assert fragment in body["error"]["message"]
+    assert fragment in body["error"]["message"] or not TARGET.runs_refserver  # the wording is refserver's
 
 
 def test_anthropic_headers_accepted(chat_server):

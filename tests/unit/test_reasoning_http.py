@@ -8,7 +8,7 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
-from utils import REPO_ROOT, ServerPreset
+from utils import REPO_ROOT, TARGET, ServerPreset
 
 pytestmark = [pytest.mark.feature("reasoning"), pytest.mark.profile("llamacpp")]  # reasoning_content is llama.cpp's
 needs_template = pytest.mark.needs_flags  # the thinking template is a --chat-template-file
@@ -58,14 +58,15 @@ def test_chat_reasoning_content_stream_equals_non_stream(thinking_server):
     body = chat(thinking_server)
     message = body["choices"][0]["message"]
     assert_split(message["reasoning_content"], message["content"])
-    details = body["usage"]["completion_tokens_details"]
-    assert 0 < details["reasoning_tokens"] < body["usage"]["completion_tokens"]
     reasoning, content, usage = streamed_chat(thinking_server)
     assert (reasoning, content) == (message["reasoning_content"], message["content"])
+    details = body["usage"]["completion_tokens_details"]  # OpenAI's usage: reasoning_tokens
+    assert 0 < details["reasoning_tokens"] < body["usage"]["completion_tokens"]
     assert usage["completion_tokens_details"] == details
 
 
 @needs_template
+@pytest.mark.profile("refserver")  # llama.cpp parses no reasoning once thinking is off
 def test_block_written_by_the_model(thinking_server):
     """enable_thinking false: the template closes an empty block; the model opens its own."""
     kwargs = {"chat_template_kwargs": {"enable_thinking": False}, "grammar": WHOLE_BLOCK}
@@ -83,7 +84,8 @@ def test_reasoning_format_none_keeps_it_in_content(thinking_server):
 
 @needs_template
 def test_reasoning_of_earlier_turns_reaches_the_template(thinking_server):
-    for key in ("reasoning_content", "reasoning"):
+    # `reasoning` (vLLM's newer name) is refserver's extension; llama.cpp reads reasoning_content
+    for key in ("reasoning_content", "reasoning") if TARGET.runs_refserver else ("reasoning_content",):
         history = [*QUESTION, {"role": "assistant", "content": "Paris.", key: "recall the atlas"},
                    {"role": "user", "content": "And Italy?"}]
         prompt = thinking_server.ok("/apply-template", {"messages": history})["prompt"]
@@ -110,6 +112,7 @@ def test_responses_reasoning_item(thinking_server):
 
 
 @needs_template
+@pytest.mark.profile("refserver")  # `grammar` on /v1/responses is refserver's
 def test_responses_logprobs_after_reasoning(thinking_server):
     """With a reasoning item first, the message's logprobs still cover its text alone (the
     reasoning and `</think>` tokens have none), streamed and not alike."""
@@ -126,6 +129,7 @@ def test_responses_logprobs_after_reasoning(thinking_server):
 
 
 @needs_template
+@pytest.mark.profile("refserver")  # needs `grammar` on /v1/messages: refserver's, llama-server ignores it there
 def test_messages_thinking_block(thinking_server):
     client = anthropic.Anthropic(base_url=thinking_server.url, api_key="x", max_retries=0, timeout=120)
     kwargs = {"model": "m", "max_tokens": 96, "messages": QUESTION,
@@ -146,7 +150,10 @@ def test_messages_thinking_block(thinking_server):
     assert off > on
 
 
-@pytest.mark.parametrize("flags", [{"reasoning": "off"}, {"reasoning_budget": 0}])
+@pytest.mark.parametrize("flags", [
+    {"reasoning": "off"},
+    # llama.cpp's --reasoning-budget 0 ends the block while generating; closing it in the template is refserver's
+    pytest.param({"reasoning_budget": 0}, marks=pytest.mark.profile("refserver"))])
 @needs_template
 def test_reasoning_off_flags(server_pool, flags):
     def make():
@@ -186,6 +193,7 @@ def test_reasoning_budget_forces_the_block_closed(thinking_server):
     assert msg.content[0].thinking == message["reasoning_content"]
 
 
+@pytest.mark.profile("refserver")  # llama.cpp parses reasoning only where the template thinks
 def test_model_written_block_on_the_default_template(chat_server):
     """Any chat template: a model that writes <think>...</think> before its answer (made to
     by a grammar) gets it split off, on chat, Responses and Messages alike."""

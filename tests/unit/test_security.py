@@ -56,7 +56,7 @@ def raw(server, method, path, headers=None, data=None):
 @security
 @pytest.mark.needs_flags
 @pytest.mark.parametrize("path", PUBLIC)
-@pytest.mark.profile("llamacpp")  # llama-server's public routes (OpenAI asks a key for /v1/models too)
+@pytest.mark.profile("refserver")  # OpenAI asks a key on /v1/models; llama-server leaves only /health open
 def test_public_routes_need_no_key(server_pool, path):
     server = server_pool("keyed", keyed_server)
     assert raw(server, "GET", path).status_code == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from utils import ServerPreset, error_of, metric, parallel_function_calls, wait_until
+from utils import TARGET, ServerPreset, error_of, metric, parallel_function_calls, wait_until
 
 slots = pytest.mark.feature("slots")
 prompt_cache = pytest.mark.feature("prompt_cache")
@@ -90,6 +90,7 @@ def test_requests_wait_for_a_slot(server_pool):
 
 
 @prompt_cache
+@pytest.mark.profile("refserver")  # llama.cpp documents no reuse of another live slot's cache
 def test_cache_reused_across_slots(chat_server):
     """A prefix served on slot 0 is reused by a request on slot 1."""
     chat_server.require_slots(2)
@@ -197,7 +198,9 @@ def test_context_shift_generates_past_the_context(server_pool, draft):
     server = server_pool(f"context-shift-{draft}", make)
     body = {"prompt": "Once upon a time", "n_predict": 300, "ignore_eos": True, "temperature": 0}
     res = server.ok("/completion", body)
-    assert res["tokens_predicted"] == 300 and res["truncated"] is False
+    assert res["tokens_predicted"] == 300
+    if TARGET.runs_refserver:  # llama.cpp's README: truncated = prompt + generated exceeded n_ctx, true here
+        assert res["truncated"] is False
     assert res["stop_type"] == "limit" and res["content"]
     again = server.ok("/completion", body)
     assert again["content"] == res["content"], "greedy output after a shift is not deterministic"
