@@ -22,6 +22,7 @@ def test_echo_returns_the_prompt_first(chat_server):
     assert body["choices"][0]["text"] == STORY + plain["choices"][0]["text"]
 
 
+@pytest.mark.profile("refserver")  # OpenAI's `logprobs` covers output tokens; prompt-token entries are vLLM's and refserver's
 @logprobs
 def test_prompt_logprobs_for_loglikelihood(chat_server):
     """`echo` with `logprobs` and `max_tokens: 0` (lm-evaluation-harness's loglikelihood

@@ -244,10 +244,10 @@ def test_logprobs_streamed_equal_non_streamed(client, model):
 
 
 def test_logprobs_need_include(client, model):
-    """`top_logprobs` alone returns empty `logprobs`, as OpenAI does; with the include and
-    no `top_logprobs`, each entry lists no alternatives."""
+    """`top_logprobs` alone returns no `logprobs` entries (OpenAI: an empty list; the SDK's
+    type allows null); with the include and no `top_logprobs`, each entry lists no alternatives."""
     res = client.responses.create(model=model, input=QUESTION, max_output_tokens=4, top_logprobs=3)
-    assert res.output[0].content[0].logprobs == []
+    assert not res.output[0].content[0].logprobs
     res = client.responses.create(model=model, input=QUESTION, max_output_tokens=4,
                                   include=["message.output_text.logprobs"])
     entries = res.output[0].content[0].logprobs
