@@ -110,15 +110,29 @@ def test_prompt_cache_hit(zoo):
     assert body["timings"]["cache_n"] >= len(prompt)
 
 
+def diverges_at_a_near_tie(server, prompt: list[int], got: tuple, want: tuple) -> bool:
+    """int4's MatMulNBits computes a verify batch (several tokens) with another kernel than one
+    token, and on some CPUs (AVX2, seen on an AMD EPYC) their sums differ in the last bits: a
+    speculative run may then part from plain greedy, but only where the top two candidates are
+    within 0.01 nats (measured: 0.003 at qwen2-int4's "chat" token 2)."""
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    if i is None:
+        return False
+    top = greedy(server, prompt, i + 1, n_probs=2, cache_prompt=False)["completion_probabilities"][i]["top_logprobs"]
+    return {t["id"] for t in top} == {got[i], want[i]} and abs(top[0]["logprob"] - top[1]["logprob"]) < 0.01
+
+
 def test_speculative_with_itself_as_draft(zoo):
     name, server = zoo
     exp = EXPECTED[SERVED[name]]
     for key in ("chat", "long"):
-        body = greedy(server, exp["prompts"][key]["prompt_ids"], exp["n_new"], cache_prompt=False,
-                      **{"speculative.n_max": 4, "speculative.p_min": 0.0})
-        assert tuple(body["tokens"]) == reference_ids(name, key), key
+        prompt = exp["prompts"][key]["prompt_ids"]
+        body = greedy(server, prompt, exp["n_new"], cache_prompt=False, **{"speculative.n_max": 4, "speculative.p_min": 0.0})
+        got, want = tuple(body["tokens"]), reference_ids(name, key)
+        assert got == want or (name.endswith("int4") and diverges_at_a_near_tie(server, prompt, got, want)), key
         assert body["timings"]["draft_n"] > 0
-        assert body["timings"]["draft_n_accepted"] == body["timings"]["draft_n"]
+        if got == want:  # the draft (one token at a time) then agrees with the verify batch everywhere
+            assert body["timings"]["draft_n_accepted"] == body["timings"]["draft_n"]
 
 
 def test_chat_answers_and_props(zoo):
