@@ -71,20 +71,54 @@ def typed_value(text: str, schema_type: Any) -> Any:
         return text
 
 
-class BlockToolCallParser:
+class StepParser:
+    """A parser that is a state machine over a text buffer: `feed` steps it until it waits
+    for more text, and `parse` (non-streamed) is a fresh parser fed the whole text, so the
+    two modes cannot disagree.  Subclasses define `_step(out) -> bool` and `finish()`."""
+
+    def __init__(self, tools: list | None = None):
+        self.tools = tools
+        self._buf = ""
+        self.calls: list[ToolCall] = []
+
+    def _step(self, out: list) -> bool:
+        raise NotImplementedError
+
+    def finish(self) -> list[Delta]:
+        raise NotImplementedError
+
+    def feed(self, text: str) -> list[Delta]:
+        self._buf += text
+        out: list[Delta] = []
+        while self._step(out):
+            pass
+        return HermesToolCallParser._merge(out)
+
+    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        p = type(self)(self.tools)
+        deltas = p.feed(text) + p.finish()
+        content = "".join(d.text for d in deltas if isinstance(d, ContentDelta))
+        self._took(p)
+        if p.calls:
+            return (content.strip() or None), list(p.calls)
+        return content, []
+
+    def _took(self, parsed: StepParser) -> None:
+        """What `parse` keeps of the fresh parser besides content and calls (default: nothing)."""
+
+
+class BlockToolCallParser(StepParser):
     start: ClassVar[str]
     end: ClassVar[str | None] = None
     drop: ClassVar[tuple[str, ...]] = ()  # markup around plain answers, removed from content
 
     def __init__(self, tools: list | None = None):
-        self.tools = tools
-        self._buf = ""
+        super().__init__(tools)
         self._body = ""
         self._opened = ""        # the marker text that opened the current block
         self._in_block = False
         self._after_call = False
         self._emitted = False    # any content or call emitted yet
-        self.calls: list[ToolCall] = []
 
     # -- what a format defines ------------------------------------------------------------
     def parse_block(self, body: str) -> list[Call] | None:
@@ -102,13 +136,6 @@ class BlockToolCallParser:
         return max(_partial_suffix(buf, m) for m in (self.start, *self.drop))
 
     # -- protocol -------------------------------------------------------------------------
-    def feed(self, text: str) -> list[Delta]:
-        self._buf += text
-        out: list[Delta] = []
-        while self._step(out):
-            pass
-        return HermesToolCallParser._merge(out)
-
     def finish(self) -> list[Delta]:
         out: list[Delta] = []
         if self._in_block:
@@ -119,14 +146,6 @@ class BlockToolCallParser:
             self._content(out, self._buf)
             self._buf = ""
         return HermesToolCallParser._merge(out)
-
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        p = type(self)(self.tools)
-        deltas = p.feed(text) + p.finish()
-        content = "".join(d.text for d in deltas if isinstance(d, ContentDelta))
-        if p.calls:
-            return (content.strip() or None), list(p.calls)
-        return content, []
 
     # -- machine --------------------------------------------------------------------------
     def _step(self, out: list[Delta]) -> bool:

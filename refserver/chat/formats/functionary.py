@@ -26,29 +26,20 @@ from refserver.chat.tool_calls import (
     new_tool_call_id,
 )
 
-from .block import Call, args_text, json_prefix
+from .block import Call, StepParser, args_text, json_prefix
 
 SEP = ">>>"
 CONTENT_RECIPIENT = "all"
 _WORD = re.compile(r"\w*")
 
 
-class FunctionaryV32Parser:
+class FunctionaryV32Parser(StepParser):
     def __init__(self, tools: list | None = None):
-        self.tools = tools
-        self._buf = ""
+        super().__init__(tools)
         self._state = "head"   # head (a recipient line) | content | call
         self._marked = False   # the current message was opened by a ">>>" the model wrote
         self._name = ""
         self._after_call = False
-        self.calls: list[ToolCall] = []
-
-    def feed(self, text: str) -> list[Delta]:
-        self._buf += text
-        out: list[Delta] = []
-        while self._step(out):
-            pass
-        return HermesToolCallParser._merge(out)
 
     def finish(self) -> list[Delta]:
         out: list[Delta] = []
@@ -60,14 +51,6 @@ class FunctionaryV32Parser:
             self._content(out, self._buf)
         self._buf, self._state = "", "content"
         return HermesToolCallParser._merge(out)
-
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        p = FunctionaryV32Parser(self.tools)
-        deltas = p.feed(text) + p.finish()
-        content = "".join(d.text for d in deltas if isinstance(d, ContentDelta))
-        if p.calls:
-            return (content.strip() or None), list(p.calls)
-        return content, []
 
     # -- machine --------------------------------------------------------------------------
     def _step(self, out: list[Delta]) -> bool:

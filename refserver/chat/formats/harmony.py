@@ -22,7 +22,7 @@ from refserver.chat.tool_calls import (
 )
 from refserver.stream.deltas import ReasoningDelta
 
-from .block import args_text, json_prefix
+from .block import StepParser, args_text, json_prefix
 
 _HEADS = ("<|start|>", "<|channel|>")
 _ENDS = ("<|end|>", "<|call|>", "<|return|>")
@@ -30,23 +30,14 @@ _CHANNEL = re.compile(r"<\|channel\|>\s*(\w+)")
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
 
 
-class HarmonyParser:
+class HarmonyParser(StepParser):
     def __init__(self, tools: list | None = None):
-        self.tools = tools
-        self._buf = ""
+        super().__init__(tools)
         self._state = "between"  # between | header | body
         self._channel = "final"
         self._recipient: str | None = None
         self._body = ""
         self.reasoning = ""
-        self.calls: list[ToolCall] = []
-
-    def feed(self, text: str) -> list[Delta | ReasoningDelta]:
-        self._buf += text
-        out: list[Delta] = []
-        while self._step(out):
-            pass
-        return HermesToolCallParser._merge(out)
 
     def finish(self) -> list[Delta | ReasoningDelta]:
         out: list[Delta] = []
@@ -59,14 +50,8 @@ class HarmonyParser:
         self._buf, self._state = "", "between"  # an unfinished header is markup: dropped
         return HermesToolCallParser._merge(out)
 
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        p = HarmonyParser(self.tools)
-        deltas = p.feed(text) + p.finish()
-        content = "".join(d.text for d in deltas if isinstance(d, ContentDelta))
-        self.reasoning = p.reasoning
-        if p.calls:
-            return (content.strip() or None), list(p.calls)
-        return content, []
+    def _took(self, parsed: StepParser) -> None:
+        self.reasoning = parsed.reasoning  # the non-streamed answer's reasoning
 
     # -- machine --------------------------------------------------------------------------
     def _step(self, out: list) -> bool:
